@@ -1,0 +1,45 @@
+"""longctx_plugins: long context for the Hugging Face ecosystem.
+
+Importing the package registers, additively, the attention implementations ``anchor`` and ``self_extend`` and
+the RoPE types ``pi``, ``ntk`` and ``self_extend`` into transformers (set ``LONGCTX_PLUGINS_DISABLE=1`` to skip).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from ._compat import check_versions
+
+__version__ = "0.1.0"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+check_versions()
+
+from .registry import is_registered, register, unregister  # noqa: E402
+
+__all__ = [
+    "__version__", "register", "unregister", "is_registered", "extend", "LongContextEmbedder",
+    "AnchorPackingCollator",
+]
+
+_LAZY = {
+    "extend": ("longctx_plugins.extend", "extend"),
+    "LongContextEmbedder": ("longctx_plugins.embedder", "LongContextEmbedder"),
+    "AnchorPackingCollator": ("longctx_plugins.training.collator", "AnchorPackingCollator"),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'longctx_plugins' has no attribute {name!r}")
+
+
+if os.environ.get("LONGCTX_PLUGINS_DISABLE", "").strip().lower() not in ("1", "true", "yes", "on"):
+    register()

@@ -1,0 +1,73 @@
+"""Version checks, in one place, with the reason beside each.
+
+Checked once, on import of :mod:`longctx_plugins`.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+
+logger = logging.getLogger("longctx_plugins")
+
+# transformers >= 5.17: `rope_parameters` (not `rope_scaling`), `AttentionMaskInterface.register`,
+# `masking_utils.and_masks`, the `(config, device, seq_len, layer_type)` RoPE init signature and the
+# `_validate_<type>_rope_parameters` validator lookup all exist from 5.x on; 5.17 is the oldest we test
+# (it is the GPU image's version). < 6: the next major may rename these hooks again.
+MIN_TRANSFORMERS = (5, 17)
+MAX_TRANSFORMERS_EXCLUSIVE = (6, 0)
+# torch >= 2.5: `torch.nn.attention.flex_attention` with `create_block_mask(_compile=True)` and
+# `return_lse`, and `scaled_dot_product_attention(enable_gqa=...)`.
+MIN_TORCH = (2, 5)
+
+
+def _parse(version: str) -> tuple[int, int]:
+    parts = []
+    for piece in version.split("+")[0].split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    while len(parts) < 2:
+        parts.append(0)
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def check_versions() -> None:
+    """Raise ImportError for unusable torch/transformers; warn above the tested range."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is a hard dependency
+        raise ImportError(
+            "longctx_plugins needs PyTorch >= 2.5. Install the CPU build with `pip install torch==2.13.0` "
+            "(or a CUDA build for GPUs)."
+        ) from exc
+    if _parse(torch.__version__) < MIN_TORCH:
+        raise ImportError(
+            f"longctx_plugins needs torch >= {'.'.join(map(str, MIN_TORCH))} (FlexAttention, SDPA enable_gqa); "
+            f"found {torch.__version__}. Upgrade with `pip install -U torch`."
+        )
+    try:
+        import transformers
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("longctx_plugins needs transformers>=5.17,<6: `pip install 'transformers>=5.17,<6'`.") from exc
+    tv = _parse(transformers.__version__)
+    if tv < MIN_TRANSFORMERS:
+        raise ImportError(
+            f"longctx_plugins needs transformers >= 5.17 (it registers through AttentionInterface, "
+            f"AttentionMaskInterface and `rope_parameters`, which older releases lack or spell differently); "
+            f"found {transformers.__version__}. Upgrade with `pip install 'transformers>=5.17,<6'`."
+        )
+    if tv >= MAX_TRANSFORMERS_EXCLUSIVE:
+        warnings.warn(
+            f"longctx_plugins is tested with transformers >=5.17,<6; found {transformers.__version__}. "
+            "Registration hooks may have changed; please report problems.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def flex_attention_available() -> bool:
+    """FlexAttention needs torch >= 2.5; its backward pass needs CUDA (CPU is inference-only)."""
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except Exception:  # pragma: no cover
+        return False
+    return True

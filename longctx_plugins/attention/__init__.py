@@ -1,0 +1,1 @@
+"""Attention functions registered into transformers' AttentionInterface (thin adapters over ``ops/``)."""

@@ -1,0 +1,88 @@
+"""``attn_implementation="anchor"``: AnchorAttention for packed long-context training.
+
+Rule (SPEC §4): query q may attend key k iff ``k <= q`` (decoders) and ``doc(q) == doc(k) or doc(k) == 0``
+(the anchor). Document boundaries arrive as ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (what
+:class:`~longctx_plugins.AnchorPackingCollator` emits); without them the rule is transformers' own mask, so an
+ordinary unpacked batch gives exactly what ``sdpa`` gives.
+
+Backends: on CUDA, FlexAttention with one block mask per forward built from the boundaries (never S x S);
+elsewhere an exact SDPA path over a dense boolean mask (supports training on CPU). Choose with
+``model.config.anchor_backend = "auto" | "flex" | "sdpa"`` or ``LONGCTX_ANCHOR_BACKEND``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ops import masks
+from . import _common
+
+_doc_cache = _common.IdentityCache()
+_block_cache = _common.IdentityCache()
+
+
+def anchor_mask(batch_size, q_length, kv_length, *args, config=None, device="cpu", **kwargs):
+    """Mask function registered under "anchor": transformers' own rule (causal / sliding / padding), always
+    materialised (dense bool), or as a FlexAttention ``BlockMask`` on the CUDA fast path."""
+    kwargs.update(batch_size=batch_size, q_length=q_length, kv_length=kv_length, device=device, config=config)
+    if config is not None and _common.use_flex(config, "anchor", device, q_length, kv_length):
+        return _common.flex_mask(*args, **kwargs)
+    return _common.forced_dense_mask(*args, **kwargs)
+
+
+def _doc_ids(kwargs, batch: int, q_len: int, kv_len: int):
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if cu_q is None and cu_k is None:
+        return None
+    cu = cu_q if cu_q is not None else cu_k
+    if cu_q is not None and cu_k is not None and cu_k is not cu_q and not torch.equal(cu_q, cu_k):
+        raise ValueError("anchor attention: cu_seq_lens_q and cu_seq_lens_k differ; packed self-attention needs one set.")
+    if q_len != kv_len:
+        raise ValueError(
+            "anchor attention: packed boundaries (cu_seq_lens_*) were given together with a KV cache "
+            f"(query length {q_len} != key length {kv_len}). Packed training runs with use_cache=False."
+        )
+    return _doc_cache.get((cu,), (batch, q_len), lambda: masks.doc_ids_from_cu_seqlens(cu, batch, q_len))
+
+
+def anchor_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """AttentionInterface function. ``query [B,H,Q,D]``, ``key/value [B,Hkv,K,D]`` (RoPE applied, GQA not
+    expanded). Returns ``([B,Q,H,D], None)``."""
+    batch, _, q_len, _ = query.shape
+    kv_len = key.shape[2]
+    causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
+    doc_ids = _doc_ids(kwargs, batch, q_len, kv_len)
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+
+    from torch.nn.attention.flex_attention import BlockMask
+
+    if isinstance(attention_mask, BlockMask):
+        if dropout:
+            raise ValueError(
+                "anchor attention: the FlexAttention backend has no attention dropout; set the model's "
+                "attention_dropout to 0 or anchor_backend='sdpa'."
+            )
+        block_mask = attention_mask
+        if doc_ids is not None:
+            block_mask = _block_cache.get((attention_mask, doc_ids), (), lambda: _anchor_block_mask(attention_mask, doc_ids))
+        out = _common.compiled_flex()(
+            query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1],
+            kernel_options=getattr(module.config, "anchor_flex_kernel_options", None),
+        )
+        return out.transpose(1, 2).contiguous(), None
+
+    mask = _common.to_bool_mask(attention_mask, module, q_len, kv_len, query.device, causal)
+    if doc_ids is not None:
+        doc_mask = masks.dense_mask(masks.anchor_mod(doc_ids, causal), batch, q_len, kv_len, query.device)
+        mask = doc_mask if mask is None else mask & doc_mask
+    return _common.sdpa_dense(query, key, value, mask, scaling, dropout), None
+
+
+def _anchor_block_mask(base, doc_ids):
+    from torch.nn.attention.flex_attention import and_masks, create_block_mask
+
+    q_len, kv_len = base.seq_lengths
+    mod = and_masks(base.mask_mod, masks.anchor_document_mod(doc_ids))
+    return create_block_mask(
+        mod, B=doc_ids.shape[0], H=None, Q_LEN=q_len, KV_LEN=kv_len, device=doc_ids.device,
+        BLOCK_SIZE=base.BLOCK_SIZE, _compile=True,
+    )

@@ -1,0 +1,1 @@
+"""Pure-torch math: no transformers import anywhere under ``ops/``."""

@@ -1,0 +1,165 @@
+import pytest
+import torch
+
+from longctx_plugins.ops import rope as rope_ops
+from longctx_plugins.ops import self_extend as se
+
+from .conftest import outputs, tiny_config, tiny_model
+
+NESTED = {"gemma3", "modernbert"}
+SE_MODELS = ["llama", "qwen3", "mistral", "gemma3", "modernbert", "nomic_bert"]
+
+
+def se_params(model_type, group, window, **extra):
+    cfg = tiny_config(model_type)
+    p = {"rope_type": "self_extend", "group_size": group, "window": window, **extra}
+    if model_type in NESTED:
+        new = {k: dict(v) for k, v in cfg.rope_parameters.items()}
+        new["full_attention"].update(p)
+        return new
+    return {**cfg.rope_parameters, **p}
+
+
+def pair(model_type, group, window, **over):
+    base = tiny_model(model_type, **over)
+    ext = tiny_model(model_type, attn_implementation="self_extend",
+                     rope_parameters=se_params(model_type, group, window), **over)
+    ext.load_state_dict(base.state_dict())
+    return base, ext
+
+
+@pytest.mark.parametrize("model_type", SE_MODELS)
+@pytest.mark.parametrize("group,window,length", [(4, 64, 40), (1, 4, 40), (3, 5, 3)])
+def test_identity_when_window_covers_input_or_group_is_one(model_type, group, window, length):
+    base, ext = pair(model_type, group, window, max_position_embeddings=128)
+    ids = torch.randint(3, 100, (2, length))
+    with torch.no_grad():
+        torch.testing.assert_close(outputs(ext, input_ids=ids), outputs(base, input_ids=ids), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", SE_MODELS)
+def test_long_input_changes_output_and_gradients_flow(model_type):
+    base, ext = pair(model_type, 4, 8, max_position_embeddings=128)
+    ids = torch.randint(3, 100, (2, 50))
+    with torch.no_grad():
+        assert (outputs(ext, input_ids=ids) - outputs(base, input_ids=ids)).abs().max() > 1e-5
+    ext.train()
+    out = outputs(ext, input_ids=ids)
+    out.float().pow(2).mean().backward()
+    grads = [p.grad for p in ext.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+
+
+def spec_distance(i, j, G, W, causal):
+    """SPEC §4, written out pair by pair."""
+    if abs(i - j) < W:
+        return i - j
+    if j < i:
+        return i // G - j // G + W - W // G
+    return -(j // G - i // G + W - W // G)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (2, 2)])
+@pytest.mark.parametrize("length,G,W", [(37, 3, 5), (50, 4, 8), (9, 2, 4)])
+def test_reference_equals_straightforward_pairwise_implementation(causal, heads, kv_heads, length, G, W):
+    torch.manual_seed(0)
+    B, D = 2, 16
+    inv = rope_ops.default_inv_freq(D, 10_000.0)
+    q0 = torch.randn(B, heads, length, D)
+    k0 = torch.randn(B, kv_heads, length, D)
+    v = torch.randn(B, kv_heads, length, D)
+    pos = torch.arange(length)[None].expand(B, -1)
+    q, k = rope_ops.rotate(q0, pos, inv), rope_ops.rotate(k0, pos, inv)
+    mask = torch.ones(B, 1, length, length, dtype=torch.bool)
+    if causal:
+        mask = mask.tril()
+    mask[1, :, :, length - 5:] = False  # padding keys in row 1
+    out = se.reference_attention(q, k, v, pos, pos, inv, G, W, causal=causal, mask=mask, scale=D ** -0.5)
+    # straightforward: logit(i, j) = <rot(q0, d(i, j)), k0> for the SPEC distance d, one softmax
+    rep = heads // kv_heads
+    logits = torch.empty(B, heads, length, length)
+    for i in range(length):
+        for j in range(length):
+            d = spec_distance(i, j, G, W, causal)
+            qi = rope_ops.rotate(q0[:, :, i:i + 1], torch.full((B, 1), d), inv)
+            kj = k0[:, :, j:j + 1].repeat_interleave(rep, dim=1)
+            logits[:, :, i, j] = (qi * kj).sum(-1)[..., 0] * D ** -0.5
+    probs = torch.softmax(logits.masked_fill(~mask, float("-inf")), -1)
+    ref = probs @ v.repeat_interleave(rep, dim=1)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_batch_with_padding_equals_single_sequences(padding_side):
+    _, ext = pair("llama", 4, 8, max_position_embeddings=128)
+    lengths = [50, 33]
+    seqs = [torch.randint(3, 100, (n,)) for n in lengths]
+    T = max(lengths)
+    ids = torch.zeros(2, T, dtype=torch.long)
+    am = torch.zeros(2, T, dtype=torch.long)
+    for r, s in enumerate(seqs):
+        sl = slice(T - len(s), T) if padding_side == "left" else slice(0, len(s))
+        ids[r, sl], am[r, sl] = s, 1
+    pos = (am.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        batched = outputs(ext, input_ids=ids, attention_mask=am, position_ids=pos)
+        for r, s in enumerate(seqs):
+            single = outputs(ext, input_ids=s[None])[0]
+            torch.testing.assert_close(batched[r][am[r].bool()], single, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_with_cache_equals_full_recompute():
+    _, ext = pair("llama", 4, 8, max_position_embeddings=128)
+    ids = torch.randint(3, 100, (2, 40))
+    am = torch.ones_like(ids)
+    am[1, :6] = 0  # left padding
+    out = ext.generate(input_ids=ids, attention_mask=am, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    cur, cur_am = ids, am
+    with torch.no_grad():
+        for _ in range(12):
+            pos = (cur_am.cumsum(-1) - 1).clamp(min=0)
+            logits = ext(input_ids=cur, attention_mask=cur_am, position_ids=pos, use_cache=False).logits[:, -1]
+            cur = torch.cat([cur, logits.argmax(-1, keepdim=True)], 1)
+            cur_am = torch.cat([cur_am, torch.ones_like(cur_am[:, :1])], 1)
+    assert torch.equal(out, cur)
+
+
+def test_log_temperature_only_past_trained_window():
+    _, ext = pair("llama", 4, 8, max_position_embeddings=32)
+    short, long = torch.randint(3, 100, (1, 30)), torch.randint(3, 100, (1, 60))
+    with torch.no_grad():
+        plain_short, plain_long = outputs(ext, input_ids=short), outputs(ext, input_ids=long)
+        ext.config.rope_parameters["temperature"] = "log"
+        torch.testing.assert_close(outputs(ext, input_ids=short), plain_short, atol=0, rtol=0)
+        assert (outputs(ext, input_ids=long) - plain_long).abs().max() > 1e-4
+    expected = torch.log(torch.tensor(1000.0)) / torch.log(torch.tensor(32.0))
+    assert se.temperature(torch.tensor([1000, 10]), 32).tolist() == pytest.approx([expected.item(), 1.0])
+
+
+def _cause(exc):
+    while exc is not None and not isinstance(exc, ValueError):
+        exc = exc.__cause__
+    return exc
+
+
+@pytest.mark.parametrize("params,needle", [
+    ({"group_size": 0, "window": 8}, "'group_size'"),
+    ({"group_size": 4, "window": 0}, "'window'"),
+    ({"group_size": 2.5, "window": 8}, "'group_size'"),
+    ({"group_size": 4, "window": "8"}, "'window'"),
+    ({"group_size": 4, "window": 128}, "trained window"),
+    ({"group_size": 4}, "missing 'window'"),
+    ({"group_size": 4, "window": 8, "temperature": "sqrt"}, "'temperature'"),
+])
+def test_bad_parameters(params, needle):
+    with pytest.raises(Exception) as info:
+        tiny_config("llama", max_position_embeddings=128, rope_parameters={"rope_type": "self_extend", **params})
+    assert needle in str(_cause(info.value))
+
+
+def test_self_extend_config_under_other_attention_fails_loudly():
+    with pytest.raises(ValueError, match="attn_implementation='self_extend'"):
+        tiny_model("llama", attn_implementation="sdpa", max_position_embeddings=128,
+                   rope_parameters={"rope_type": "self_extend", "group_size": 4, "window": 8})
