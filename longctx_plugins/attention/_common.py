@@ -1,4 +1,4 @@
-"""Helpers shared by the plugin attention functions: mask normalisation, backend choice, flex, caches."""
+"""Helpers shared by the plugin attention functions: backend choice, mask plans, flex, caches."""
 from __future__ import annotations
 
 import os
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 BACKENDS = ("auto", "flex", "sdpa")
 # On CUDA, "auto" switches to FlexAttention from this query length on (shorter: dense SDPA).
 FLEX_MIN_LENGTH = 1024
+BLOCK = 128  # FlexAttention block size used for the block masks we build
 
 
 def backend_for(config, name: str) -> str:
@@ -22,19 +23,17 @@ def backend_for(config, name: str) -> str:
 
 def use_flex(config, name: str, device, q_length: int, kv_length: int) -> bool:
     backend = backend_for(config, name)
-    if backend == "sdpa":
-        return False
+    if backend == "sdpa" or q_length != kv_length:
+        return False  # decoding with a cache: a few query rows, the dense path is cheaper
     is_cuda = torch.device(device).type == "cuda"
     if backend == "flex":
-        if not is_cuda:
+        if not is_cuda and torch.is_grad_enabled():
             raise RuntimeError(
-                f"{name}_backend='flex' needs a CUDA device: FlexAttention has no backward pass on CPU. "
-                f"Use {name}_backend='sdpa' (the exact reference path) or 'auto'."
+                f"{name}_backend='flex' on CPU is inference-only (FlexAttention has no CPU backward). Use "
+                f"{name}_backend='sdpa' (the exact reference path) or 'auto', or run under torch.no_grad()."
             )
-        if q_length != kv_length:
-            return False  # decoding with a cache: a few query rows, the dense path is cheaper
         return True
-    return is_cuda and q_length == kv_length and q_length >= FLEX_MIN_LENGTH
+    return is_cuda and q_length >= FLEX_MIN_LENGTH
 
 
 def forced_dense_mask(**kwargs) -> torch.Tensor:
@@ -46,10 +45,62 @@ def forced_dense_mask(**kwargs) -> torch.Tensor:
     return sdpa_mask(**kwargs)
 
 
-def flex_mask(**kwargs):
-    from transformers.masking_utils import flex_attention_mask
+class FlexPlan:
+    """What the registered mask function hands to the attention on the FlexAttention path.
 
-    return flex_attention_mask(**kwargs)
+    Nothing S x S is built here: the attention builds block masks from document boundaries / positions (cached
+    for all layers of one forward), or, for rules it cannot decompose (sliding / chunked windows), asks
+    transformers for a BlockMask of its own rule combined with the plugin's.
+    """
+
+    def __init__(self, batch_size, q_length, kv_length, device="cpu", mask_function=None, attention_mask=None,
+                 local_size=None, q_offset=0, kv_offset=0, **_):
+        from transformers.masking_utils import causal_mask_function
+
+        self.batch_size, self.q_length, self.kv_length = batch_size, q_length, kv_length
+        self.device, self.local_size = device, local_size
+        self.mask_function = mask_function or causal_mask_function
+        self.q_offset, self.kv_offset = q_offset, kv_offset
+        self.padding = attention_mask
+        self.shape = (batch_size, 1, q_length, kv_length)
+
+    def key_valid(self):
+        """``[B, K]`` bool of real keys, or None when there is no padding."""
+        if self.padding is None or self.padding.dim() != 2:
+            return None
+        valid = self.padding[:, self.kv_offset: self.kv_offset + self.kv_length].to(torch.bool)
+        return None if bool(valid.all()) else valid
+
+    def block_mask(self, extra_mod=None):
+        """transformers' own rule (causal / sliding / padding), AND ``extra_mod``, as a compiled BlockMask."""
+        from transformers.masking_utils import and_masks, flex_attention_mask
+
+        fn = self.mask_function if extra_mod is None else and_masks(self.mask_function, extra_mod)
+        return flex_attention_mask(batch_size=self.batch_size, q_length=self.q_length, kv_length=self.kv_length,
+                                   q_offset=self.q_offset, kv_offset=self.kv_offset, mask_function=fn,
+                                   attention_mask=self.padding, device=self.device)
+
+
+def make_mask(name: str, batch_size, q_length, kv_length, args, kwargs):
+    """Body of the registered mask functions: a FlexPlan on the flex path, else a dense bool mask."""
+    config, device = kwargs.get("config"), kwargs.get("device", "cpu")
+    kwargs.update(batch_size=batch_size, q_length=q_length, kv_length=kv_length)
+    if args:
+        raise TypeError("plugin mask functions take keyword arguments only (as transformers calls them)")
+    if config is not None and use_flex(config, name, device, q_length, kv_length):
+        return FlexPlan(**kwargs)
+    return forced_dense_mask(**kwargs)
+
+
+def monotone(x: torch.Tensor) -> bool:
+    return bool((x[:, 1:] >= x[:, :-1]).all()) if x.shape[1] > 1 else True
+
+
+def key_valid_mod(valid: torch.Tensor):
+    def mod(b, h, q_idx, kv_idx):
+        return valid[b, kv_idx]
+
+    return mod
 
 
 def to_bool_mask(attention_mask, module, q_len: int, kv_len: int, device, causal: bool | None = None):
@@ -84,22 +135,48 @@ def sdpa_dense(query, key, value, mask, scaling, dropout: float = 0.0, is_causal
 
 
 _compiled: dict[str, Callable] = {}
+RECOMPILE_LIMIT = 64
 
 
-def compiled_flex() -> Callable:
+def compiled_flex(device=None) -> Callable:
+    """``torch.compile(flex_attention)`` on CUDA; the eager (exact, memory-hungry) op on CPU (inference tests).
+
+    torch.compile recompiles flex per distinct shape / mask structure; dynamo's default limit (8) then falls back
+    to the eager op, which materialises S x S scores (a 128 GiB allocation at 32k x 32 heads was seen on the
+    H200). The limit is raised once to RECOMPILE_LIMIT for that reason.
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if device is not None and torch.device(device).type != "cuda":
+        return flex_attention
     if "flex" not in _compiled:
-        from torch.nn.attention.flex_attention import flex_attention
+        import torch._dynamo.config as dcfg
 
-        _compiled["flex"] = torch.compile(flex_attention, dynamic=False)
+        for attr in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dcfg, attr) and getattr(dcfg, attr) < RECOMPILE_LIMIT:
+                setattr(dcfg, attr, RECOMPILE_LIMIT)
+        _compiled["flex"] = torch.compile(flex_attention)
     return _compiled["flex"]
+
+
+def flex_with_lse(flex, query, key, value, block_mask, scale, enable_gqa, kernel_options=None):
+    """FlexAttention returning ``(out, lse)`` across torch versions (``return_aux`` from 2.9, ``return_lse`` before)."""
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:  # torch < 2.9
+        return flex(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa, return_lse=True,
+                    kernel_options=kernel_options)
+    out, aux = flex(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa,
+                    return_aux=AuxRequest(lse=True), kernel_options=kernel_options)
+    return out, aux.lse
 
 
 class IdentityCache:
     """A tiny cache keyed by the *identity* (and version) of tensors/objects of one forward pass.
 
-    The same ``cu_seq_lens`` tensor and the same transformers mask object reach every layer of one forward,
-    so a block mask built for layer 0 is reused by all later layers (and by gradient-checkpoint recomputes).
-    Entries hold references to their key objects, so an id is never reused while cached.
+    The same ``cu_seq_lens`` tensor and the same mask plan reach every layer of one forward, so a block mask
+    built for layer 0 is reused by all later layers (and by gradient-checkpoint recomputes). Entries hold
+    references to their key objects, so an id is never reused while cached.
     """
 
     def __init__(self, size: int = 8):
@@ -120,17 +197,3 @@ class IdentityCache:
         if len(self._entries) > self.size:
             self._entries.pop(0)
         return value
-
-    def clear(self):
-        self._entries.clear()
-
-
-def flex_with_lse(flex, query, key, value, block_mask, scale, enable_gqa):
-    """FlexAttention returning ``(out, lse)`` across torch versions (``return_aux`` from 2.9, ``return_lse`` before)."""
-    try:
-        from torch.nn.attention.flex_attention import AuxRequest
-    except ImportError:  # torch < 2.9
-        return flex(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa, return_lse=True)
-    out, aux = flex(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa,
-                    return_aux=AuxRequest(lse=True))
-    return out, aux.lse

@@ -5,28 +5,25 @@ Rule (SPEC §4): query q may attend key k iff ``k <= q`` (decoders) and ``doc(q)
 :class:`~longctx_plugins.AnchorPackingCollator` emits); without them the rule is transformers' own mask, so an
 ordinary unpacked batch gives exactly what ``sdpa`` gives.
 
-Backends: on CUDA, FlexAttention with one block mask per forward built from the boundaries (never S x S);
-elsewhere an exact SDPA path over a dense boolean mask (supports training on CPU). Choose with
-``model.config.anchor_backend = "auto" | "flex" | "sdpa"`` or ``LONGCTX_ANCHOR_BACKEND``.
+Backends: on CUDA, FlexAttention with one block mask per forward built directly from the boundaries (never
+S x S, no compilation of the mask); elsewhere an exact SDPA path over a dense boolean mask (supports training
+on CPU). Choose with ``model.config.anchor_backend = "auto" | "flex" | "sdpa"`` or ``LONGCTX_ANCHOR_BACKEND``.
 """
 from __future__ import annotations
 
 import torch
 
-from ..ops import masks
+from ..ops import blocks, masks
 from . import _common
 
 _doc_cache = _common.IdentityCache()
 _block_cache = _common.IdentityCache()
 
 
-def anchor_mask(batch_size, q_length, kv_length, *args, config=None, device="cpu", **kwargs):
+def anchor_mask(batch_size, q_length, kv_length, *args, **kwargs):
     """Mask function registered under "anchor": transformers' own rule (causal / sliding / padding), always
-    materialised (dense bool), or as a FlexAttention ``BlockMask`` on the CUDA fast path."""
-    kwargs.update(batch_size=batch_size, q_length=q_length, kv_length=kv_length, device=device, config=config)
-    if config is not None and _common.use_flex(config, "anchor", device, q_length, kv_length):
-        return _common.flex_mask(*args, **kwargs)
-    return _common.forced_dense_mask(*args, **kwargs)
+    materialised as a dense bool mask, or a :class:`FlexPlan` on the FlexAttention path."""
+    return _common.make_mask("anchor", batch_size, q_length, kv_length, args, kwargs)
 
 
 def _doc_ids(kwargs, batch: int, q_len: int, kv_len: int):
@@ -44,6 +41,21 @@ def _doc_ids(kwargs, batch: int, q_len: int, kv_len: int):
     return _doc_cache.get((cu,), (batch, q_len), lambda: masks.doc_ids_from_cu_seqlens(cu, batch, q_len))
 
 
+def anchor_block_mask(plan: _common.FlexPlan, doc_ids, causal: bool):
+    """The anchor BlockMask for one forward: built from boundaries when the layer has no local window."""
+    if doc_ids is None:
+        return plan.block_mask()
+    if plan.local_size is not None or plan.q_offset or plan.kv_offset:
+        return plan.block_mask(masks.anchor_document_mod(doc_ids))  # windowed layers: compose with transformers
+    any_, full = blocks.anchor_blocks(doc_ids, _common.BLOCK, causal)
+    mod = masks.anchor_mod(doc_ids, causal)
+    valid = plan.key_valid()
+    if valid is not None:  # explicit padding beyond what the boundaries say
+        mod = masks.and_mods(mod, _common.key_valid_mod(valid))
+        full = full & blocks.block_all(valid, _common.BLOCK)[:, None, :]
+    return blocks.to_block_mask(any_, full, mod, plan.q_length, plan.kv_length, _common.BLOCK)
+
+
 def anchor_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """AttentionInterface function. ``query [B,H,Q,D]``, ``key/value [B,Hkv,K,D]`` (RoPE applied, GQA not
     expanded). Returns ``([B,Q,H,D], None)``."""
@@ -53,18 +65,15 @@ def anchor_attention_forward(module, query, key, value, attention_mask, dropout:
     doc_ids = _doc_ids(kwargs, batch, q_len, kv_len)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
 
-    from torch.nn.attention.flex_attention import BlockMask
-
-    if isinstance(attention_mask, BlockMask):
+    if isinstance(attention_mask, _common.FlexPlan):
         if dropout:
             raise ValueError(
                 "anchor attention: the FlexAttention backend has no attention dropout; set the model's "
                 "attention_dropout to 0 or anchor_backend='sdpa'."
             )
-        block_mask = attention_mask
-        if doc_ids is not None:
-            block_mask = _block_cache.get((attention_mask, doc_ids), (), lambda: _anchor_block_mask(attention_mask, doc_ids))
-        out = _common.compiled_flex()(
+        block_mask = _block_cache.get((attention_mask, doc_ids), (causal,),
+                                      lambda: anchor_block_mask(attention_mask, doc_ids, causal))
+        out = _common.compiled_flex(query.device)(
             query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1],
             kernel_options=getattr(module.config, "anchor_flex_kernel_options", None),
         )
@@ -75,14 +84,3 @@ def anchor_attention_forward(module, query, key, value, attention_mask, dropout:
         doc_mask = masks.dense_mask(masks.anchor_mod(doc_ids, causal), batch, q_len, kv_len, query.device)
         mask = doc_mask if mask is None else mask & doc_mask
     return _common.sdpa_dense(query, key, value, mask, scaling, dropout), None
-
-
-def _anchor_block_mask(base, doc_ids):
-    from torch.nn.attention.flex_attention import and_masks, create_block_mask
-
-    q_len, kv_len = base.seq_lengths
-    mod = and_masks(base.mask_mod, masks.anchor_document_mod(doc_ids))
-    return create_block_mask(
-        mod, B=doc_ids.shape[0], H=None, Q_LEN=q_len, KV_LEN=kv_len, device=doc_ids.device,
-        BLOCK_SIZE=base.BLOCK_SIZE, _compile=True,
-    )

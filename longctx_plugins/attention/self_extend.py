@@ -3,26 +3,26 @@
 The model rotates q/k at their true positions (its rotary module uses the base frequencies); this function
 re-rotates them to SelfExtend's grouped positions and merges neighbour and grouped attention exactly.
 Layers whose RoPE parameters are not of type ``self_extend`` (e.g. Gemma3 / ModernBERT sliding layers) get
-plain attention. Backends: exact reference (one float32 softmax over merged logits) everywhere; on CUDA an
-exact FlexAttention path (block-sparse neighbour pass + grouped pass, merged by log-sum-exp).
+plain attention. Backends: the exact reference (one float32 softmax over the merged logits) everywhere; on
+CUDA an exact fast path: a block-sparse neighbour pass (O(L*W)) plus grouped pass(es), merged by log-sum-exp.
+Without gradients and with contiguous positions the grouped passes run on PyTorch's flash kernel.
 """
 from __future__ import annotations
 
 import torch
 
+from ..ops import blocks
 from ..ops import self_extend as se_ops
+from ..ops.reference import repeat_kv
 from . import _common
 
 _inv_freq_cache: dict = {}
 _block_cache = _common.IdentityCache()
 
 
-def self_extend_mask(batch_size, q_length, kv_length, *args, config=None, device="cpu", **kwargs):
-    """Mask function registered under "self_extend": transformers' rule, always materialised (or a BlockMask)."""
-    kwargs.update(batch_size=batch_size, q_length=q_length, kv_length=kv_length, device=device, config=config)
-    if config is not None and _common.use_flex(config, "self_extend", device, q_length, kv_length):
-        return _common.flex_mask(*args, **kwargs)
-    return _common.forced_dense_mask(*args, **kwargs)
+def self_extend_mask(batch_size, q_length, kv_length, *args, **kwargs):
+    """Mask function registered under "self_extend": transformers' rule, always materialised (or a FlexPlan)."""
+    return _common.make_mask("self_extend", batch_size, q_length, kv_length, args, kwargs)
 
 
 def layer_parameters(module) -> dict | None:
@@ -49,7 +49,7 @@ def _inv_freq(config, params, device):
 def _positions(kwargs, batch, q_len, kv_len, device):
     q_pos = kwargs.get("position_ids")
     if q_pos is None:
-        q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[None].expand(batch, -1)
+        q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[None]
     q_pos = q_pos.to(device=device, dtype=torch.long).expand(batch, -1)
     if q_len == kv_len:
         return q_pos, q_pos
@@ -65,53 +65,39 @@ def self_extend_attention_forward(module, query, key, value, attention_mask, dro
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
     params = layer_parameters(module)
+    plan = attention_mask if isinstance(attention_mask, _common.FlexPlan) else None
 
-    from torch.nn.attention.flex_attention import BlockMask
-
-    is_block = isinstance(attention_mask, BlockMask)
     if params is None:  # not a SelfExtend layer: plain attention under the same mask
-        if is_block:
-            out = _common.compiled_flex()(query, key, value, block_mask=attention_mask, scale=scaling,
-                                          enable_gqa=query.shape[1] != key.shape[1])
+        if plan is not None:
+            bm = _block_cache.get((plan,), ("plain",), plan.block_mask)
+            out = _common.compiled_flex(query.device)(query, key, value, block_mask=bm, scale=scaling,
+                                                      enable_gqa=query.shape[1] != key.shape[1])
             return out.transpose(1, 2).contiguous(), None
         mask = _common.to_bool_mask(attention_mask, module, q_len, kv_len, query.device, causal)
         return _common.sdpa_dense(query, key, value, mask, scaling, dropout), None
 
+    if dropout and module.training:
+        raise ValueError("self_extend: attention dropout is not supported; set the model's attention_dropout to 0.")
     group, window = int(params["group_size"]), int(params["window"])
     q_pos, k_pos = _positions(kwargs, batch, q_len, kv_len, query.device)
     inv_freq = _inv_freq(module.config, params, query.device)
     logit_scale = None
     if params.get("temperature") == "log":
         trained = params.get("original_max_position_embeddings") or module.config.max_position_embeddings
-        lengths = k_pos.max(dim=-1).values + 1  # true length = last position + 1
-        logit_scale = se_ops.temperature(lengths, trained)
+        logit_scale = se_ops.temperature(k_pos.max(dim=-1).values + 1, trained)  # true length = last position + 1
 
-    if is_block:
-        if dropout:
-            raise ValueError("self_extend: the FlexAttention backend has no attention dropout; use self_extend_backend='sdpa'.")
-        out = _flex_self_extend(query, key, value, q_pos, k_pos, inv_freq, group, window, causal,
-                                attention_mask, scaling, logit_scale)
+    if plan is not None:
+        out = _flex_self_extend(query, key, value, q_pos, k_pos, inv_freq, group, window, causal, plan, scaling,
+                                logit_scale)
         return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
     mask = _common.to_bool_mask(attention_mask, module, q_len, kv_len, query.device, causal)
     out = se_ops.reference_attention(query, key, value, q_pos, k_pos, inv_freq, group, window, causal=causal,
                                      mask=mask, scale=scaling, logit_scale=logit_scale)
-    if dropout and module.training:
-        raise ValueError("self_extend: attention dropout is not supported; set the model's attention_dropout to 0.")
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
-def _flex_self_extend(query, key, value, q_pos, k_pos, inv_freq, group, window, causal, base, scaling, logit_scale):
-    """Exact fast path: neighbour pass (|i-j| < W, block-sparse O(L*W)) + grouped pass(es), LSE-merged."""
-    from torch.nn.attention.flex_attention import and_masks, create_block_mask
-
-    flex = _common.compiled_flex()
-    gqa = query.shape[1] != key.shape[1]
-    if logit_scale is not None:
-        query = query * logit_scale.to(query.dtype)[:, None, None, None]
-    q_l, k_l, q_r, k_r = se_ops.grouped_rotations(query, key, q_pos, k_pos, inv_freq, group, window, causal)
-    q_len, kv_len = base.seq_lengths
-
+def _rules(q_pos, k_pos, window, causal, valid):
     def near(b, h, qi, ki):
         return (q_pos[b, qi] - k_pos[b, ki]).abs() < window
 
@@ -121,17 +107,77 @@ def _flex_self_extend(query, key, value, q_pos, k_pos, inv_freq, group, window, 
     def far_right(b, h, qi, ki):
         return (k_pos[b, ki] - q_pos[b, qi]) >= window
 
-    def build(rule):
-        return create_block_mask(and_masks(base.mask_mod, rule), B=query.shape[0], H=None, Q_LEN=q_len,
-                                 KV_LEN=kv_len, device=query.device, BLOCK_SIZE=base.BLOCK_SIZE, _compile=True)
+    rules = {"near": near, "far_left": far_left, "far_right": far_right}
 
-    rules = [near, far_left] + ([] if causal else [far_right])
-    block_masks = _block_cache.get((base, q_pos, k_pos), (window,), lambda: [build(r) for r in rules])
-    pairs = [(query, key), (q_l, k_l)] + ([] if causal else [(q_r, k_r)])
-    outs, lses = [], []
-    for (q, k), bm in zip(pairs, block_masks):
-        o, lse = _common.flex_with_lse(flex, q, k, value, bm, scaling, gqa)
-        outs.append(o)
-        lses.append(lse)
+    def finish(rule):
+        def mod(b, h, qi, ki):
+            out = rule(b, h, qi, ki)
+            if causal:
+                out = out & (ki <= qi)
+            if valid is not None:
+                out = out & valid[b, ki]
+            return out
+
+        return mod
+
+    return {name: finish(rule) for name, rule in rules.items() if not (causal and name == "far_right")}
+
+
+def _block_masks(plan, q_pos, k_pos, window, causal):
+    valid = plan.key_valid()
+    mods = _rules(q_pos, k_pos, window, causal, valid)
+    if plan.local_size is None and not plan.q_offset and _common.monotone(q_pos) and _common.monotone(k_pos):
+        maps = blocks.self_extend_blocks(q_pos, k_pos, valid, _common.BLOCK, window, causal)
+        return {name: blocks.to_block_mask(*maps[name], mods[name], plan.q_length, plan.kv_length, _common.BLOCK)
+                for name in mods}
+    # windowed / chunked layers, or positions that are not monotone: compose with transformers' own rule
+    return {name: plan.block_mask(mod) for name, mod in mods.items()}
+
+
+def _flash_lse(q, k, v, scale):
+    """Causal attention on PyTorch's flash kernel returning (out, lse); inference only (lse has no gradient)."""
+    out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True, False, scale=scale)
+    return out[0], out[1]
+
+
+def _flash_ok(query, q_pos, plan, causal):
+    if query.device.type != "cuda" or torch.is_grad_enabled() or query.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if plan.local_size is not None or plan.key_valid() is not None or query.shape[-1] > 256:
+        return False
+    ar = torch.arange(q_pos.shape[1], device=q_pos.device)
+    return bool((q_pos == ar).all())
+
+
+def _flex_self_extend(query, key, value, q_pos, k_pos, inv_freq, group, window, causal, plan, scaling, logit_scale):
+    """Exact fast path: neighbour pass (|i-j| < W, block-sparse) + grouped pass(es), LSE-merged."""
+    flex = _common.compiled_flex(query.device)
+    gqa = query.shape[1] != key.shape[1]
+    if logit_scale is not None:
+        query = query * logit_scale.to(query.dtype)[:, None, None, None]
+    q_l, k_l, q_r, k_r = se_ops.grouped_rotations(query, key, q_pos, k_pos, inv_freq, group, window, causal)
+    bms = _block_cache.get((plan, q_pos, k_pos), (window, causal),
+                           lambda: _block_masks(plan, q_pos, k_pos, window, causal))
+    o_n, lse_n = _common.flex_with_lse(flex, query, key, value, bms["near"], scaling, gqa)
+    outs, lses = [o_n], [lse_n]
+    L = query.shape[2]
+    if _flash_ok(query, q_pos, plan, causal) and L > window:
+        n_rep = query.shape[1] // key.shape[1]
+        k_l, vv = repeat_kv(k_l, n_rep), repeat_kv(value, n_rep)
+        o, lse = _flash_lse(q_l[:, :, window:], k_l[:, :, : L - window], vv[:, :, : L - window], scaling)
+        outs.append(torch.nn.functional.pad(o, (0, 0, window, 0)))
+        lses.append(torch.nn.functional.pad(lse, (window, 0), value=float("-inf")))
+        if not causal:  # keys right of the query: reverse both sequences and it is causal again
+            k_r = repeat_kv(k_r, n_rep)
+            o, lse = _flash_lse(q_r[:, :, : L - window].flip(2), k_r[:, :, window:].flip(2),
+                                vv[:, :, window:].flip(2), scaling)
+            outs.append(torch.nn.functional.pad(o.flip(2), (0, 0, 0, window)))
+            lses.append(torch.nn.functional.pad(lse.flip(2), (0, window), value=float("-inf")))
+    else:
+        for name, (q, k) in (("far_left", (q_l, k_l)), ("far_right", (q_r, k_r))):
+            if name in bms:
+                o, lse = _common.flex_with_lse(flex, q, k, value, bms[name], scaling, gqa)
+                outs.append(o)
+                lses.append(lse)
     merged, _ = se_ops.lse_merge(outs, lses)
     return merged

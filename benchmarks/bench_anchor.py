@@ -1,0 +1,185 @@
+"""AnchorAttention on the H200: correctness first, then timings (writes results/anchor_attention.json).
+
+    PYTHONPATH=. python benchmarks/bench_anchor.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from _util import cuda_time_ms, environment, write_json  # noqa: E402
+
+import longctx_plugins  # noqa: E402,F401
+from longctx_plugins.attention import _common  # noqa: E402
+from longctx_plugins.attention.anchor import anchor_attention_forward, anchor_mask  # noqa: E402
+from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens  # noqa: E402
+from longctx_plugins.ops.reference import anchor_by_documents  # noqa: E402
+
+H, D = 32, 128
+PEAK_TFLOPS = 790.0  # measured bf16 dense matmul rate on this GPU (device KINDS.md)
+
+
+class Cfg:
+    anchor_backend = "flex"
+    anchor_flex_kernel_options = None
+
+
+class Mod(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.is_causal, self.config = True, Cfg()
+
+
+def documents(seq_len, n_docs, lo, hi, gen):
+    """n_docs lengths in [lo, hi] scaled to fill seq_len - 1 tokens after the anchor."""
+    raw = torch.randint(lo, hi + 1, (n_docs,), generator=gen).float()
+    lens = (raw / raw.sum() * (seq_len - 1)).long().clamp(min=1)
+    lens[-1] += (seq_len - 1) - lens.sum()
+    return torch.cat([torch.tensor([0, 1]), 1 + lens.cumsum(0)]).to(torch.int32)
+
+
+def useful_pairs(cu):
+    lens = (cu[2:] - cu[1:-1]).double()
+    return float(1 + (lens * (lens + 1) / 2 + lens).sum())  # anchor row + per doc: causal triangle + anchor column
+
+
+def case(seq_len, n_docs, lo, hi, kernel_sweep):
+    gen = torch.Generator().manual_seed(seq_len)
+    cu = documents(seq_len, n_docs, lo, hi, gen).cuda()
+    q, k, v = (torch.randn(1, H, seq_len, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    mod = Mod()
+    from transformers.masking_utils import causal_mask_function
+
+    def make_mask():
+        return anchor_mask(1, seq_len, seq_len, config=mod.config, device="cuda", mask_function=causal_mask_function)
+
+    base = make_mask()
+    # correctness first
+    out, _ = anchor_attention_forward(mod, q, k, v, base, scaling=D ** -0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+    with torch.no_grad():
+        ref = anchor_by_documents(q, k, v, doc_ids_from_cu_seqlens(cu, 1, seq_len), D ** -0.5).transpose(1, 2)
+    err = (out.float() - ref).abs().max().item()
+    assert err < 5e-2, f"flex anchor differs from the reference by {err}"
+    del ref
+
+    def fwd(opts=None):
+        mod.config.anchor_flex_kernel_options = opts
+        return anchor_attention_forward(mod, q, k, v, base, scaling=D ** -0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)[0]
+
+    def fwd_bwd():
+        fwd().backward(torch.ones_like(q).transpose(1, 2))
+
+    def fwd_bwd_with_mask_build():  # what one training forward pays: block mask built once per forward
+        nonlocal base
+        base = make_mask()
+        fwd_bwd()
+
+    sweep = {}
+    best_opts, best_ms = None, float("inf")
+    for name, opts in kernel_sweep.items():
+        try:
+            with torch.no_grad():
+                ms = cuda_time_ms(lambda: fwd(opts))
+        except Exception as exc:  # a config the compiler rejects
+            sweep[name] = f"failed: {type(exc).__name__}"
+            continue
+        sweep[name] = round(ms, 3)
+        if ms < best_ms:
+            best_opts, best_ms = opts, ms
+    mod.config.anchor_flex_kernel_options = best_opts
+    anchor_fwd_bwd = cuda_time_ms(fwd_bwd)
+    anchor_fwd_bwd_mask = cuda_time_ms(fwd_bwd_with_mask_build, warmup=2, iters=5)
+
+    def sdpa_fwd_bwd():
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(torch.ones_like(q))
+
+    sdpa_ms = cuda_time_ms(sdpa_fwd_bwd, warmup=2, iters=5)
+    with torch.no_grad():
+        sdpa_fwd = cuda_time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    pairs = useful_pairs(cu.cpu())
+    return {
+        "seq_len": seq_len, "num_docs": n_docs, "max_abs_err_vs_reference": err,
+        "anchor_fwd_bwd_ms": round(anchor_fwd_bwd, 3),
+        "anchor_fwd_bwd_incl_block_mask_ms": round(anchor_fwd_bwd_mask, 3),
+        "sdpa_causal_fwd_bwd_ms": round(sdpa_ms, 3), "sdpa_causal_fwd_ms": round(sdpa_fwd, 3),
+        "anchor_fwd_ms": round(best_ms, 3), "speedup_fwd_bwd": round(sdpa_ms / anchor_fwd_bwd, 2),
+        "useful_pair_fraction": round(pairs / (seq_len * seq_len), 5),
+        "fwd_tflops_on_useful_pairs": round(4 * D * H * pairs / (best_ms * 1e-3) / 1e12, 1),
+        "fwd_fraction_of_peak": round(4 * D * H * pairs / (best_ms * 1e-3) / 1e12 / PEAK_TFLOPS, 3),
+        "kernel_options_sweep_fwd_ms": sweep, "kernel_options_used": best_opts,
+    }
+
+
+def trainer_step(seq_len, steps=3):
+    """fwd + bwd + AdamW of a ~1.1B Llama-shaped model (TinyLlama shape) with gradient checkpointing."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from longctx_plugins import AnchorPackingCollator
+
+    cfg = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                      num_key_value_heads=4, vocab_size=32000, max_position_embeddings=seq_len,
+                      rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    gen = torch.Generator().manual_seed(0)
+    lens = torch.randint(256, 8192, (40,), generator=gen).tolist()
+    docs = [{"input_ids": torch.randint(3, 32000, (n,), generator=gen).tolist()} for n in lens]
+    packed = AnchorPackingCollator(None, max_length=seq_len, anchor_token_id=1, padding="max_length")(docs)
+    cu = packed["cu_seq_lens_q"]
+    cu = cu[cu <= seq_len].cuda()  # boundaries of the first window (row 0)
+    batch = {k: packed[k][:1].cuda() for k in ("input_ids", "attention_mask", "position_ids", "labels")}
+    batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+    result = {"model": "llama-1.1B (hidden 2048, 22 layers, 32 heads, 4 kv heads)", "seq_len": seq_len,
+              "gradient_checkpointing": True, "step": "forward + backward + AdamW step, bf16 weights"}
+    for impl in ("anchor", "sdpa"):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg).to("cuda", torch.bfloat16)
+        model.set_attn_implementation(impl)
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable()
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        inputs = dict(batch) if impl == "anchor" else {k: batch[k] for k in ("input_ids", "labels", "position_ids")}
+
+        def step():
+            loss = model(**inputs, use_cache=False).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        ms = cuda_time_ms(step, warmup=2, iters=steps)
+        result[f"{'anchor' if impl == 'anchor' else 'full'}_ms"] = round(ms, 1)
+        del model, opt
+        torch.cuda.empty_cache()
+    result["ratio_anchor_over_full"] = round(result["anchor_ms"] / result["full_ms"], 3)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-trainer", action="store_true")
+    args = parser.parse_args()
+    sweep = {"default": None,
+             "m128_n64_w8_s3": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
+             "m128_n128_w8_s2": {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
+             "m64_n128_w4_s3": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}}
+    result = {**environment(), "heads": H, "head_dim": D, "dtype": "bfloat16", "cases": []}
+    for seq_len, n_docs in ([(32768, 9)] if args.quick else [(32768, 9), (131072, 30)]):
+        c = case(seq_len, n_docs, 256, 8192, sweep)
+        print(c, flush=True)
+        result["cases"].append(c)
+        write_json(result, "anchor_attention.json")
+    if not args.no_trainer:
+        try:
+            result["trainer_step"] = trainer_step(32768)
+        except Exception as exc:  # report, do not hide
+            result["trainer_step"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        print(result["trainer_step"], flush=True)
+    write_json(result, "anchor_attention.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""GPU checks (H200): the FlexAttention fast paths against the exact references. `pytest -m gpu`."""
+import pytest
+import torch
+
+from longctx_plugins.attention.anchor import anchor_attention_forward, anchor_mask
+from longctx_plugins.attention.self_extend import self_extend_attention_forward, self_extend_mask
+from longctx_plugins.ops import rope as rope_ops
+from longctx_plugins.ops import self_extend as se
+from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens
+from longctx_plugins.ops.reference import anchor_by_documents
+
+from .conftest import gpu
+
+pytestmark = [pytest.mark.gpu, gpu]
+BF16_TOL = dict(atol=2e-2, rtol=2e-2)
+
+
+class Cfg:
+    anchor_backend = "flex"
+    self_extend_backend = "flex"
+    max_position_embeddings = 4096
+
+    def __init__(self, rope_parameters=None):
+        self.rope_parameters = rope_parameters or {}
+        self.head_dim, self.hidden_size, self.num_attention_heads = 128, 128 * 8, 8
+
+
+class Mod(torch.nn.Module):
+    def __init__(self, causal=True, rope_parameters=None):
+        super().__init__()
+        self.is_causal, self.config, self.layer_idx = causal, Cfg(rope_parameters), 0
+
+
+def random_docs(total, n_docs, gen):
+    cuts = torch.sort(torch.randperm(total - 2, generator=gen)[: n_docs - 1] + 1).values
+    bounds = torch.cat([torch.tensor([0]), cuts, torch.tensor([total - 1])]) + 1
+    return torch.cat([torch.tensor([0]), bounds]).to(torch.int32)
+
+
+@pytest.mark.parametrize("seq_len,n_docs", [(8192, 5), (32768, 9), (131072, 30)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_anchor_flex_equals_reference(seq_len, n_docs, causal):
+    gen = torch.Generator().manual_seed(seq_len)
+    cu = random_docs(seq_len, n_docs, gen).cuda()
+    H, Hkv, D = 8, 2, 128
+    q = torch.randn(1, H, seq_len, D, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, Hkv, seq_len, D, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(1, Hkv, seq_len, D, device="cuda", dtype=torch.bfloat16)
+    from transformers.masking_utils import bidirectional_mask_function, causal_mask_function
+
+    mod = Mod(causal)
+    mask = anchor_mask(1, seq_len, seq_len, config=mod.config, device="cuda",
+                       mask_function=causal_mask_function if causal else bidirectional_mask_function)
+    assert type(mask).__name__ == "FlexPlan"
+    out, _ = anchor_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+    ref = anchor_by_documents(q, k, v, doc_ids_from_cu_seqlens(cu, 1, seq_len), D ** -0.5, causal)
+    torch.testing.assert_close(out.float(), ref.transpose(1, 2), **BF16_TOL)
+
+
+@pytest.mark.parametrize("seq_len,G,W", [(8192, 4, 1024), (32768, 16, 2048)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_self_extend_flex_equals_reference(seq_len, G, W, causal):
+    torch.manual_seed(0)
+    H, Hkv, D = 4, 2, 128
+    params = {"rope_type": "self_extend", "group_size": G, "window": W, "rope_theta": 10000.0}
+    mod = Mod(causal, params)
+    pos = torch.arange(seq_len, device="cuda")[None]
+    inv = rope_ops.default_inv_freq(D, 10000.0, "cuda")
+    q = rope_ops.rotate(torch.randn(1, H, seq_len, D, device="cuda"), pos, inv).to(torch.bfloat16)
+    k = rope_ops.rotate(torch.randn(1, Hkv, seq_len, D, device="cuda"), pos, inv).to(torch.bfloat16)
+    v = torch.randn(1, Hkv, seq_len, D, device="cuda", dtype=torch.bfloat16)
+    from transformers.masking_utils import bidirectional_mask_function, causal_mask_function
+
+    mask = self_extend_mask(1, seq_len, seq_len, config=mod.config, device="cuda",
+                            mask_function=causal_mask_function if causal else bidirectional_mask_function)
+    out, _ = self_extend_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, position_ids=pos)
+    chunk = 2048
+    for a in range(0, seq_len, chunk * 4):  # reference on a sample of query blocks (dense rows of 32k keys)
+        sl = slice(a, a + chunk)
+        dense = torch.ones(1, 1, chunk, seq_len, dtype=torch.bool, device="cuda")
+        if causal:
+            dense = torch.arange(seq_len, device="cuda")[None, :] <= torch.arange(a, a + chunk, device="cuda")[:, None]
+            dense = dense[None, None]
+        ref = se.reference_attention(q[:, :, sl], k, v, pos[:, sl], pos, inv, G, W, causal=causal, mask=dense,
+                                     scale=D ** -0.5)
+        torch.testing.assert_close(out[:, sl].float(), ref.transpose(1, 2), **BF16_TOL)
+
+
+def _grads(model, batch):
+    model.zero_grad()
+    out = model(**batch, use_cache=False)
+    out.loss.backward()
+    return out.logits.float(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3"])
+def test_model_training_flex_equals_sdpa_path(model_type):
+    """Packed 4k window, batch 2, bf16: logits and gradients of the flex path == the dense reference path."""
+    from longctx_plugins import AnchorPackingCollator
+
+    from .conftest import tiny_model
+
+    over = {"sliding_window": 512} if model_type == "gemma3" else {}
+    model = tiny_model(model_type, attn_implementation="anchor", max_position_embeddings=8192, **over)
+    model = model.to("cuda", torch.bfloat16).train()
+    g = torch.Generator().manual_seed(0)
+    docs = [{"input_ids": torch.randint(3, 100, (int(n),), generator=g).tolist()}
+            for n in torch.randint(64, 2500, (8,), generator=g)]
+    batch = AnchorPackingCollator(None, max_length=4096, anchor_token_id=1, pad_token_id=0)(docs)
+    batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+    model.config.anchor_backend = "flex"
+    logits_f, grads_f = _grads(model, batch)
+    model.config.anchor_backend = "sdpa"
+    logits_s, grads_s = _grads(model, batch)
+    keep = batch["attention_mask"].bool()
+    torch.testing.assert_close(logits_f[keep], logits_s[keep], atol=5e-2, rtol=5e-2)
+    for n in grads_s:
+        rel = (grads_f[n] - grads_s[n]).norm() / grads_s[n].norm().clamp(min=1e-6)
+        assert rel < 5e-2, (n, rel.item())
+
+
+def test_self_extend_flex_gradients_match_reference():
+    torch.manual_seed(0)
+    T, H, D, G, W = 2048, 4, 64, 4, 256
+    params = {"rope_type": "self_extend", "group_size": G, "window": W, "rope_theta": 10000.0}
+    mod = Mod(True, params)
+    mod.config.head_dim = D
+    pos = torch.arange(T, device="cuda")[None]
+    inv = rope_ops.default_inv_freq(D, 10000.0, "cuda")
+    q = rope_ops.rotate(torch.randn(1, H, T, D, device="cuda"), pos, inv).requires_grad_()
+    k = rope_ops.rotate(torch.randn(1, H, T, D, device="cuda"), pos, inv).requires_grad_()
+    v = torch.randn(1, H, T, D, device="cuda", requires_grad=True)
+    from transformers.masking_utils import causal_mask_function
+
+    mask = self_extend_mask(1, T, T, config=mod.config, device="cuda", mask_function=causal_mask_function)
+    out, _ = self_extend_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, position_ids=pos)
+    dense = torch.ones(T, T, dtype=torch.bool, device="cuda").tril()[None, None]
+    ref = se.reference_attention(q, k, v, pos, pos, inv, G, W, causal=True, mask=dense, scale=D ** -0.5)
+    torch.testing.assert_close(out.float(), ref.transpose(1, 2), atol=2e-3, rtol=2e-3)
+    w = torch.randn_like(ref)
+    ga = torch.autograd.grad((out.float() * w.transpose(1, 2)).sum(), (q, k, v))
+    gb = torch.autograd.grad((ref * w).sum(), (q, k, v))
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3)
