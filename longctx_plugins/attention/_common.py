@@ -155,7 +155,7 @@ def compiled_flex(device=None) -> Callable:
         for attr in ("recompile_limit", "cache_size_limit"):
             if hasattr(dcfg, attr) and getattr(dcfg, attr) < RECOMPILE_LIMIT:
                 setattr(dcfg, attr, RECOMPILE_LIMIT)
-        _compiled["flex"] = torch.compile(flex_attention)
+        _compiled["flex"] = torch.compile(flex_attention, dynamic=False)  # dynamic kernels measured slower
     return _compiled["flex"]
 
 

@@ -1,0 +1,143 @@
+"""LongEmbed tasks: synthetic ``passkey`` / ``needle`` (generated) and the four real ones (local files / hub)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from . import synthetic
+
+REAL_TASKS = {"narrativeqa": "narrativeqa", "qmsum": "qmsum", "2wikimqa": "2wikimqa",
+              "summscreenfd": "summ_screen_fd"}
+TASKS = synthetic.SYNTHETIC_TASKS + tuple(REAL_TASKS)
+MTEB_NAMES = {"passkey": "LEMBPasskeyRetrieval", "needle": "LEMBNeedleRetrieval",
+              "narrativeqa": "LEMBNarrativeQARetrieval", "qmsum": "LEMBQMSumRetrieval",
+              "2wikimqa": "LEMBWikimQARetrieval", "summscreenfd": "LEMBSummScreenFDRetrieval"}
+
+
+@dataclass
+class Task:
+    name: str
+    corpus: dict = field(default_factory=dict)   # split -> {doc_id: text}
+    queries: dict = field(default_factory=dict)  # split -> {query_id: text}
+    qrels: dict = field(default_factory=dict)    # split -> {query_id: {doc_id: relevance}}
+    main_score: str = "ndcg_at_1"
+    description: str = ""
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.corpus)
+
+    @property
+    def mteb_name(self) -> str:
+        return MTEB_NAMES.get(self.name, self.name)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "corpus": self.corpus, "queries": self.queries, "qrels": self.qrels,
+                "main_score": self.main_score, "description": self.description}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Task":
+        return cls(**d)
+
+    def to_mteb(self):
+        """An mteb ``AbsTaskRetrieval`` over this task's data (``mteb.evaluate(model, tasks=[task.to_mteb()])``)."""
+        from .mteb_compat import to_mteb_task
+
+        return to_mteb_task(self)
+
+
+def check_lengths(lengths) -> list[int]:
+    out = []
+    for x in lengths:
+        if isinstance(x, bool) or not isinstance(x, int) or x <= 0:
+            raise ValueError(f"lengths must be positive integers, got {x!r}.")
+        out.append(x)
+    return out
+
+
+def get_task(name: str, lengths=None, seed: int = 0, data_dir: str | None = None, tokenizer=None,
+             n_queries: int = 50, n_docs: int = 100) -> Task:
+    """Build or load a LongEmbed task.
+
+    Synthetic tasks are generated deterministically from ``seed`` with lengths counted in ``tokenizer``'s tokens
+    (default: the bundled MiniLM tokenizer). Real tasks read ``<data_dir>/<name>/{corpus,queries,qrels}.jsonl``
+    (LongEmbed layout) or, when a hub is reachable and no ``data_dir`` is given, the HF dataset ``dwzhu/LongEmbed``.
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}.")
+    if name in synthetic.SYNTHETIC_TASKS:
+        lengths = check_lengths(lengths or synthetic.DEFAULT_LENGTHS)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from ..embedder import default_model_path
+
+            tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+        corpus, queries, qrels = synthetic.generate(name, tokenizer, lengths, n_queries, n_docs, seed)
+        return Task(name, corpus, queries, qrels, "ndcg_at_1", f"synthetic {name}, seed {seed}")
+    return _load_real(name, data_dir)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"missing data file {path} (expected the LongEmbed layout: corpus.jsonl, "
+                                "queries.jsonl, qrels.jsonl per task).")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}, line {n}: not valid JSON ({exc.msg}).") from exc
+    return rows
+
+
+def _field(row, keys, path, n):
+    for k in keys:
+        if k in row:
+            return row[k]
+    raise ValueError(f"{path}, row {n}: none of the fields {keys} is present.")
+
+
+def _load_real(name: str, data_dir: str | None) -> Task:
+    split = "validation" if name == "summscreenfd" else "test"
+    if data_dir is None:
+        return _load_hub(name, split)
+    base = os.path.join(data_dir, name)
+    if not os.path.isdir(base):
+        base = os.path.join(data_dir, REAL_TASKS[name])
+    corpus, queries, qrels = {}, {}, {}
+    for kind in ("corpus", "queries", "qrels"):
+        path = os.path.join(base, f"{kind}.jsonl")
+        for n, row in enumerate(_read_jsonl(path), 1):
+            if kind == "corpus":
+                corpus[str(_field(row, ("doc_id", "_id", "id"), path, n))] = _field(row, ("text",), path, n)
+            elif kind == "queries":
+                queries[str(_field(row, ("qid", "_id", "id"), path, n))] = _field(row, ("text",), path, n)
+            else:
+                q = str(_field(row, ("qid", "query-id", "query_id"), path, n))
+                d = str(_field(row, ("doc_id", "corpus-id", "corpus_id"), path, n))
+                qrels.setdefault(q, {})[d] = int(row.get("score", 1))
+    return Task(name, {split: corpus}, {split: queries}, {split: qrels}, "ndcg_at_10", f"LongEmbed {name}")
+
+
+def _load_hub(name: str, split: str) -> Task:
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset("dwzhu/LongEmbed", REAL_TASKS[name])
+    except Exception as exc:
+        raise RuntimeError(
+            f"task {name!r} needs its data: pass --data-dir with the LongEmbed layout "
+            f"(<dir>/{name}/corpus.jsonl, queries.jsonl, qrels.jsonl), or run online with the `datasets` package "
+            f"({type(exc).__name__}: {exc})."
+        ) from exc
+    corpus = {str(r["doc_id"]): r["text"] for r in ds["corpus"]}
+    queries = {str(r["qid"]): r["text"] for r in ds["queries"]}
+    qrels = {}
+    for r in ds["qrels"]:
+        qrels.setdefault(str(r["qid"]), {})[str(r["doc_id"])] = 1
+    return Task(name, {split: corpus}, {split: queries}, {split: qrels}, "ndcg_at_10", f"LongEmbed {name}")
