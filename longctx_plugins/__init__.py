@@ -17,6 +17,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 check_versions()
 
 from .registry import is_registered, register, unregister  # noqa: E402
+from .extend import extend  # noqa: E402  (eager: the function must shadow the submodule of the same name)
 
 __all__ = [
     "__version__", "register", "unregister", "is_registered", "extend", "LongContextEmbedder",
@@ -24,7 +25,6 @@ __all__ = [
 ]
 
 _LAZY = {
-    "extend": ("longctx_plugins.extend", "extend"),
     "LongContextEmbedder": ("longctx_plugins.embedder", "LongContextEmbedder"),
     "AnchorPackingCollator": ("longctx_plugins.training.collator", "AnchorPackingCollator"),
 }

@@ -14,6 +14,7 @@ class STInfo:
     normalize: bool | None = None
     prompts: dict = field(default_factory=dict)
     max_seq_length: int | None = None
+    pooling_unreadable: bool = False  # a Pooling module exists but names no mode this package implements
 
 
 def _read(path):
@@ -41,6 +42,7 @@ def read_st_folder(path: str) -> STInfo:
             if cfg.get("pooling_mode"):
                 info.pooling = {"mean": "mean", "cls": "cls", "lasttoken": "lasttoken", "max": "max"}.get(
                     cfg["pooling_mode"], info.pooling)
+            info.pooling_unreadable = info.pooling is None
         if kind.endswith("Normalize"):
             info.normalize = True
     if modules and info.normalize is None:

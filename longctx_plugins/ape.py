@@ -91,6 +91,9 @@ def position_ids_for(config, input_ids: torch.Tensor, lengths: torch.Tensor | No
             (input_ids.shape[0],), input_ids.shape[1], device=input_ids.device)
     pos = ape_ops.positions(info["method"], lengths, input_ids.shape[1], info["original_max_position_embeddings"],
                             info["scale"]) + offset
+    # padding slots of short rows can map past the table (p * s); they are masked, but must stay in range
+    table_rows = offset + info["original_max_position_embeddings"] * info["scale"]
+    pos = pos.clamp(max=table_rows - 1)
     if offset and pad is not None:  # XLM-R: padding tokens sit at padding_idx
         pos = torch.where(input_ids == pad, torch.full_like(pos, pad), pos)
     return pos

@@ -88,6 +88,9 @@ class LongContextEmbedder:
         elif self.method not in ("none", "pcw") and target_length > self.trained_length:
             extend(model, self.method, target_length)
         self.target_length = target_length if self.method != "none" else self.trained_length
+        if pooling is None and info.pooling_unreadable:
+            raise ValueError(f"{path}: its sentence-transformers Pooling module uses a mode this package does not "
+                             f"implement; pass pooling= one of {POOLING_MODES}.")
         self.pooling = pooling or info.pooling or ("lasttoken" if self.is_decoder else "mean")
         if self.pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}.")
@@ -99,6 +102,9 @@ class LongContextEmbedder:
             "document", info.prompts.get("passage", ""))
         self.batch_size, self.truncate, self.show_progress_bar = batch_size, truncate, show_progress_bar
         self.model = model.to(self.device, self.dtype).eval()
+        # we handle lengths ourselves (target_length); silence the tokenizer's "longer than model_max_length" note
+        self.tokenizer.model_max_length = max(int(getattr(self.tokenizer, "model_max_length", 0) or 0),
+                                              self.target_length, 10**9)
         self._warned_truncation = False
 
     # --------------------------------------------------------------------------------------------- encoding
@@ -162,6 +168,7 @@ class LongContextEmbedder:
         bar.close()
         return out
 
+    @torch.inference_mode()
     def _forward(self, batch: list[list[int]], normalize=None) -> np.ndarray:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         T = max(len(x) for x in batch)

@@ -90,15 +90,27 @@ class _Counter:
 
 
 def _fill(sentences, start: int, budget: int, count: _Counter) -> list[str]:
+    """Whole sentences from ``start`` while they fit, then the longest word prefix of the next one that fits."""
     out, used, i = [], 0, start
     while True:
         s = sentences[i % len(sentences)]
         n = count(s)
         if used + n > budget:
-            return out
+            break
         out.append(s)
         used += n
         i += 1
+    words = s.split()
+    lo, hi = 0, len(words)
+    while lo < hi:  # binary search on the prefix length
+        mid = (lo + hi + 1) // 2
+        if used + len(count.tokenizer(" " + " ".join(words[:mid]), add_special_tokens=False)["input_ids"]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo:
+        out.append(" ".join(words[:lo]))
+    return out
 
 
 def _document(rng, sentences, needle: str, length: int, count: _Counter) -> str:

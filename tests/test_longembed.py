@@ -1,0 +1,158 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from longctx_plugins import LongContextEmbedder
+from longctx_plugins.embedder import default_model_path
+from longctx_plugins.longembed import BM25, evaluate, get_task
+from longctx_plugins.longembed.metrics import retrieval_scores
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return AutoTokenizer.from_pretrained(default_model_path())
+
+
+def test_synthetic_tasks_are_deterministic_and_sized(tok):
+    for name in ("passkey", "needle"):
+        a = get_task(name, lengths=[256, 700], seed=3, tokenizer=tok, n_queries=4, n_docs=8)
+        b = get_task(name, lengths=[256, 700], seed=3, tokenizer=tok, n_queries=4, n_docs=8)
+        c = get_task(name, lengths=[256, 700], seed=4, tokenizer=tok, n_queries=4, n_docs=8)
+        assert a.to_dict() == b.to_dict() and a.to_dict() != c.to_dict()
+        assert a.splits == ["test_256", "test_700"] and a.main_score == "ndcg_at_1"
+        for split, length in (("test_256", 256), ("test_700", 700)):
+            lens = [len(tok(d)["input_ids"]) for d in a.corpus[split].values()]
+            assert max(lens) <= length and min(lens) >= length * 0.85, lens
+            assert len(a.corpus[split]) == 8 and len(a.queries[split]) == 4
+            for q, rel in a.qrels[split].items():
+                (doc,) = rel
+                assert doc in a.corpus[split]
+        # the needle's answer sits in its relevant document
+        q, rel = next(iter(a.qrels["test_700"].items()))
+        doc = a.corpus["test_700"][next(iter(rel))]
+        key = a.queries["test_700"][q].rstrip("?").split(" for ")[-1].split(" in ")[-1]
+        assert key in doc
+
+
+def test_bad_task_inputs(tmp_path):
+    with pytest.raises(ValueError, match="valid tasks"):
+        get_task("passkeys")
+    with pytest.raises(ValueError, match="positive integers"):
+        get_task("passkey", lengths=[256, -1])
+    with pytest.raises(FileNotFoundError, match="corpus.jsonl"):
+        get_task("qmsum", data_dir=str(tmp_path))
+    d = tmp_path / "qmsum"
+    d.mkdir()
+    (d / "corpus.jsonl").write_text('{"doc_id": "d1", "text": "a long meeting"}\n{"doc_id": "d2", "text": oops}\n')
+    with pytest.raises(ValueError, match=r"corpus.jsonl, line 2"):
+        get_task("qmsum", data_dir=str(tmp_path))
+
+
+def test_real_task_from_local_files(tmp_path):
+    d = tmp_path / "2wikimqa"
+    d.mkdir()
+    docs = {"d1": "Paris is the capital of France. " * 50, "d2": "Bananas are yellow fruits. " * 50}
+    (d / "corpus.jsonl").write_text("".join(json.dumps({"doc_id": k, "text": v}) + "\n" for k, v in docs.items()))
+    (d / "queries.jsonl").write_text(json.dumps({"qid": "q1", "text": "capital of France"}) + "\n")
+    (d / "qrels.jsonl").write_text(json.dumps({"qid": "q1", "doc_id": "d1"}) + "\n")
+    task = get_task("2wikimqa", data_dir=str(tmp_path))
+    assert task.main_score == "ndcg_at_10" and task.splits == ["test"]
+    res = evaluate(LongContextEmbedder("default", method="pi", target_length=1024), [task], progress=False)
+    assert res["2wikimqa"]["main_score"] == 1.0
+
+
+def test_metrics_agree_with_mteb_including_ties(tok):
+    """Same task through mteb.evaluate and through ours: identical metrics (ties broken as pytrec_eval does)."""
+    import mteb
+
+    from longctx_plugins.longembed import MTEBEncoder
+
+    task = get_task("passkey", lengths=[256, 1024], tokenizer=tok, n_queries=6, n_docs=12)
+    emb = LongContextEmbedder("default", method="none")  # truncation makes many 1024 docs identical: ties
+    ours = evaluate(emb, [task], progress=False)["passkey"]["splits"]
+    res = mteb.evaluate(MTEBEncoder(emb), tasks=[task.to_mteb()], cache=None, show_progress_bar=False)
+    theirs = res.task_results[0].scores
+    compared = 0
+    for split, entries in theirs.items():
+        for key in ("ndcg_at_1", "ndcg_at_3", "ndcg_at_10", "recall_at_1", "recall_at_10", "mrr_at_10", "map_at_10",
+                    "precision_at_3"):
+            assert ours[split][key] == pytest.approx(entries[0][key], abs=1e-4), (split, key)
+            compared += 1
+    assert compared == 16
+
+
+def test_metric_values_by_hand():
+    results = {"q1": {"a": 0.9, "b": 0.8, "c": 0.1}, "q2": {"a": 0.5, "b": 0.5, "c": 0.4}}
+    qrels = {"q1": {"b": 1}, "q2": {"a": 1}}
+    s = retrieval_scores(results, qrels, k_values=(1, 3))
+    # q1: relevant at rank 2; q2: tie a/b broken by doc id descending -> b first, a second
+    assert s["ndcg_at_1"] == 0.0
+    assert s["mrr_at_3"] == pytest.approx(0.5)
+    assert s["ndcg_at_3"] == pytest.approx(1 / np.log2(3))
+
+
+def test_bm25_and_resumable_cache(tmp_path, tok):
+    task = get_task("needle", lengths=[256, 512], tokenizer=tok, n_queries=5, n_docs=10)
+    first = evaluate(BM25(), [task], cache_dir=str(tmp_path), progress=False)
+    assert first["needle"]["main_score"] > 0.8
+    assert len(list((tmp_path / "needle").iterdir())) == 2
+
+    class Refuses:
+        def encode_queries(self, texts):
+            raise AssertionError("should have come from the cache")
+
+        encode_documents = encode_queries
+
+    again = evaluate(Refuses(), [task], cache_dir=str(tmp_path), progress=False)
+    assert again == first
+
+
+def cli(*args, cwd=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "longctx_plugins.longembed.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--tasks", "passkey,bogus"], "valid tasks"),
+    (["--method", "pi,magic"], "valid methods"),
+    (["--lengths", "256,abc"], "positive integers"),
+    (["--lengths", "256,-3"], "positive integers"),
+])
+def test_cli_bad_arguments_exit_2_without_traceback(args, needle, tmp_path):
+    res = cli(*args, "--output", str(tmp_path))
+    assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_unwritable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = cli("--output", str(blocker / "sub"))
+    assert res.returncode == 2 and "not writable" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_missing_model_message(tmp_path):
+    res = cli("--model", str(tmp_path / "nope"), "--output", str(tmp_path / "o"))
+    assert res.returncode != 0 and "HF_HUB_OFFLINE=1" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_end_to_end_writes_everything_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    args = ["--method", "none,pi,pcw", "--lengths", "256,700", "--n-queries", "3", "--n-docs", "6",
+            "--target-length", "1024", "--output", str(out), "--no-progress"]
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "passkey" in res.stdout and "bm25" in res.stdout and "700" in res.stdout
+    for f in ("results.md", "results.png", "run_config.json", "results.json", "pi/LEMBPasskeyRetrieval.json",
+              "bm25/LEMBNeedleRetrieval.json", "none/LEMBNeedleRetrieval.json"):
+        assert (out / f).exists(), f
+    doc = json.loads((out / "pi" / "LEMBPasskeyRetrieval.json").read_text())
+    assert set(doc["scores"]) == {"test_256", "test_700"} and "main_score" in doc["scores"]["test_256"][0]
+    first = json.loads((out / "results.json").read_text())
+    res = cli(*args)  # second run: everything from the caches
+    assert res.returncode == 0 and json.loads((out / "results.json").read_text()) == first
