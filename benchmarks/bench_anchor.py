@@ -114,7 +114,7 @@ def case(seq_len, n_docs, lo, hi, kernel_sweep):
     }
 
 
-def trainer_step(seq_len, steps=3):
+def trainer_step(seq_len, steps=3, profile_path=None, impls=("anchor", "sdpa")):
     """fwd + bwd + AdamW of a ~1.1B Llama-shaped model (TinyLlama shape) with gradient checkpointing."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -133,7 +133,7 @@ def trainer_step(seq_len, steps=3):
     batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu)
     result = {"model": "llama-1.1B (hidden 2048, 22 layers, 32 heads, 4 kv heads)", "seq_len": seq_len,
               "gradient_checkpointing": True, "step": "forward + backward + AdamW step, bf16 weights"}
-    for impl in ("anchor", "sdpa"):
+    for impl in impls:
         torch.manual_seed(0)
         model = LlamaForCausalLM(cfg).to("cuda", torch.bfloat16)
         model.set_attn_implementation(impl)
@@ -150,10 +150,20 @@ def trainer_step(seq_len, steps=3):
             opt.zero_grad(set_to_none=True)
 
         ms = cuda_time_ms(step, warmup=2, iters=steps)
+        if profile_path:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                step()
+                torch.cuda.synchronize()
+            with open(profile_path, "a") as f:
+                f.write(f"== {impl}: step {ms:.1f} ms\n")
+                f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
         result[f"{'anchor' if impl == 'anchor' else 'full'}_ms"] = round(ms, 1)
         del model, opt
         torch.cuda.empty_cache()
-    result["ratio_anchor_over_full"] = round(result["anchor_ms"] / result["full_ms"], 3)
+    if "anchor_ms" in result and "full_ms" in result:
+        result["ratio_anchor_over_full"] = round(result["anchor_ms"] / result["full_ms"], 3)
     return result
 
 
@@ -161,11 +171,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-trainer", action="store_true")
+    parser.add_argument("--profile-trainer", default=None, help="only profile one anchor trainer step into this file")
     args = parser.parse_args()
     sweep = {"default": None,
              "m128_n64_w8_s3": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
              "m128_n128_w8_s2": {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
              "m64_n128_w4_s3": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}}
+    if args.profile_trainer:
+        print(trainer_step(32768, steps=1, profile_path=args.profile_trainer, impls=("anchor",)))
+        return
     result = {**environment(), "heads": H, "head_dim": D, "dtype": "bfloat16", "cases": []}
     for seq_len, n_docs in ([(32768, 9)] if args.quick else [(32768, 9), (131072, 30)]):
         c = case(seq_len, n_docs, 256, 8192, sweep)

@@ -234,3 +234,22 @@ class LongContextEmbedder:
 
 def _tok_kwargs(kwargs):
     return {k: kwargs[k] for k in ("revision", "trust_remote_code", "cache_dir", "local_files_only") if k in kwargs}
+
+
+_SHARED: dict = {}
+_SHARED_LOCK = __import__("threading").Lock()
+
+
+def get_embedder(model_name_or_path: str = DEFAULT_MODEL, method: str = "auto", target_length: int = 8192,
+                 device: str | None = None, **kwargs) -> LongContextEmbedder:
+    """A process-wide shared :class:`LongContextEmbedder`: one model load per (path, method, target length, device,
+    other options); the framework wrappers (LlamaIndex, LangChain) all go through here."""
+    key = (str(model_name_or_path), method, int(target_length) if isinstance(target_length, int) else target_length,
+           device, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+    with _SHARED_LOCK:
+        emb = _SHARED.get(key)
+        if emb is None:
+            emb = LongContextEmbedder(model_name_or_path, method=method, target_length=target_length, device=device,
+                                      **kwargs)
+            _SHARED[key] = emb
+        return emb

@@ -1,0 +1,3 @@
+from langchain_longctx.embeddings import LongContextEmbeddings
+
+__all__ = ["LongContextEmbeddings"]

@@ -1,0 +1,3 @@
+from llama_index.embeddings.longctx.base import LongContextEmbedding
+
+__all__ = ["LongContextEmbedding"]
