@@ -14,7 +14,6 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _util import cuda_time_ms, environment, write_json  # noqa: E402
 
 import longctx_plugins  # noqa: E402,F401
-from longctx_plugins.attention import _common  # noqa: E402
 from longctx_plugins.attention.anchor import anchor_attention_forward, anchor_mask  # noqa: E402
 from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens  # noqa: E402
 from longctx_plugins.ops.reference import anchor_by_documents  # noqa: E402
@@ -160,7 +159,7 @@ def trainer_step(seq_len, steps=3, profile_path=None, impls=("anchor", "sdpa")):
                 f.write(f"== {impl}: step {ms:.1f} ms\n")
                 f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70))
         result[f"{'anchor' if impl == 'anchor' else 'full'}_ms"] = round(ms, 1)
-        del model, opt
+        model = opt = None  # free before the next model
         torch.cuda.empty_cache()
     if "anchor_ms" in result and "full_ms" in result:
         result["ratio_anchor_over_full"] = round(result["anchor_ms"] / result["full_ms"], 3)

@@ -14,7 +14,6 @@ def _length(split: str):
 
 def table_rows(all_results: dict) -> tuple[list[str], list[list[str]]]:
     """One row per (task, run); columns: the task's splits then the average main score (x100)."""
-    header, rows = None, []
     tasks = []
     for res in all_results.values():
         for t in res:

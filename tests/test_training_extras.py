@@ -1,0 +1,63 @@
+import numpy as np
+import torch
+from transformers import AutoModel
+
+from longctx_plugins import LongContextEmbedder, diagnostics, extend
+from longctx_plugins.embedder import default_model_path
+from longctx_plugins.training.position_tuning import prepare_position_tuning
+
+from .conftest import outputs, tiny_model
+
+
+def test_position_only_tuning_keeps_original_rows_and_short_inputs():
+    model = extend(AutoModel.from_pretrained(default_model_path()), "pi", target_length=1024)
+    before = model.embeddings.position_embeddings.weight.detach().clone()
+    tuning = prepare_position_tuning(model)
+    opt = tuning.attach(torch.optim.AdamW(tuning.parameters(), lr=1e-2, weight_decay=0.1))
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["embeddings.position_embeddings.weight"]
+    ids = torch.randint(1000, 2000, (2, 900))
+    for _ in range(3):
+        loss = model(input_ids=ids).last_hidden_state.pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = model.embeddings.position_embeddings.weight.detach()
+    orig = torch.arange(512) * 2
+    new = orig + 1
+    assert torch.equal(after[orig], before[orig])  # exactly unchanged, weight decay included
+    assert not torch.equal(after[new], before[new])
+    # short inputs: identical to the unextended model
+    emb = LongContextEmbedder("default", method="none")
+    tuned = LongContextEmbedder("default", method="pi", target_length=1024)
+    tuned.model.embeddings.position_embeddings.weight.data.copy_(after)
+    texts = ["short text one", "another short text " * 10]
+    np.testing.assert_allclose(tuned.encode(texts), emb.encode(texts), atol=2e-6)
+
+
+def test_bf16_diagnostics_on_a_tiny_llama():
+    model = tiny_model("llama", max_position_embeddings=4096)
+    ids = torch.randint(3, 100, (2, 128))
+    res = diagnostics.run(model, ids, deltas=(0, 16, 64), reference_delta=16, lengths=(32, 128))
+    for name in ("bfloat16", "float32"):
+        assert res[name]["D"][16] == 0.0  # same shift: no difference at all
+    assert res["float32"]["D"][64] < 1e-4  # RoPE's relative property holds in fp32
+    assert res["bfloat16"]["D"][64] > 50 * res["float32"]["D"][64]  # and breaks in bf16
+    assert res["bfloat16"]["logit_diff"][128] > 50 * res["float32"]["logit_diff"][128]
+    # the probe computes the real attention and is removed afterwards
+    from transformers import AttentionInterface
+
+    assert "longctx_probe" not in AttentionInterface._global_mapping
+    rec = diagnostics._Recorder()
+    with torch.no_grad():
+        plain = outputs(model, input_ids=ids)
+        with diagnostics._probe(model, rec):
+            probed = outputs(model, input_ids=ids, attention_mask=torch.ones_like(ids))
+    torch.testing.assert_close(probed, plain, atol=1e-5, rtol=1e-5)
+    assert len(rec.probs) == model.config.num_hidden_layers
+
+
+def test_diagnostics_plot(tmp_path):
+    res = {"bfloat16": {"D": {0: 1e-3, 8: 2e-3}, "logit_diff": {32: 1e-4, 64: 2e-4}},
+           "float32": {"D": {0: 1e-7, 8: 2e-7}, "logit_diff": {32: 1e-8, 64: 1e-8}}}
+    path = diagnostics.plot(res, str(tmp_path / "d.png"))
+    assert (tmp_path / "d.png").stat().st_size > 1000 and path.endswith("d.png")
