@@ -50,8 +50,7 @@ class LongContextEmbedder:
         st_model = None
         if not isinstance(model_name_or_path, (str, os.PathLike)):
             st_model = model_name_or_path  # an existing SentenceTransformer
-            path = getattr(st_model, "model_card_data", None) and getattr(st_model.model_card_data, "base_model", None)
-            path = path or getattr(st_model[0].auto_model.config, "_name_or_path", "")
+            path = getattr(st_model[0].auto_model.config, "_name_or_path", "") or ""
         else:
             path = default_model_path() if str(model_name_or_path) == DEFAULT_MODEL else str(model_name_or_path)
         self.model_name_or_path = path
@@ -60,6 +59,13 @@ class LongContextEmbedder:
             dtype = getattr(torch, dtype)
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         info = read_st_folder(path) if os.path.isdir(path) else read_st_folder("")
+        if st_model is not None:  # the loaded modules are authoritative
+            names = [type(m).__name__ for m in st_model]
+            mode = next((getattr(m, "pooling_mode", None) for m in st_model if type(m).__name__ == "Pooling"), None)
+            info.pooling = {"mean": "mean", "cls": "cls", "lasttoken": "lasttoken", "max": "max"}.get(mode, info.pooling)
+            info.pooling_unreadable = "Pooling" in names and info.pooling is None
+            info.normalize = "Normalize" in names
+            info.prompts = dict(getattr(st_model, "prompts", None) or info.prompts)
         try:
             if st_model is not None:
                 self.tokenizer = st_model.tokenizer

@@ -38,9 +38,11 @@ def layer_parameters(module) -> dict | None:
 
 
 def _inv_freq(config, params, device):
-    from ..rope import inv_freq_for
+    from ..rope import inv_freq_for, rotary_dim
 
-    key = (id(config), tuple(sorted((k, str(v)) for k, v in params.items())), str(device))
+    # keyed by value (not config identity, which Python may recycle): parameters, rotary dim, device
+    key = (tuple(sorted((k, str(v)) for k, v in params.items())), rotary_dim(config, params),
+           getattr(config, "rope_theta", None), str(device))
     if key not in _inv_freq_cache:
         _inv_freq_cache[key] = inv_freq_for(config, params, device, params.get("base_rope_type", "default"))
     return _inv_freq_cache[key]
