@@ -185,7 +185,7 @@ def _offline_message(model, exc):
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("transformers", "httpx", "sentence_transformers"):
+    for noisy in ("transformers", "httpx", "sentence_transformers", "bm25s", "mteb", "jax", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     args = parse(argv)
     try:

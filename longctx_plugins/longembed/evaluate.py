@@ -23,6 +23,8 @@ class BM25:
     def results(self, corpus: dict, queries: dict) -> dict[str, dict[str, float]]:
         import bm25s
 
+        # bm25s sets its own logger to DEBUG on import ("Building index from tokens" per index); keep it quiet
+        logging.getLogger("bm25s").setLevel(max(logging.getLogger("bm25s").level, logging.WARNING))
         dids, qids = list(corpus), list(queries)
         retriever = bm25s.BM25()
         retriever.index(bm25s.tokenize([corpus[d] for d in dids], stopwords="en", show_progress=False,
