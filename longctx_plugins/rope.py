@@ -132,10 +132,10 @@ def _validate_ntk(self, rope_parameters, ignore_keys=None):
 
 
 def _validate_self_extend(self, rope_parameters, ignore_keys=None):
-    group = _number(rope_parameters, "group_size", "self_extend", 1, integer=True)
+    group_size = _number(rope_parameters, "group_size", "self_extend", 1, integer=True)
     window = _number(rope_parameters, "window", "self_extend", 1, integer=True)
     trained = getattr(self, "max_position_embeddings", None)
-    if trained is not None and window >= trained and group > 1:
+    if trained is not None and window >= trained and group_size > 1:
         raise ValueError(
             f"rope_parameters['window']={window} must be smaller than the trained window "
             f"(max_position_embeddings={trained}); SelfExtend groups only positions beyond the window."
@@ -151,7 +151,6 @@ def _validate_self_extend(self, rope_parameters, ignore_keys=None):
     if base in ("pi", "ntk"):
         _number(rope_parameters, "factor", "self_extend", 1.0)
     _warn_unknown(rope_parameters, "self_extend", ignore_keys)
-    del group
 
 
 VALIDATORS = {"pi": _validate_pi, "ntk": _validate_ntk, "self_extend": _validate_self_extend}

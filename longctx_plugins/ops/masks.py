@@ -45,17 +45,6 @@ def anchor_mod(doc_ids: torch.Tensor, causal: bool = True) -> MaskMod:
     return and_mods(causal_mod, doc) if causal else doc
 
 
-def sliding_window_mod(window: int, causal: bool = True) -> MaskMod:
-    """transformers' conventions: causal ``q - k < window``; bidirectional ``|q - k| <= window``."""
-
-    def mod(b, h, q_idx, kv_idx):
-        if causal:
-            return kv_idx > q_idx - window
-        return (q_idx - kv_idx).abs() <= window
-
-    return mod
-
-
 def dense_mask(mask_mod: MaskMod, batch: int, q_len: int, kv_len: int, device, q_offset: int = 0) -> torch.Tensor:
     """Materialise ``mask_mod`` as a ``[B, 1, Q, K]`` bool tensor (True = attend). Reference/CPU path only."""
     b = torch.arange(batch, device=device)[:, None, None, None]

@@ -15,7 +15,7 @@ The "anchor" attention reads ``cu_seq_lens_*``; ``Trainer`` passes them to the m
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -156,7 +156,3 @@ class AnchorPackingCollator:
             "max_length_k": max_seg,
         }
 
-
-def iter_documents(texts: Iterable[str], tokenizer, add_bos: bool = False) -> list[dict[str, list[int]]]:
-    """Tokenize texts into features for the collator (no special tokens; the anchor is added by packing)."""
-    return [{"input_ids": tokenizer(t, add_special_tokens=add_bos)["input_ids"]} for t in texts]
