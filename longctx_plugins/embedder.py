@@ -135,8 +135,12 @@ class LongContextEmbedder:
         return ids[: limit - 1] + ids[-1:] if self.tokenizer.sep_token_id == ids[-1] else ids[:limit]
 
     def encode(self, texts: Sequence[str], batch_size: int | None = None, show_progress_bar: bool | None = None,
-               prompt: str = "") -> np.ndarray:
-        """Embed ``texts``; returns a float32 array ``[n, dim]`` (L2-normalised when ``normalize``)."""
+               prompt: str = "", devices: Sequence[str] | None = None) -> np.ndarray:
+        """Embed ``texts``; returns a float32 array ``[n, dim]`` (L2-normalised when ``normalize``).
+
+        ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) spreads the length-sorted batches over one model replica per
+        device, one thread each, balanced by token count; results equal a single-device run.
+        """
         texts = _check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -144,8 +148,8 @@ class LongContextEmbedder:
             texts = [prompt + t for t in texts]
         ids = [self._limit(x, self.target_length, i) for i, x in enumerate(self.tokenize(texts))]
         if self.method == "pcw":
-            return self._encode_pcw(ids, batch_size, show_progress_bar)
-        return self._encode_ids(ids, batch_size, show_progress_bar)
+            return self._encode_pcw(ids, batch_size, show_progress_bar, devices=devices)
+        return self._encode_ids(ids, batch_size, show_progress_bar, devices=devices)
 
     def encode_queries(self, texts, **kw) -> np.ndarray:
         return self.encode(texts, prompt=self.query_prompt, **kw)
@@ -161,21 +165,54 @@ class LongContextEmbedder:
 
         return tqdm(total=total, disable=not show, desc="encode", unit="text")
 
-    def _encode_ids(self, ids: list[list[int]], batch_size=None, show=None, normalize=None) -> np.ndarray:
+    def _replica(self, device):
+        """The model on ``device`` (a deep copy made once per device; the main model for its own device)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self.model
+        if not hasattr(self, "_replicas"):
+            self._replicas = {}
+        if device not in self._replicas:
+            import copy
+
+            self._replicas[device] = copy.deepcopy(self.model).to(device)
+        return self._replicas[device]
+
+    def _encode_ids(self, ids: list[list[int]], batch_size=None, show=None, normalize=None, devices=None) -> np.ndarray:
         batch_size = batch_size or self.batch_size
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: memory peaks early
+        chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
         out = np.zeros((len(ids), self.dim), dtype=np.float32)
         bar = self._progress(len(ids), show)
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                out[chunk] = self._forward([ids[i] for i in chunk], normalize)
+        devices = list(devices or [self.device])
+        # greedy balance by tokens: each batch to the device with the least work so far
+        work = {i: [] for i in range(len(devices))}
+        load = [0] * len(devices)
+        for chunk in chunks:
+            d = load.index(min(load))
+            work[d].append(chunk)
+            load[d] += sum(len(ids[i]) ** 2 + len(ids[i]) for i in chunk)
+
+        def run(d):
+            model, device = self._replica(devices[d]), torch.device(devices[d])
+            for chunk in work[d]:
+                out[chunk] = self._forward([ids[i] for i in chunk], normalize, model=model, device=device)
                 bar.update(len(chunk))
+
+        if len(devices) == 1:
+            run(0)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(devices)) as pool:
+                list(pool.map(run, range(len(devices))))  # re-raises a worker's exception
         bar.close()
         return out
 
     @torch.inference_mode()
-    def _forward(self, batch: list[list[int]], normalize=None) -> np.ndarray:
+    def _forward(self, batch: list[list[int]], normalize=None, model=None, device=None) -> np.ndarray:
+        model = self.model if model is None else model
+        device = self.device if device is None else device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         T = max(len(x) for x in batch)
         left = self.is_decoder
@@ -186,15 +223,15 @@ class LongContextEmbedder:
             input_ids[r, sl] = torch.tensor(x)
             mask[r, sl] = 1
         lengths = mask.sum(-1)
-        kwargs = {"input_ids": input_ids.to(self.device)}
+        kwargs = {"input_ids": input_ids.to(device)}
         padded = bool((lengths < T).any())
         if padded:  # a single long text (or equal lengths) needs no mask at all: no S x S mask is built
-            kwargs["attention_mask"] = mask.to(self.device)
-        if getattr(self.model.config, "longctx_ape", None):
-            kwargs["position_ids"] = position_ids_for(self.model.config, kwargs["input_ids"], lengths.to(self.device))
+            kwargs["attention_mask"] = mask.to(device)
+        if getattr(model.config, "longctx_ape", None):
+            kwargs["position_ids"] = position_ids_for(model.config, kwargs["input_ids"], lengths.to(device))
         elif left and padded:
-            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(self.device)
-        hidden = self.model(**kwargs).last_hidden_state.float()
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+        hidden = model(**kwargs).last_hidden_state.float()
         m = mask.to(hidden.device, hidden.dtype)[..., None]
         if self.pooling == "mean":
             emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
@@ -209,7 +246,7 @@ class LongContextEmbedder:
             emb = torch.nn.functional.normalize(emb, dim=-1)
         return emb.cpu().numpy().astype(np.float32)
 
-    def _encode_pcw(self, ids, batch_size=None, show=None) -> np.ndarray:
+    def _encode_pcw(self, ids, batch_size=None, show=None, devices=None) -> np.ndarray:
         """Parallel context windows: split into trained-size windows, embed each, average, normalise."""
         tok = self.tokenizer
         specials = [i for i in (tok.cls_token_id, tok.sep_token_id, tok.bos_token_id) if i is not None]
@@ -227,7 +264,7 @@ class LongContextEmbedder:
             for c in chunks:
                 pieces.append(head + c + tail)
                 owner.append(n)
-        emb = self._encode_ids(pieces, batch_size, show, normalize=False)
+        emb = self._encode_ids(pieces, batch_size, show, normalize=False, devices=devices)
         out = np.zeros((len(ids), emb.shape[1]), dtype=np.float64)
         counts = np.zeros(len(ids))
         np.add.at(out, owner, emb)

@@ -190,3 +190,15 @@ def test_unreadable_pooling_needs_explicit_pooling(tmp_path):
     with pytest.raises(ValueError, match="pass pooling="):
         LongContextEmbedder(str(folder))
     assert LongContextEmbedder(str(folder), pooling="cls").pooling == "cls"
+
+
+@pytest.mark.parametrize("method", ["pi", "pcw"])
+def test_encode_over_several_devices_equals_one_device(method):
+    """Batches spread over model replicas (threads, token-balanced) give the single-device result exactly."""
+    a, b = _long_pair()
+    texts = [a, "short one", b, "medium text " * 40, b[:900], "x", a[:2000]]
+    emb = LongContextEmbedder("default", method=method, target_length=2048, batch_size=2)
+    one = emb.encode(texts)
+    many = emb.encode(texts, devices=["cpu", "cpu:0"])  # "cpu:0" gets its own replica
+    assert torch.device("cpu:0") in emb._replicas
+    np.testing.assert_allclose(many, one, atol=1e-6)
