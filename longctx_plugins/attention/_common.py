@@ -117,7 +117,7 @@ def to_bool_mask(attention_mask, module, q_len: int, kv_len: int, device, causal
     return attention_mask[..., :kv_len]
 
 
-def sdpa_dense(query, key, value, mask, scaling, dropout: float = 0.0, is_causal_hint: bool = False):
+def sdpa_dense(query, key, value, mask, scaling, dropout: float = 0.0):
     """SDPA with a boolean mask; rows that may see nothing give zeros (no NaN). Returns ``[B, Q, H, D]``."""
     empty = None
     if mask is not None:
@@ -126,8 +126,7 @@ def sdpa_dense(query, key, value, mask, scaling, dropout: float = 0.0, is_causal
             empty = ~any_key
             mask = mask | empty
     out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
-        is_causal=bool(is_causal_hint and mask is None), enable_gqa=query.shape[1] != key.shape[1],
+        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=query.shape[1] != key.shape[1],
     )
     if empty is not None:
         out = out.masked_fill(empty, 0.0)  # [B,1,Q,1] broadcasts over heads and channels

@@ -126,14 +126,19 @@ def _rules(q_pos, k_pos, window, causal, valid):
 
 
 def _block_masks(plan, q_pos, k_pos, window, causal):
+    """Block masks of the passes, plus whether the positions allow the flash grouped passes (contiguous 0..L-1, no
+    padding, no local window). Built once per forward (cached by the caller): the checks need host syncs."""
     valid = plan.key_valid()
     mods = _rules(q_pos, k_pos, window, causal, valid)
+    contiguous = bool((q_pos == torch.arange(q_pos.shape[1], device=q_pos.device)).all())
+    out = {"flash_positions_ok": contiguous and valid is None and plan.local_size is None}
     if plan.local_size is None and not plan.q_offset and _common.monotone(q_pos) and _common.monotone(k_pos):
         maps = blocks.self_extend_blocks(q_pos, k_pos, valid, _common.BLOCK, window, causal)
-        return {name: blocks.to_block_mask(*maps[name], mods[name], plan.q_length, plan.kv_length, _common.BLOCK)
-                for name in mods}
-    # windowed / chunked layers, or positions that are not monotone: compose with transformers' own rule
-    return {name: plan.block_mask(mod) for name, mod in mods.items()}
+        out.update({name: blocks.to_block_mask(*maps[name], mods[name], plan.q_length, plan.kv_length,
+                                               _common.BLOCK) for name in mods})
+    else:  # windowed / chunked layers, or positions that are not monotone: compose with transformers' own rule
+        out.update({name: plan.block_mask(mod) for name, mod in mods.items()})
+    return out
 
 
 def _flash_lse(q, k, v, scale):
@@ -142,13 +147,10 @@ def _flash_lse(q, k, v, scale):
     return out[0], out[1]
 
 
-def _flash_ok(query, q_pos, plan, causal):
-    if query.device.type != "cuda" or torch.is_grad_enabled() or query.dtype not in (torch.float16, torch.bfloat16):
-        return False
-    if plan.local_size is not None or plan.key_valid() is not None or query.shape[-1] > 256:
-        return False
-    ar = torch.arange(q_pos.shape[1], device=q_pos.device)
-    return bool((q_pos == ar).all())
+def _flash_ok(query, positions_ok: bool) -> bool:
+    """Flash grouped passes: CUDA, no gradients (its lse has none), half precision, head dim <= 256."""
+    return (positions_ok and query.device.type == "cuda" and not torch.is_grad_enabled()
+            and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256)
 
 
 def _flex_self_extend(query, key, value, q_pos, k_pos, inv_freq, group, window, causal, plan, scaling, logit_scale):
@@ -163,7 +165,7 @@ def _flex_self_extend(query, key, value, q_pos, k_pos, inv_freq, group, window, 
     o_n, lse_n = _common.flex_with_lse(flex, query, key, value, bms["near"], scaling, gqa)
     outs, lses = [o_n], [lse_n]
     L = query.shape[2]
-    if _flash_ok(query, q_pos, plan, causal) and L > window:
+    if _flash_ok(query, bms["flash_positions_ok"]) and L > window:
         n_rep = query.shape[1] // key.shape[1]
         k_l, vv = repeat_kv(k_l, n_rep), repeat_kv(value, n_rep)
         o, lse = _flash_lse(q_l[:, :, window:], k_l[:, :, : L - window], vv[:, :, : L - window], scaling)

@@ -14,7 +14,7 @@ FACTS = ["The lighthouse keeper of Lisbon collects blue glass bottles.",
          "The gardener of Lima grows purple potatoes under the bridge."]
 
 
-class TestUnit(EmbeddingsUnitTests):
+class _Params:
     @property
     def embeddings_class(self):
         return LongContextEmbeddings
@@ -23,20 +23,16 @@ class TestUnit(EmbeddingsUnitTests):
     def embedding_model_params(self):
         return {"method": "pi", "target_length": 2048}
 
+
+class TestUnit(_Params, EmbeddingsUnitTests):
     @property
     def init_from_env_params(self):
         return ({"LONGCTX_EMBEDDINGS_MODEL": "default"}, {"method": "pi", "target_length": 2048},
                 {"model_name": "default"})
 
 
-class TestIntegration(EmbeddingsIntegrationTests):
-    @property
-    def embeddings_class(self):
-        return LongContextEmbeddings
-
-    @property
-    def embedding_model_params(self):
-        return {"method": "pi", "target_length": 2048}
+class TestIntegration(_Params, EmbeddingsIntegrationTests):
+    pass
 
 
 def test_in_memory_vector_store_whole_documents():
