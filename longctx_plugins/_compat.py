@@ -71,3 +71,27 @@ def flex_attention_available() -> bool:
     except Exception:  # pragma: no cover
         return False
     return True
+
+
+# DeepSpeed >= 0.18.2: `UlyssesSPAttentionHF` / `UlyssesSPDataLoaderAdapter` for HF models (the minimum accelerate
+# itself checks for ALST/Ulysses); accelerate >= 1.10: `ParallelismConfig(sp_backend="deepspeed")`.
+MIN_DEEPSPEED_SP = (0, 18)
+# accelerate 1.10-1.15 (`DeepSpeedSequenceParallelConfig.__post_init__`) accepts only flash_attention_2/3, sdpa or a
+# hub flash kernel as `sp_attn_implementation`, although DeepSpeed's `register_with_transformers` accepts any name in
+# transformers' attention registry. `ulysses_parallelism_config` therefore sets the name after validation.
+ACCELERATE_SP_ATTN_LIST = ("flash_attention_2", "flash_attention_3", "sdpa")
+
+
+def require_deepspeed_sp() -> None:
+    """Raise ImportError naming the fix when DeepSpeed Ulysses / accelerate's ParallelismConfig are missing."""
+    try:
+        import deepspeed
+        from accelerate.parallelism_config import ParallelismConfig  # noqa: F401
+        from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            "Sequence parallelism needs DeepSpeed >= 0.18.2 (Ulysses for HF models) and accelerate >= 1.10: "
+            "`pip install -e '.[sp]'` (or `pip install 'deepspeed>=0.18.2' 'accelerate>=1.10'`)."
+        ) from exc
+    if _parse(deepspeed.__version__) < MIN_DEEPSPEED_SP:
+        raise ImportError(f"Sequence parallelism needs deepspeed >= 0.18.2; found {deepspeed.__version__}.")

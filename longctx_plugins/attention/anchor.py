@@ -2,8 +2,13 @@
 
 Rule (SPEC §4): query q may attend key k iff ``k <= q`` (decoders) and ``doc(q) == doc(k) or doc(k) == 0``
 (the anchor). Document boundaries arrive as ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (what
-:class:`~longctx_plugins.AnchorPackingCollator` emits); without them the rule is transformers' own mask, so an
-ordinary unpacked batch gives exactly what ``sdpa`` gives.
+:class:`~longctx_plugins.AnchorPackingCollator` emits: int tensors, or tuples of ints for sequence parallelism);
+without them the rule is transformers' own mask, so an ordinary unpacked batch gives exactly what ``sdpa`` gives.
+
+Under DeepSpeed Ulysses sequence parallelism (see :mod:`longctx_plugins.training.sequence_parallel`) this function
+runs inside DeepSpeed's wrapper on the full gathered sequence for a slice of the heads; the wrapper drops the
+per-shard mask (``attention_mask=None``), so the rule is rebuilt here from the boundaries, which cover the whole
+window.
 
 Backends: on CUDA, FlexAttention with one block mask per forward built directly from the boundaries (never
 S x S, no compilation of the mask); elsewhere an exact SDPA path over a dense boolean mask (supports training
@@ -18,6 +23,7 @@ from . import _common
 
 _doc_cache = _common.IdentityCache()
 _block_cache = _common.IdentityCache()
+_plan_cache = _common.IdentityCache()
 
 
 def anchor_mask(batch_size, q_length, kv_length, *args, **kwargs):
@@ -26,11 +32,14 @@ def anchor_mask(batch_size, q_length, kv_length, *args, **kwargs):
     return _common.make_mask("anchor", batch_size, q_length, kv_length, args, kwargs)
 
 
-def _doc_ids(kwargs, batch: int, q_len: int, kv_len: int):
+def _doc_ids(kwargs, batch: int, q_len: int, kv_len: int, device):
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
     if cu_q is None and cu_k is None:
         return None
     cu = cu_q if cu_q is not None else cu_k
+    if not isinstance(cu, torch.Tensor):  # tuple of ints: the sequence-parallel form (survives sequence sharding)
+        cu = _doc_cache.get((cu,), ("tensor",), lambda: torch.as_tensor(cu, dtype=torch.int32, device=device))
+        cu_q = cu_k = cu
     if cu_q is not None and cu_k is not None and cu_k is not cu_q and not torch.equal(cu_q, cu_k):
         raise ValueError("anchor attention: cu_seq_lens_q and cu_seq_lens_k differ; packed self-attention needs one set.")
     if q_len != kv_len:
@@ -56,14 +65,37 @@ def anchor_block_mask(plan: _common.FlexPlan, doc_ids, causal: bool):
     return blocks.to_block_mask(any_, full, mod, plan.q_length, plan.kv_length, _common.BLOCK)
 
 
+def _rebuilt_plan(module, kwargs, doc_ids, batch, q_len, kv_len, device, causal):
+    """The mask was dropped by a wrapper (DeepSpeed Ulysses discards per-shard masks): the boundaries alone define
+    the rule. A FlexPlan on the flex path (cached for all layers of the forward); None (plain causal) otherwise."""
+    if kwargs.get("sliding_window") or getattr(module, "sliding_window", None):
+        raise NotImplementedError(
+            "anchor attention received no attention mask on a sliding-window layer (a sequence-parallel wrapper such "
+            "as DeepSpeed Ulysses drops the mask). Sliding windows under sequence parallelism are not supported; "
+            "train this model without sequence parallelism or with its sliding window disabled."
+        )
+    if not _common.use_flex(module.config, "anchor", device, q_len, kv_len):
+        return None
+
+    def build():
+        from transformers.masking_utils import bidirectional_mask_function, causal_mask_function
+
+        fn = causal_mask_function if causal else bidirectional_mask_function
+        return _common.FlexPlan(batch, q_len, kv_len, device=device, mask_function=fn)
+
+    return _plan_cache.get((doc_ids,), (q_len, kv_len, causal), build)
+
+
 def anchor_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """AttentionInterface function. ``query [B,H,Q,D]``, ``key/value [B,Hkv,K,D]`` (RoPE applied, GQA not
     expanded). Returns ``([B,Q,H,D], None)``."""
     batch, _, q_len, _ = query.shape
     kv_len = key.shape[2]
     causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
-    doc_ids = _doc_ids(kwargs, batch, q_len, kv_len)
+    doc_ids = _doc_ids(kwargs, batch, q_len, kv_len, query.device)
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    if attention_mask is None and doc_ids is not None:
+        attention_mask = _rebuilt_plan(module, kwargs, doc_ids, batch, q_len, kv_len, query.device, causal)
 
     if isinstance(attention_mask, _common.FlexPlan):
         if dropout:

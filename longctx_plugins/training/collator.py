@@ -11,10 +11,15 @@ Each output row is one window ``[A, d1..., d2..., ...]`` with a single anchor A 
   segment per document, then (if padded) one padding segment; ``max_length_q`` / ``max_length_k`` (int).
 
 The "anchor" attention reads ``cu_seq_lens_*``; ``Trainer`` passes them to the model unchanged.
+
+With ``sequence_parallel_size=N > 1`` (DeepSpeed Ulysses, :mod:`longctx_plugins.training.sequence_parallel`) the
+window length is padded to a multiple of N and ``cu_seq_lens_*`` are tuples of ints: DeepSpeed's data-loader
+adapter shards every ``[B, T]`` tensor along T, and the boundaries must reach the attention whole.
 """
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Sequence
 
 import torch
@@ -37,16 +42,27 @@ class AnchorPackingCollator:
         padding: "longest" (pad rows to the longest row) or "max_length" (always ``max_length``; one shape for
             compiled kernels).
         pad_to_multiple_of: round the padded length up to a multiple of this (e.g. 128 for FlexAttention).
+        sequence_parallel_size: the Ulysses sequence-parallel degree N: pads windows to a multiple of N and emits
+            the boundaries as tuples (see the module docstring). 1 (default): plain tensors.
     """
 
     def __init__(self, tokenizer=None, max_length: int = 32768, anchor_token_id: int | None = None,
                  pad_token_id: int | None = None, drop_leading_bos: bool = True, split_long_documents: bool = True,
                  skip_empty: bool = False, padding: str = "longest", pad_to_multiple_of: int | None = None,
-                 return_tensors: str = "pt"):
+                 sequence_parallel_size: int = 1, return_tensors: str = "pt"):
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
             raise ValueError(f"max_length must be an integer >= 2 (anchor + at least one token), got {max_length!r}.")
         if padding not in ("longest", "max_length"):
             raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}.")
+        if not isinstance(sequence_parallel_size, int) or isinstance(sequence_parallel_size, bool) \
+                or sequence_parallel_size < 1:
+            raise ValueError(f"sequence_parallel_size must be an integer >= 1, got {sequence_parallel_size!r}.")
+        if padding == "max_length" and max_length % sequence_parallel_size:
+            raise ValueError(
+                f"padding='max_length' with sequence_parallel_size={sequence_parallel_size}: max_length={max_length} "
+                "must be a multiple of it (every rank gets an equal slice). Pick such a max_length or "
+                "padding='longest'."
+            )
         if return_tensors != "pt":
             raise ValueError("AnchorPackingCollator returns PyTorch tensors only (return_tensors='pt').")
         bos = getattr(tokenizer, "bos_token_id", None)
@@ -72,6 +88,7 @@ class AnchorPackingCollator:
         self.skip_empty = skip_empty
         self.padding = padding
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.sequence_parallel_size = sequence_parallel_size
 
     # ------------------------------------------------------------------------------------------- packing
     def _documents(self, features: Sequence[Any]) -> list[list[int]]:
@@ -122,8 +139,9 @@ class AnchorPackingCollator:
             raise ValueError("AnchorPackingCollator: no documents to pack in this batch.")
         real = [1 + sum(len(d) for d in w) for w in windows]
         length = self.max_length if self.padding == "max_length" else max(real)
-        if self.pad_to_multiple_of and self.padding == "longest":
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        if self.padding == "longest":
+            multiple = math.lcm(self.pad_to_multiple_of or 1, self.sequence_parallel_size)
+            length = -(-length // multiple) * multiple
         batch = len(windows)
         input_ids = torch.full((batch, length), self.pad_token_id, dtype=torch.long)
         labels = torch.full((batch, length), -100, dtype=torch.long)
@@ -145,6 +163,8 @@ class AnchorPackingCollator:
                 cu.append(start + length)
         cu_t = torch.tensor(cu, dtype=torch.int32)
         max_seg = int((cu_t[1:] - cu_t[:-1]).max())
+        if self.sequence_parallel_size > 1:
+            cu_t = tuple(cu)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
