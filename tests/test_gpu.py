@@ -93,17 +93,9 @@ def _grads(model, batch):
     return out.logits.float(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-GEMMA3_BF16 = pytest.mark.xfail(strict=True, reason=(
-    "known open problem: tiny Gemma3 (sliding window 512) in bf16 - layer-0 attention gradients of the flex and SDPA "
-    "paths differ by ~150% relative while fp32 agrees exactly and Llama bf16 agrees to 0.5% "
-    "(benchmarks/results/gemma3_grad_probe.json); which path deviates from fp32 is not yet established"))
-
-
-@pytest.mark.parametrize("model_type,dtype", [
-    ("llama", torch.float32), ("gemma3", torch.float32), ("llama", torch.bfloat16),
-    pytest.param("gemma3", torch.bfloat16, marks=GEMMA3_BF16)])
-def test_model_training_flex_equals_sdpa_path(model_type, dtype):
-    """Packed 4k window, batch 2: logits and gradients of the flex path == the dense reference path."""
+def flex_and_sdpa_training(model_type: str, dtype):
+    """Tiny model, packed 4k window (batch 2): ``(logits, grads)`` of the flex path and of the dense SDPA path, and
+    the real-token mask. Shared with benchmarks/probe_gemma3_grads.py."""
     from longctx_plugins import AnchorPackingCollator
 
     from .conftest import tiny_model
@@ -117,10 +109,23 @@ def test_model_training_flex_equals_sdpa_path(model_type, dtype):
     batch = AnchorPackingCollator(None, max_length=4096, anchor_token_id=1, pad_token_id=0)(docs)
     batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
     model.config.anchor_backend = "flex"
-    logits_f, grads_f = _grads(model, batch)
+    flex = _grads(model, batch)
     model.config.anchor_backend = "sdpa"
-    logits_s, grads_s = _grads(model, batch)
-    keep = batch["attention_mask"].bool()
+    return flex, _grads(model, batch), batch["attention_mask"].bool()
+
+
+GEMMA3_BF16 = pytest.mark.xfail(strict=True, reason=(
+    "known open problem: tiny Gemma3 (sliding window 512) in bf16 - layer-0 attention gradients of the flex and SDPA "
+    "paths differ by ~150% relative while fp32 agrees exactly and Llama bf16 agrees to 0.5% "
+    "(benchmarks/results/gemma3_grad_probe.json); which path deviates from fp32 is not yet established"))
+
+
+@pytest.mark.parametrize("model_type,dtype", [
+    ("llama", torch.float32), ("gemma3", torch.float32), ("llama", torch.bfloat16),
+    pytest.param("gemma3", torch.bfloat16, marks=GEMMA3_BF16)])
+def test_model_training_flex_equals_sdpa_path(model_type, dtype):
+    """Packed 4k window, batch 2: logits and gradients of the flex path == the dense reference path."""
+    (logits_f, grads_f), (logits_s, grads_s), keep = flex_and_sdpa_training(model_type, dtype)
     tol = 1e-4 if dtype == torch.float32 else 5e-2  # dtype -> tolerance (logits abs/rel, gradient relative norm)
     torch.testing.assert_close(logits_f[keep], logits_s[keep], atol=tol, rtol=tol)
     for n in grads_s:

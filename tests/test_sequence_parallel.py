@@ -108,3 +108,28 @@ def test_trainer_end_to_end_two_processes(tmp_path):
     assert runs["single"]["sp_size"] == 1 and runs["single"]["engine"].startswith("Trainer without DeepSpeed")
     assert len(runs["sp2"]["losses"]) == 2
     assert abs(runs["sp2"]["losses"][0] - runs["single"]["losses"][0]) < 1e-3
+
+
+def test_dropped_mask_is_rebuilt_and_refused_on_sliding_layers():
+    """A wrapper that drops the mask (DeepSpeed Ulysses) gets the anchor rule from the boundaries alone; on a
+    sliding-window layer that would silently lose the window, so it raises."""
+    import types
+
+    from longctx_plugins.attention.anchor import anchor_attention_forward
+
+    class Layer(torch.nn.Module):
+        is_causal, sliding_window = True, None
+        config = types.SimpleNamespace(anchor_backend="sdpa")
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=g) for _ in range(3))
+    cu = (0, 1, 7, 16)
+    out, _ = anchor_attention_forward(Layer(), q, k, v, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+    # reference: token 10 (document 2) sees the anchor and tokens 7..10 only
+    keys = torch.tensor([0, 7, 8, 9, 10])
+    w = torch.softmax(torch.einsum("hd,hkd->hk", q[0, :, 10], k[0, :, keys]) / 8 ** 0.5, dim=-1)
+    torch.testing.assert_close(out[0, 10], torch.einsum("hk,hkd->hd", w, v[0, :, keys]), atol=1e-5, rtol=1e-5)
+    layer = Layer()
+    layer.sliding_window = 4
+    with pytest.raises(NotImplementedError, match="sliding"):
+        anchor_attention_forward(layer, q, k, v, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
