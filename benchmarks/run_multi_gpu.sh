@@ -3,7 +3,7 @@
 #   BENCH_OUT=benchmarks/results bash benchmarks/run_multi_gpu.sh [TOKENIZER_OR_MODEL_DIR] [part]
 # part: all (default) | check (equality only) | train64 | train128 | embed
 # 1. Ulysses == one process (logits, loss, gradients; fp32, FlexAttention path at 4k)   -> tests/sp_equality.py
-# 2. Trainer throughput, 1.1B Llama shape, anchor + Ulysses: N=1 (world size 1) and N=GPUs at 64k, N=GPUs at 128k
+# 2. Trainer throughput, 1.1B Llama shape, anchor + Ulysses: N=1 (world size 1) and N=GPUs, at 64k and 128k
 # 3. LongContextEmbedder.encode over 1 GPU vs all GPUs                                   -> bench_multi_gpu.py
 set -euo pipefail
 MODEL=${1:-default}
@@ -27,6 +27,7 @@ if [[ $PART == all || $PART == train64 ]]; then
     --max-length 65536 --metrics-out "$RUNS/train_64k_n${N}.json"
 fi
 if [[ $PART == all || $PART == train128 ]]; then
+  run torchrun --nproc_per_node 1 "${TRAIN[@]}" --max-length 131072 --metrics-out "$RUNS/train_128k_n1.json"
   run accelerate launch --config_file examples/accelerate_sp.yaml --num_processes "$N" "${TRAIN[@]}" \
     --max-length 131072 --metrics-out "$RUNS/train_128k_n${N}.json"
 fi

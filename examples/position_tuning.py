@@ -13,7 +13,6 @@ measured with the bundled evaluator before and after.
 A CPU run (60 steps, batch 4, 2048 tokens) changed nothing measurable: benchmarks/results/position_tuning/.
 """
 import argparse
-import gzip
 import json
 import os
 import random
@@ -21,19 +20,17 @@ import random
 import torch
 from transformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments
 
-import longctx_plugins
 from longctx_plugins import LongContextEmbedder, extend
 from longctx_plugins.embedder import default_model_path
 from longctx_plugins.longembed import evaluate, get_task
+from longctx_plugins.longembed.synthetic import sotu_documents
 from longctx_plugins.training.position_tuning import prepare_position_tuning
 
 
 def pairs(tokenizer, n, max_tokens, seed=0, deep_query=False):
     """(query sentence, passage) pairs; ``deep_query`` takes the sentence from beyond the first ~512 tokens (~380
     words) of the passage, where only the new position rows can carry it."""
-    path = os.path.join(os.path.dirname(longctx_plugins.__file__), "longembed", "data", "sotu.jsonl.gz")
-    with gzip.open(path, "rt") as f:
-        texts = [json.loads(line)["text"] for line in f]
+    texts = [d["text"] for d in sotu_documents()]
     rng = random.Random(seed)
     out = []
     while len(out) < n:

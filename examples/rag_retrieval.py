@@ -7,19 +7,14 @@ inside one address (past its first 512 tokens), which a truncated 512-token embe
     python examples/rag_retrieval.py --framework langchain
 """
 import argparse
-import gzip
-import json
-import os
 import random
 
-import longctx_plugins
 from longctx_plugins.embedder import get_embedder
+from longctx_plugins.longembed.synthetic import sotu_documents
 
 
 def corpus(n_docs):
-    path = os.path.join(os.path.dirname(longctx_plugins.__file__), "longembed", "data", "sotu.jsonl.gz")
-    with gzip.open(path, "rt") as f:
-        rows = [json.loads(line) for line in f][:n_docs]
+    rows = sotu_documents()[:n_docs]
     return [r["id"] for r in rows], [r["text"] for r in rows]
 
 

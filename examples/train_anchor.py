@@ -8,21 +8,24 @@ Documents are State of the Union addresses (public domain, bundled). Packing: An
 cu_seq_lens_*; the "anchor" attention keeps documents apart (SPEC §4). On CUDA the attention runs on FlexAttention.
 """
 import argparse
-import gzip
-import json
-import os
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Trainer,
+    TrainingArguments,
+)
 
 import longctx_plugins  # noqa: F401  (registers attn_implementation="anchor")
 from longctx_plugins import AnchorPackingCollator
 from longctx_plugins.embedder import default_model_path
+from longctx_plugins.longembed.synthetic import sotu_documents
 
 
 def documents():
-    path = os.path.join(os.path.dirname(longctx_plugins.__file__), "longembed", "data", "sotu.jsonl.gz")
-    with gzip.open(path, "rt") as f:
-        return [json.loads(line)["text"] for line in f]
+    return [d["text"] for d in sotu_documents()]
 
 
 def main():
@@ -54,7 +57,7 @@ def main():
                                      pad_to_multiple_of=128)
     targs = TrainingArguments(output_dir=args.output, per_device_train_batch_size=args.batch_docs,
                               max_steps=args.steps, learning_rate=1e-3 if args.model == "tiny" else 2e-5,
-                              logging_steps=5, save_strategy="no", report_to=[], bf16=args.bf16,
+                              logging_steps=min(5, args.steps), save_strategy="no", report_to=[], bf16=args.bf16,
                               gradient_checkpointing=args.gradient_checkpointing,
                               remove_unused_columns=False)  # keep input_ids for the collator
     trainer = Trainer(model=model, args=targs, train_dataset=features, data_collator=collator)

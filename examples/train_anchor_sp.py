@@ -16,7 +16,6 @@ of the Union addresses (public domain), pre-packed into windows, one window per 
 (benchmarks/results/multi_gpu.json).
 """
 import argparse
-import gzip
 import json
 import os
 import time
@@ -35,6 +34,7 @@ from transformers import (
 import longctx_plugins  # noqa: F401  (registers attn_implementation="anchor")
 from longctx_plugins import AnchorPackingCollator
 from longctx_plugins.embedder import default_model_path
+from longctx_plugins.longembed.synthetic import sotu_documents
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHAPES = {
@@ -46,9 +46,7 @@ SHAPES = {
 
 
 def documents():
-    path = os.path.join(os.path.dirname(longctx_plugins.__file__), "longembed", "data", "sotu.jsonl.gz")
-    with gzip.open(path, "rt") as f:
-        return [json.loads(line)["text"] for line in f]
+    return [d["text"] for d in sotu_documents()]
 
 
 class Windows(torch.utils.data.Dataset):

@@ -78,8 +78,7 @@ def flex_attention_available() -> bool:
 MIN_DEEPSPEED_SP = (0, 18)
 # accelerate 1.10-1.15 (`DeepSpeedSequenceParallelConfig.__post_init__`) accepts only flash_attention_2/3, sdpa or a
 # hub flash kernel as `sp_attn_implementation`, although DeepSpeed's `register_with_transformers` accepts any name in
-# transformers' attention registry. `ulysses_parallelism_config` therefore sets the name after validation.
-ACCELERATE_SP_ATTN_LIST = ("flash_attention_2", "flash_attention_3", "sdpa")
+# transformers' attention registry. `training.ulysses_parallelism_config` therefore sets the name after validation.
 
 
 def require_deepspeed_sp() -> None:

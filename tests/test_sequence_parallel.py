@@ -75,6 +75,9 @@ def test_tuple_boundaries_equal_tensor_boundaries():
         a = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         b = model(**{k: v for k, v in as_tuple.items() if k != "labels"}).logits
     assert torch.equal(a, b)
+    other = {**as_tuple, "cu_seq_lens_k": as_tuple["cu_seq_lens_k"][:-2] + as_tuple["cu_seq_lens_k"][-1:]}
+    with pytest.raises(ValueError, match="differ"), torch.no_grad():
+        model(**{k: v for k, v in other.items() if k != "labels"})
 
 
 def test_ulysses_parallelism_config():

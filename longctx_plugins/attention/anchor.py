@@ -37,17 +37,22 @@ def _doc_ids(kwargs, batch: int, q_len: int, kv_len: int, device):
     if cu_q is None and cu_k is None:
         return None
     cu = cu_q if cu_q is not None else cu_k
-    if not isinstance(cu, torch.Tensor):  # tuple of ints: the sequence-parallel form (survives sequence sharding)
-        cu = _doc_cache.get((cu,), ("tensor",), lambda: torch.as_tensor(cu, dtype=torch.int32, device=device))
-        cu_q = cu_k = cu
-    if cu_q is not None and cu_k is not None and cu_k is not cu_q and not torch.equal(cu_q, cu_k):
+    if cu_q is not None and cu_k is not None and cu_k is not cu_q and not _same_boundaries(cu_q, cu_k):
         raise ValueError("anchor attention: cu_seq_lens_q and cu_seq_lens_k differ; packed self-attention needs one set.")
     if q_len != kv_len:
         raise ValueError(
             "anchor attention: packed boundaries (cu_seq_lens_*) were given together with a KV cache "
             f"(query length {q_len} != key length {kv_len}). Packed training runs with use_cache=False."
         )
+    if not isinstance(cu, torch.Tensor):  # tuple of ints: the sequence-parallel form (survives sequence sharding)
+        cu = _doc_cache.get((cu,), ("tensor",), lambda: torch.as_tensor(cu, dtype=torch.int32, device=device))
     return _doc_cache.get((cu,), (batch, q_len), lambda: masks.doc_ids_from_cu_seqlens(cu, batch, q_len))
+
+
+def _same_boundaries(a, b) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.equal(a, b)
+    return [int(x) for x in a] == [int(x) for x in b]
 
 
 def anchor_block_mask(plan: _common.FlexPlan, doc_ids, causal: bool):
@@ -78,7 +83,10 @@ def _rebuilt_plan(module, kwargs, doc_ids, batch, q_len, kv_len, device, causal)
         return None
 
     def build():
-        from transformers.masking_utils import bidirectional_mask_function, causal_mask_function
+        from transformers.masking_utils import (
+            bidirectional_mask_function,
+            causal_mask_function,
+        )
 
         fn = causal_mask_function if causal else bidirectional_mask_function
         return _common.FlexPlan(batch, q_len, kv_len, device=device, mask_function=fn)

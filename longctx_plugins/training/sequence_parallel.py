@@ -37,7 +37,7 @@ def ulysses_parallelism_config(sp_size: int, attn_implementation: str = "anchor"
 
     handler = DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=seq_length is None, sp_seq_length=seq_length,
                                               sp_attn_implementation="sdpa")
-    # See _compat.ACCELERATE_SP_ATTN_LIST: accelerate's dataclass validates the name against a fixed list; DeepSpeed,
+    # accelerate's dataclass validates the name against a fixed list (see _compat, beside MIN_DEEPSPEED_SP); DeepSpeed,
     # which does the work, accepts any name in transformers' attention registry.
     handler.sp_attn_implementation = attn_implementation
     return ParallelismConfig(sp_size=sp_size, sp_backend="deepspeed", sp_handler=handler)
