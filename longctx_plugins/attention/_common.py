@@ -117,6 +117,13 @@ def to_bool_mask(attention_mask, module, q_len: int, kv_len: int, device, causal
     return attention_mask[..., :kv_len]
 
 
+# The dense path is the exact reference, so on CUDA it keeps masked SDPA off the cuDNN backend (which torch prefers on
+# Hopper for masked inputs): in bf16 its backward gave 123% relative error on the q/k gradients of tiny Gemma3's
+# sliding-window layers against float32, where the memory-efficient kernel and FlexAttention stay at ~1%
+# (benchmarks/results/gemma3_grad_probe.json; cf. pytorch/pytorch#196678, cuDNN SDPA backward with attn_mask).
+DENSE_SDPA_AVOID_CUDNN = True
+
+
 def sdpa_dense(query, key, value, mask, scaling, dropout: float = 0.0):
     """SDPA with a boolean mask; rows that may see nothing give zeros (no NaN). Returns ``[B, Q, H, D]``."""
     empty = None
@@ -125,9 +132,14 @@ def sdpa_dense(query, key, value, mask, scaling, dropout: float = 0.0):
         if not bool(any_key.all()):
             empty = ~any_key
             mask = mask | empty
-    out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=query.shape[1] != key.shape[1],
-    )
+    args = dict(attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    if mask is not None and query.is_cuda and DENSE_SDPA_AVOID_CUDNN:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]):
+            out = F.scaled_dot_product_attention(query, key, value, **args)
+    else:
+        out = F.scaled_dot_product_attention(query, key, value, **args)
     if empty is not None:
         out = out.masked_fill(empty, 0.0)  # [B,1,Q,1] broadcasts over heads and channels
     return out.transpose(1, 2).contiguous()
@@ -135,6 +147,27 @@ def sdpa_dense(query, key, value, mask, scaling, dropout: float = 0.0):
 
 _compiled: dict[str, Callable] = {}
 RECOMPILE_LIMIT = 64
+
+# Forward kernel configuration used on Hopper (sm90) for head dims 64 / 128 in half precision when the user set none.
+# torch's own default there for head dim 64 is BLOCK 128 x 128 with 4 warps: on the 1.1B model's packed 32k window
+# (anchor rule + padding) that forward took 21 ms per call, with 8 warps / 2 stages 3.4 ms, identical output
+# (benchmarks/results/anchor_step_probe.json); on unpadded windows at head dim 128 it is also the fastest measured
+# (anchor_attention.json). "fwd_" keeps the backward on torch's default (8 warps slowed it by ~3 ms).
+SM90_FWD_OPTIONS = {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 128, "fwd_num_warps": 8, "fwd_num_stages": 2}
+
+
+def flex_kernel_options(config, name: str, query) -> dict | None:
+    """``config.<name>_flex_kernel_options`` if set (``{}`` = torch's defaults), else the tuned Hopper forward
+    configuration where it was measured (sm90, fp16/bf16, head dim 64 or 128), else None (torch's defaults)."""
+    options = getattr(config, f"{name}_flex_kernel_options", None)
+    if options is not None:
+        return dict(options) or None
+    from .._compat import flex_prefixed_options
+
+    if (query.device.type == "cuda" and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] in (64, 128)
+            and flex_prefixed_options() and torch.cuda.get_device_capability(query.device) == (9, 0)):
+        return dict(SM90_FWD_OPTIONS)
+    return None
 
 
 def compiled_flex(device=None) -> Callable:
@@ -156,6 +189,19 @@ def compiled_flex(device=None) -> Callable:
                 setattr(dcfg, attr, RECOMPILE_LIMIT)
         _compiled["flex"] = torch.compile(flex_attention, dynamic=False)  # dynamic kernels measured slower
     return _compiled["flex"]
+
+
+def compiled(fn: Callable, device) -> Callable:
+    """``torch.compile(fn, dynamic=True)`` on CUDA (fuses a chain of elementwise ops - RoPE re-rotation, the
+    log-sum-exp merge - into one kernel instead of several passes over S x H x D tensors); ``fn`` itself elsewhere."""
+    if torch.device(device).type != "cuda":
+        return fn
+    if fn not in _compiled_fns:
+        _compiled_fns[fn] = torch.compile(fn, dynamic=True)
+    return _compiled_fns[fn]
+
+
+_compiled_fns: dict[Callable, Callable] = {}
 
 
 def flex_with_lse(flex, query, key, value, block_mask, scale, enable_gqa, kernel_options=None):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..ops import blocks, masks
+from ..ops.reference import repeat_kv
 from . import _common
 
 _doc_cache = _common.IdentityCache()
@@ -113,9 +114,16 @@ def anchor_attention_forward(module, query, key, value, attention_mask, dropout:
             )
         block_mask = _block_cache.get((attention_mask, doc_ids), (causal,),
                                       lambda: anchor_block_mask(attention_mask, doc_ids, causal))
+        expand = getattr(module.config, "anchor_flex_expand_kv", None)
+        if query.shape[1] != key.shape[1] and (torch.is_grad_enabled() if expand is None else expand):
+            # grouped-query layers in training: KV heads copied per query head, so the flex backward writes dK/dV per
+            # head instead of accumulating across the group; identical results. 1.1B train step at 32k: 1160 ->
+            # 1021 ms (benchmarks/results/anchor_trainer_expand_kv.json). Config None = when gradients are on.
+            n_rep = query.shape[1] // key.shape[1]
+            key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
         out = _common.compiled_flex(query.device)(
             query, key, value, block_mask=block_mask, scale=scaling, enable_gqa=query.shape[1] != key.shape[1],
-            kernel_options=getattr(module.config, "anchor_flex_kernel_options", None),
+            kernel_options=_common.flex_kernel_options(module.config, "anchor", query),
         )
         return out.transpose(1, 2).contiguous(), None
 

@@ -5,16 +5,18 @@ re-rotates them to SelfExtend's grouped positions and merges neighbour and group
 Layers whose RoPE parameters are not of type ``self_extend`` (e.g. Gemma3 / ModernBERT sliding layers) get
 plain attention. Backends: the exact reference (one float32 softmax over the merged logits) everywhere; on
 CUDA an exact fast path: a block-sparse neighbour pass (O(L*W)) plus grouped pass(es), merged by log-sum-exp.
-Without gradients and with contiguous positions the grouped passes run on PyTorch's flash kernel.
+Without gradients and with contiguous positions the grouped passes run on PyTorch's fused causal kernels (cuDNN,
+else flash; see :mod:`._dense_lse`), otherwise on FlexAttention.
 """
 from __future__ import annotations
 
 import torch
 
 from ..ops import blocks
+from ..ops import rope as rope_ops
 from ..ops import self_extend as se_ops
 from ..ops.reference import repeat_kv
-from . import _common
+from . import _common, _dense_lse
 
 _inv_freq_cache: dict = {}
 _block_cache = _common.IdentityCache()
@@ -68,12 +70,13 @@ def self_extend_attention_forward(module, query, key, value, attention_mask, dro
     causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
     params = layer_parameters(module)
     plan = attention_mask if isinstance(attention_mask, _common.FlexPlan) else None
+    options = _common.flex_kernel_options(module.config, "self_extend", query) if plan is not None else None
 
     if params is None:  # not a SelfExtend layer: plain attention under the same mask
         if plan is not None:
             bm = _block_cache.get((plan,), ("plain",), plan.block_mask)
             out = _common.compiled_flex(query.device)(query, key, value, block_mask=bm, scale=scaling,
-                                                      enable_gqa=query.shape[1] != key.shape[1])
+                                                      enable_gqa=query.shape[1] != key.shape[1], kernel_options=options)
             return out.transpose(1, 2).contiguous(), None
         mask = _common.to_bool_mask(attention_mask, module, q_len, kv_len, query.device, causal)
         return _common.sdpa_dense(query, key, value, mask, scaling, dropout), None
@@ -89,8 +92,11 @@ def self_extend_attention_forward(module, query, key, value, attention_mask, dro
         logit_scale = se_ops.temperature(k_pos.max(dim=-1).values + 1, trained)  # true length = last position + 1
 
     if plan is not None:
+        # block masks are cached per forward under the caller's position_ids object (the same for every layer);
+        # q_pos itself is a fresh expand() view per layer and would miss the cache
+        source = kwargs.get("position_ids")
         out = _flex_self_extend(query, key, value, q_pos, k_pos, inv_freq, group, window, causal, plan, scaling,
-                                logit_scale)
+                                logit_scale, options, (plan,) if source is None else (plan, source))
         return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
     mask = _common.to_bool_mask(attention_mask, module, q_len, kv_len, query.device, causal)
@@ -126,12 +132,12 @@ def _rules(q_pos, k_pos, window, causal, valid):
 
 
 def _block_masks(plan, q_pos, k_pos, window, causal):
-    """Block masks of the passes, plus whether the positions allow the flash grouped passes (contiguous 0..L-1, no
+    """Block masks of the passes, plus whether the positions allow the fused-kernel grouped passes (contiguous 0..L-1, no
     padding, no local window). Built once per forward (cached by the caller): the checks need host syncs."""
     valid = plan.key_valid()
     mods = _rules(q_pos, k_pos, window, causal, valid)
     contiguous = bool((q_pos == torch.arange(q_pos.shape[1], device=q_pos.device)).all())
-    out = {"flash_positions_ok": contiguous and valid is None and plan.local_size is None}
+    out = {"dense_positions_ok": contiguous and valid is None and plan.local_size is None}
     if plan.local_size is None and not plan.q_offset and _common.monotone(q_pos) and _common.monotone(k_pos):
         maps = blocks.self_extend_blocks(q_pos, k_pos, valid, _common.BLOCK, window, causal)
         out.update({name: blocks.to_block_mask(*maps[name], mods[name], plan.q_length, plan.kv_length,
@@ -141,47 +147,53 @@ def _block_masks(plan, q_pos, k_pos, window, causal):
     return out
 
 
-def _flash_lse(q, k, v, scale):
-    """Causal attention on PyTorch's flash kernel returning (out, lse); inference only (lse has no gradient)."""
-    out = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, True, False, scale=scale)
-    return out[0], out[1]
-
-
-def _flash_ok(query, positions_ok: bool) -> bool:
-    """Flash grouped passes: CUDA, no gradients (its lse has none), half precision, head dim <= 256."""
+def _dense_ok(query, positions_ok: bool) -> bool:
+    """Fused-kernel grouped passes: CUDA, no gradients (the kernels' lse has none), half precision."""
     return (positions_ok and query.device.type == "cuda" and not torch.is_grad_enabled()
             and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256)
 
 
-def _flex_self_extend(query, key, value, q_pos, k_pos, inv_freq, group, window, causal, plan, scaling, logit_scale):
-    """Exact fast path: neighbour pass (|i-j| < W, block-sparse) + grouped pass(es), LSE-merged."""
+def _dense_grouped(out, lse, q_l, k_l, q_r, k_r, value, window, scaling, merge, causal_lse=None):
+    """Grouped pass(es) on a fused causal kernel (cuDNN / flash) over the rows that have grouped keys, merged into the
+    neighbour pass ``(out, lse)`` in place. False when no fused kernel is usable (nothing is changed then).
+    ``causal_lse(q, k, v, scale) -> (out, lse) | None`` is the kernel (default: :mod:`._dense_lse`)."""
+    causal_lse = causal_lse or _dense_lse.causal_attention_lse
+    L, n_rep = q_l.shape[2], q_l.shape[1] // k_l.shape[1]
+    vv = repeat_kv(value, n_rep)
+    # keys left of the query: query i >= W sees keys j <= i - W, i.e. causal between rows W.. and keys ..L-W
+    res = causal_lse(q_l[:, :, window:], repeat_kv(k_l, n_rep)[:, :, : L - window], vv[:, :, : L - window], scaling)
+    if res is None:
+        return False
+    out[:, :, window:], lse[..., window:] = merge(out[:, :, window:], lse[..., window:], *res)
+    if q_r is not None:  # keys right of the query (encoders): reverse both sequences and it is causal again
+        res = causal_lse(q_r[:, :, : L - window].flip(2), repeat_kv(k_r, n_rep)[:, :, window:].flip(2),
+                         vv[:, :, window:].flip(2), scaling)
+        if res is None:  # cannot happen after the first pass succeeded on the same shapes, but never merge half
+            raise RuntimeError("self_extend: the fused kernel ran for the left pass but not for the right pass")
+        o, l_ = res
+        out[:, :, : L - window], lse[..., : L - window] = merge(out[:, :, : L - window], lse[..., : L - window],
+                                                                o.flip(2), l_.flip(2))
+    return True
+
+
+def _flex_self_extend(query, key, value, q_pos, k_pos, inv_freq, group, window, causal, plan, scaling, logit_scale,
+                      options=None, cache_key=None):
+    """Exact fast path: neighbour pass (|i-j| < W, block-sparse) + grouped pass(es), merged by log-sum-exp."""
     flex = _common.compiled_flex(query.device)
+    merge = _common.compiled(se_ops.merge_pair, query.device)
     gqa = query.shape[1] != key.shape[1]
     if logit_scale is not None:
         query = query * logit_scale.to(query.dtype)[:, None, None, None]
-    q_l, k_l, q_r, k_r = se_ops.grouped_rotations(query, key, q_pos, k_pos, inv_freq, group, window, causal)
-    bms = _block_cache.get((plan, q_pos, k_pos), (window, causal),
+    apply = _common.compiled(rope_ops.apply_rotation, query.device)  # tables stay outside: no per-head cos/sin
+    q_l, k_l, q_r, k_r = se_ops.grouped_rotations(query, key, q_pos, k_pos, inv_freq, group, window, causal, apply)
+    bms = _block_cache.get(cache_key or (plan, q_pos, k_pos), (window, causal, q_pos.shape[0]),
                            lambda: _block_masks(plan, q_pos, k_pos, window, causal))
-    o_n, lse_n = _common.flex_with_lse(flex, query, key, value, bms["near"], scaling, gqa)
-    outs, lses = [o_n], [lse_n]
-    L = query.shape[2]
-    if _flash_ok(query, bms["flash_positions_ok"]) and L > window:
-        n_rep = query.shape[1] // key.shape[1]
-        k_l, vv = repeat_kv(k_l, n_rep), repeat_kv(value, n_rep)
-        o, lse = _flash_lse(q_l[:, :, window:], k_l[:, :, : L - window], vv[:, :, : L - window], scaling)
-        outs.append(torch.nn.functional.pad(o, (0, 0, window, 0)))
-        lses.append(torch.nn.functional.pad(lse, (window, 0), value=float("-inf")))
-        if not causal:  # keys right of the query: reverse both sequences and it is causal again
-            k_r = repeat_kv(k_r, n_rep)
-            o, lse = _flash_lse(q_r[:, :, : L - window].flip(2), k_r[:, :, window:].flip(2),
-                                vv[:, :, window:].flip(2), scaling)
-            outs.append(torch.nn.functional.pad(o.flip(2), (0, 0, 0, window)))
-            lses.append(torch.nn.functional.pad(lse.flip(2), (0, window), value=float("-inf")))
-    else:
-        for name, (q, k) in (("far_left", (q_l, k_l)), ("far_right", (q_r, k_r))):
-            if name in bms:
-                o, lse = _common.flex_with_lse(flex, q, k, value, bms[name], scaling, gqa)
-                outs.append(o)
-                lses.append(lse)
-    merged, _ = se_ops.lse_merge(outs, lses)
-    return merged
+    out, lse = _common.flex_with_lse(flex, query, key, value, bms["near"], scaling, gqa, options)
+    if (_dense_ok(query, bms["dense_positions_ok"]) and query.shape[2] > window
+            and _dense_grouped(out, lse, q_l, k_l, q_r, k_r, value, window, scaling, merge)):
+        return out
+    for name, (q, k) in (("far_left", (q_l, k_l)), ("far_right", (q_r, k_r))):
+        if name in bms:
+            o, l_ = _common.flex_with_lse(flex, q, k, value, bms[name], scaling, gqa, options)
+            out, lse = merge(out, lse, o, l_)
+    return out

@@ -31,6 +31,26 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def rotation_tables(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)`` ``[B, 1, S, R]`` float32 for ``positions [B, S]`` (any real values) and ``inv_freq [R/2]``."""
+    freqs = positions.to(torch.float32)[..., None] * inv_freq.to(device=positions.device, dtype=torch.float32)
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+    return emb.cos(), emb.sin()
+
+
+def apply_rotation(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [B, H, S, D]`` by precomputed tables (the leading R channels; the rest pass through), in float32,
+    returned in ``x.dtype``. Separate from the tables so a compiled caller loads cos/sin instead of recomputing them
+    for every head."""
+    rot = cos.shape[-1]
+    x32 = x.to(torch.float32)
+    xr, xp = x32[..., :rot], x32[..., rot:]
+    out = xr * cos + rotate_half(xr) * sin
+    if xp.shape[-1]:
+        out = torch.cat((out, xp), dim=-1)
+    return out.to(x.dtype)
+
+
 def rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
     """Apply RoPE (half-split convention, as transformers' ``rotate_half``) by ``positions``.
 
@@ -39,13 +59,4 @@ def rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> 
     pass through, as with ``partial_rotary_factor``). Computed in float32, returned in ``x.dtype``.
     Rotating an already rotated vector by a delta equals rotating the original by position + delta.
     """
-    rot = inv_freq.shape[0] * 2
-    freqs = positions.to(torch.float32)[..., None] * inv_freq.to(device=x.device, dtype=torch.float32)
-    emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, S, R]
-    cos, sin = emb.cos(), emb.sin()
-    x32 = x.to(torch.float32)
-    xr, xp = x32[..., :rot], x32[..., rot:]
-    out = xr * cos + rotate_half(xr) * sin
-    if xp.shape[-1]:
-        out = torch.cat((out, xp), dim=-1)
-    return out.to(x.dtype)
+    return apply_rotation(x, *rotation_tables(positions, inv_freq))

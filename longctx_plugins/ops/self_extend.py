@@ -12,7 +12,7 @@ import math
 import torch
 
 from .reference import masked_softmax_attention, repeat_kv
-from .rope import rotate
+from .rope import apply_rotation, rotation_tables
 
 
 def shift(group_size: int, window: int) -> int:
@@ -43,22 +43,28 @@ def temperature(lengths: torch.Tensor, trained_length: int) -> torch.Tensor:
     return torch.clamp(torch.log(lengths) / math.log(trained_length), min=1.0)
 
 
-def grouped_rotations(query, key, q_pos, k_pos, inv_freq, group_size: int, window: int, causal: bool):
+def grouped_deltas(q_pos, k_pos, group_size: int, window: int, causal: bool):
+    """Rotation deltas from the true positions to the grouped ones: ``(q_left, k_left, q_right, k_right)``, each
+    ``[B, S]`` (the "right" pair, keys right of the query in encoders, is ``None`` for causal attention)."""
+    s = shift(group_size, window)
+    qg = torch.div(q_pos, group_size, rounding_mode="floor")
+    kg = torch.div(k_pos, group_size, rounding_mode="floor")
+    if causal:
+        return qg + s - q_pos, kg - k_pos, None, None
+    return qg + s - q_pos, kg - k_pos, qg - q_pos, kg + s - k_pos
+
+
+def grouped_rotations(query, key, q_pos, k_pos, inv_freq, group_size: int, window: int, causal: bool,
+                      apply=apply_rotation):
     """Re-rotate already rotated q/k to the grouped positions.
 
     Returns ``(q_left, k_left, q_right, k_right)``; the "right" pair (keys right of the query, encoders only)
     is ``None`` for causal attention. Rotation by a delta composes with the rotation already applied.
+    ``apply(x, cos, sin)`` applies one rotation (a compiled :func:`~.rope.apply_rotation` on the fast path).
     """
-    s = shift(group_size, window)
-    qg = torch.div(q_pos, group_size, rounding_mode="floor")
-    kg = torch.div(k_pos, group_size, rounding_mode="floor")
-    q_left = rotate(query, qg + s - q_pos, inv_freq)
-    k_left = rotate(key, kg - k_pos, inv_freq)
-    if causal:
-        return q_left, k_left, None, None
-    q_right = rotate(query, qg - q_pos, inv_freq)
-    k_right = rotate(key, kg + s - k_pos, inv_freq)
-    return q_left, k_left, q_right, k_right
+    deltas = grouped_deltas(q_pos, k_pos, group_size, window, causal)
+    return tuple(None if d is None else apply(x, *rotation_tables(d, inv_freq))
+                 for x, d in zip((query, key, query, key), deltas))
 
 
 def reference_attention(query, key, value, q_pos, k_pos, inv_freq, group_size: int, window: int, *,
@@ -85,14 +91,14 @@ def reference_attention(query, key, value, q_pos, k_pos, inv_freq, group_size: i
     return masked_softmax_attention(out, mask, value)
 
 
-def lse_merge(outs, lses):
-    """Exact merge of attention outputs over disjoint key sets: ``o = sum_i softmax(lse)_i * o_i``.
+def merge_pair(o_a, lse_a, o_b, lse_b):
+    """Exact merge of two attention results over disjoint key sets: ``(o, lse)``.
 
-    ``outs``: list of ``[B,H,Q,D]``; ``lses``: list of ``[B,H,Q]`` (``-inf`` where a pass saw no key).
+    ``o_*``: ``[B,H,Q,D]``; ``lse_*``: ``[B,H,Q]`` float (``-inf`` where a pass saw no key). Computed in float32,
+    returned in ``o_a.dtype``; a row that saw no key in either pass gives ``o_b`` (zeros from the kernels).
     """
-    lse = torch.stack([x.to(torch.float32) for x in lses], dim=0)
-    total = torch.logsumexp(lse, dim=0)
-    weights = torch.exp(lse - total)
-    weights = torch.nan_to_num(weights, nan=0.0)
-    merged = sum(w[..., None] * o.to(torch.float32) for w, o in zip(weights, outs))
-    return merged, total
+    lse_a, lse_b = lse_a.to(torch.float32), lse_b.to(torch.float32)
+    lse = torch.logaddexp(lse_a, lse_b)
+    w = torch.nan_to_num(torch.exp(lse_a - lse), nan=0.0)[..., None]  # weight of pass a; nan only when both are -inf
+    b = o_b.to(torch.float32)
+    return (b + (o_a.to(torch.float32) - b) * w).to(o_a.dtype), lse
