@@ -27,9 +27,10 @@ from longctx_plugins.longembed.synthetic import sotu_documents
 from longctx_plugins.training.position_tuning import prepare_position_tuning
 
 
-def pairs(tokenizer, n, max_tokens, seed=0, deep_query=False):
+def pairs(tokenizer, n, max_tokens, seed=0, deep_query=False, hard_negatives=False):
     """(query sentence, passage) pairs; ``deep_query`` takes the sentence from beyond the first ~512 tokens (~380
-    words) of the passage, where only the new position rows can carry it."""
+    words) of the passage, where only the new position rows can carry it; ``hard_negatives`` adds the same passage
+    with that sentence replaced by one from another address (only the sentence, at its position, tells them apart)."""
     texts = [d["text"] for d in sotu_documents()]
     rng = random.Random(seed)
     out = []
@@ -41,7 +42,14 @@ def pairs(tokenizer, n, max_tokens, seed=0, deep_query=False):
         tail = " ".join(words[start + 380:start + length]) if deep_query else passage
         sentences = [s for s in tail.split(". ")[1:] if len(s.split()) > 10]
         if sentences:
-            out.append({"query": rng.choice(sentences), "passage": passage})
+            query = rng.choice(sentences)
+            row = {"query": query, "passage": passage}
+            if hard_negatives:
+                others = [x for x in rng.choice(texts).split(". ") if len(x.split()) > 10 and x not in passage]
+                if not others:
+                    continue
+                row["negative"] = passage.replace(query, rng.choice(others), 1)
+            out.append(row)
     return out
 
 
@@ -53,7 +61,13 @@ class PairCollator:
         q = self.tok([r["query"] for r in rows], padding=True, truncation=True, max_length=128, return_tensors="pt")
         p = self.tok([r["passage"] for r in rows], padding=True, truncation=True, max_length=self.max_tokens,
                      return_tensors="pt")
-        return {"q_ids": q["input_ids"], "q_mask": q["attention_mask"], "p_ids": p["input_ids"], "p_mask": p["attention_mask"]}
+        out = {"q_ids": q["input_ids"], "q_mask": q["attention_mask"], "p_ids": p["input_ids"],
+               "p_mask": p["attention_mask"]}
+        if "negative" in rows[0]:
+            n = self.tok([r["negative"] for r in rows], padding=True, truncation=True, max_length=self.max_tokens,
+                         return_tensors="pt")
+            out.update(n_ids=n["input_ids"], n_mask=n["attention_mask"])
+        return out
 
 
 class InfoNCETrainer(Trainer):
@@ -64,6 +78,8 @@ class InfoNCETrainer(Trainer):
             return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
 
         q, p = embed(inputs["q_ids"], inputs["q_mask"]), embed(inputs["p_ids"], inputs["p_mask"])
+        if "n_ids" in inputs:  # candidates: every positive, then every hard negative
+            p = torch.cat([p, embed(inputs["n_ids"], inputs["n_mask"])])
         logits = q @ p.T / 0.05
         loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(q), device=q.device))
         return (loss, logits) if return_outputs else loss
@@ -84,6 +100,8 @@ def main():
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--output", default="tuned_minilm_4k")
     ap.add_argument("--deep-query", action="store_true", help="query sentences from beyond the first 512 tokens")
+    ap.add_argument("--hard-negatives", action="store_true",
+                    help="add the passage with the query sentence replaced as a negative")
     ap.add_argument("--eval-lengths", default="1024,2048,4096")
     ap.add_argument("--eval-tasks", default="passkey", help="comma-separated: passkey,needle")
     ap.add_argument("--eval-queries", type=int, default=10)
@@ -105,14 +123,16 @@ def main():
     targs = TrainingArguments(output_dir=args.output, per_device_train_batch_size=args.batch, max_steps=args.steps,
                               learning_rate=args.lr, warmup_steps=min(100, args.steps // 10), weight_decay=0.0,
                               logging_steps=10, save_strategy="no", report_to=[], remove_unused_columns=False)
-    data = pairs(tok, args.steps * args.batch, args.target_length, deep_query=args.deep_query)
+    data = pairs(tok, args.steps * args.batch, args.target_length, deep_query=args.deep_query,
+                 hard_negatives=args.hard_negatives)
     trainer = InfoNCETrainer(model=model, args=targs, train_dataset=data,
                              data_collator=PairCollator(tok, args.target_length), callbacks=[tuning.callback()])
     trainer.train()
     after_dir = os.path.join(args.output, "after")
     model.save_pretrained(after_dir)
     tok.save_pretrained(after_dir)
-    result = {"steps": args.steps, "target_length": args.target_length,
+    result = {"steps": args.steps, "target_length": args.target_length, "batch": args.batch, "lr": args.lr,
+              "deep_query": args.deep_query, "hard_negatives": args.hard_negatives,
               "before": scores(before_dir, lengths, **evaluate_kw), "after": scores(after_dir, lengths, **evaluate_kw)}
     print(json.dumps(result, indent=2))
     with open(os.path.join(args.output, "position_tuning.json"), "w") as f:

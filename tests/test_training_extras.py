@@ -61,3 +61,20 @@ def test_diagnostics_plot(tmp_path):
            "float32": {"D": {0: 1e-7, 8: 2e-7}, "logit_diff": {32: 1e-8, 64: 1e-8}}}
     path = diagnostics.plot(res, str(tmp_path / "d.png"))
     assert (tmp_path / "d.png").stat().st_size > 1000 and path.endswith("d.png")
+
+
+def test_position_tuning_example_hard_negatives_differ_only_in_the_query_sentence():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "position_tuning.py")
+    spec = importlib.util.spec_from_file_location("position_tuning_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    rows = example.pairs(None, 6, 2048, seed=3, deep_query=True, hard_negatives=True)
+    assert len(rows) == 6
+    for r in rows:
+        assert r["query"] in r["passage"] and r["query"] not in r["negative"]
+        head = r["passage"].index(r["query"])
+        assert r["negative"][:head] == r["passage"][:head]  # same text up to the replaced sentence
+        assert len(r["passage"][:head].split()) >= 380  # deep: past the first ~512 tokens
