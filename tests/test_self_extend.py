@@ -224,3 +224,25 @@ def test_fused_kernel_grouped_passes_slice_and_merge_exactly(causal):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     assert not _dense_grouped(out, lse, q_l, k_l, q_r, k_r, v, W, scale, se.merge_pair,
                               causal_lse=lambda *a: None)  # no usable kernel: reported, nothing merged
+
+
+@pytest.mark.parametrize("model_type", ["llama", "nomic_bert"])
+def test_reference_over_query_chunks_equals_one_call(monkeypatch, model_type):
+    """Without gradients, long inputs run the exact reference over query-row chunks (bounded memory): same outputs,
+    with padding, for decoders and encoders (mirrored right-hand passes)."""
+    from longctx_plugins.attention import self_extend as se_attn
+
+    _, ext = pair(model_type, 4, 8, max_position_embeddings=128)
+    ids = torch.randint(3, 100, (2, 61))
+    am = torch.ones_like(ids)
+    am[1, 45:] = 0
+    with torch.no_grad():
+        whole = outputs(ext, input_ids=ids, attention_mask=am)
+        calls = []
+        real = se_attn.se_ops.reference_attention
+        monkeypatch.setattr(se_attn, "REFERENCE_CHUNK_ELEMENTS", 2 * 4 * 61 * 7)  # ~7 query rows per chunk
+        monkeypatch.setattr(se_attn.se_ops, "reference_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+        chunked = outputs(ext, input_ids=ids, attention_mask=am)
+    assert len(calls) > ext.config.num_hidden_layers  # really chunked
+    keep = am.bool()
+    torch.testing.assert_close(chunked[keep], whole[keep], atol=1e-6, rtol=1e-6)

@@ -100,9 +100,25 @@ def self_extend_attention_forward(module, query, key, value, attention_mask, dro
         return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
     mask = _common.to_bool_mask(attention_mask, module, q_len, kv_len, query.device, causal)
-    out = se_ops.reference_attention(query, key, value, q_pos, k_pos, inv_freq, group, window, causal=causal,
-                                     mask=mask, scale=scaling, logit_scale=logit_scale)
+    out = _reference(query, key, value, q_pos, k_pos, inv_freq, group, window, causal, mask, scaling, logit_scale)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+# The exact reference materialises float32 logits [B, H, Q, K] (and a few same-size temporaries). Without gradients,
+# calls above this many logits run over query-row chunks: the same math per row, memory bounded (~0.5 GiB a tensor).
+REFERENCE_CHUNK_ELEMENTS = 2 ** 27
+
+
+def _reference(query, key, value, q_pos, k_pos, inv_freq, group, window, causal, mask, scaling, logit_scale):
+    batch, heads, q_len, _ = query.shape
+    rows = q_len if torch.is_grad_enabled() else max(1, REFERENCE_CHUNK_ELEMENTS // (batch * heads * key.shape[2]))
+    outs = []
+    for a in range(0, q_len, rows):
+        sl = slice(a, a + rows)
+        outs.append(se_ops.reference_attention(
+            query[:, :, sl], key, value, q_pos[:, sl], k_pos, inv_freq, group, window, causal=causal,
+            mask=None if mask is None else mask[:, :, sl], scale=scaling, logit_scale=logit_scale))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 def _rules(q_pos, k_pos, window, causal, valid):
