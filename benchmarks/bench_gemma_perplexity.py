@@ -29,7 +29,6 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 from _util import environment, write_json  # noqa: E402
 
-import longctx_plugins  # noqa: E402,F401
 from longctx_plugins import extend  # noqa: E402
 from longctx_plugins.extend import original_length  # noqa: E402
 from longctx_plugins.longembed.synthetic import sotu_documents  # noqa: E402

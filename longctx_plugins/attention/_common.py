@@ -1,6 +1,7 @@
 """Helpers shared by the plugin attention functions: backend choice, mask plans, flex, caches."""
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable
 
@@ -162,12 +163,18 @@ def flex_kernel_options(config, name: str, query) -> dict | None:
     options = getattr(config, f"{name}_flex_kernel_options", None)
     if options is not None:
         return dict(options) or None
-    from .._compat import flex_prefixed_options
-
     if (query.device.type == "cuda" and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] in (64, 128)
-            and flex_prefixed_options() and torch.cuda.get_device_capability(query.device) == (9, 0)):
+            and _tuned_forward_applies(query.device.index)):
         return dict(SM90_FWD_OPTIONS)
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned_forward_applies(device_index) -> bool:
+    """sm90 and a torch that understands the ``fwd_`` prefix; per device, decided once (attention calls are hot)."""
+    from .._compat import flex_prefixed_options
+
+    return flex_prefixed_options() and torch.cuda.get_device_capability(device_index) == (9, 0)
 
 
 def compiled_flex(device=None) -> Callable:
