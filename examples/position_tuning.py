@@ -14,8 +14,8 @@ measured with the bundled evaluator before and after.
         --hard-negatives --bf16 --eval-tasks passkey,needle --eval-queries 50 --eval-docs 100 \
         --eval-lengths 1024,2048,4096 --output RUN                        # the H200 run
 
-Three CPU runs at 2048 tokens changed nothing measurable and the H200 run above (846 steps) lowered passkey 52.7 ->
-44.7 (better only at 4096): benchmarks/results/position_tuning/.
+Three CPU runs at 2048 tokens changed nothing measurable, the H200 run above (846 steps) lowered passkey 52.7 ->
+44.7 and a CPU --pose run 52.7 -> 50.0 (both better only at 4096): benchmarks/results/position_tuning/.
 """
 import argparse
 import json
@@ -39,19 +39,21 @@ from longctx_plugins.longembed.synthetic import sotu_documents
 from longctx_plugins.training.position_tuning import prepare_position_tuning
 
 
-def pairs(tokenizer, n, max_tokens, seed=0, deep_query=False, hard_negatives=False):
+def pairs(tokenizer, n, max_tokens, seed=0, deep_query=False, hard_negatives=False, pose=False):
     """(query sentence, passage) pairs; ``deep_query`` takes the sentence from beyond the first ~512 tokens (~380
     words) of the passage, where only the new position rows can carry it; ``hard_negatives`` adds the same passage
-    with that sentence replaced by one from another address (only the sentence, at its position, tells them apart)."""
+    with that sentence replaced by one from another address (only the sentence, at its position, tells them apart);
+    ``pose`` makes passages of 150-350 words (they fit the original 512 positions; the collator shifts them; it
+    overrides ``deep_query``)."""
     texts = [d["text"] for d in sotu_documents()]
     rng = random.Random(seed)
     out = []
     while len(out) < n:
         words = rng.choice(texts).split()
-        length = rng.randint(600, int(max_tokens * 0.7))
+        length = rng.randint(150, 350) if pose else rng.randint(600, int(max_tokens * 0.7))
         start = rng.randrange(max(1, len(words) - length))
         passage = " ".join(words[start:start + length])
-        tail = " ".join(words[start + 380:start + length]) if deep_query else passage
+        tail = " ".join(words[start + 380:start + length]) if deep_query and not pose else passage
         sentences = [s for s in tail.split(". ")[1:] if len(s.split()) > 10]
         if sentences:
             query = rng.choice(sentences)
@@ -65,20 +67,43 @@ def pairs(tokenizer, n, max_tokens, seed=0, deep_query=False, hard_negatives=Fal
     return out
 
 
+def pose_shifts(mask, max_tokens, generator):
+    """``u ~ U{0 .. max_tokens - length}`` per row of ``mask [B, S]``."""
+    return (torch.rand(mask.shape[0], generator=generator) * (max_tokens - mask.sum(1) + 1).float()).long()
+
+
+def pose_positions(mask, shift, max_tokens):
+    """PoSE-style position ids (LongEmbed's E5-Base-4k tuning): ``[CLS]`` keeps row 0, the rest of each sequence
+    moves to rows ``u + 1, u + 2, ...`` of the extended table (``shift`` = u per row, clamped so the last real
+    token stays below ``max_tokens``), so short samples train the positions of long inputs. ``mask [B, S]`` ->
+    ``[B, S]`` (padding keeps its arange)."""
+    batch, width = mask.shape
+    shift = torch.minimum(shift, max_tokens - mask.sum(1))
+    pos = torch.arange(width).expand(batch, -1) + shift[:, None]
+    pos[:, 0] = 0
+    return torch.where(mask.bool(), pos, torch.arange(width).expand(batch, -1))
+
+
 class PairCollator:
-    def __init__(self, tokenizer, max_tokens):
-        self.tok, self.max_tokens = tokenizer, max_tokens
+    def __init__(self, tokenizer, max_tokens, pose=False, seed=0):
+        self.tok, self.max_tokens, self.pose = tokenizer, max_tokens, pose
+        self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, rows):
         q = self.tok([r["query"] for r in rows], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        p = self.tok([r["passage"] for r in rows], padding=True, truncation=True, max_length=self.max_tokens,
-                     return_tensors="pt")
+        p = self.tok([r["passage"] for r in rows], padding=True, truncation=True,
+                     max_length=512 if self.pose else self.max_tokens, return_tensors="pt")
         out = {"q_ids": q["input_ids"], "q_mask": q["attention_mask"], "p_ids": p["input_ids"],
                "p_mask": p["attention_mask"]}
         if "negative" in rows[0]:
-            n = self.tok([r["negative"] for r in rows], padding=True, truncation=True, max_length=self.max_tokens,
-                         return_tensors="pt")
+            n = self.tok([r["negative"] for r in rows], padding=True, truncation=True,
+                         max_length=512 if self.pose else self.max_tokens, return_tensors="pt")
             out.update(n_ids=n["input_ids"], n_mask=n["attention_mask"])
+        if self.pose:  # a passage and its hard negative share the shift (only the replaced sentence differs)
+            shift = pose_shifts(p["attention_mask"], self.max_tokens, self.generator)
+            out["p_pos"] = pose_positions(p["attention_mask"], shift, self.max_tokens)
+            if "negative" in rows[0]:
+                out["n_pos"] = pose_positions(n["attention_mask"], shift, self.max_tokens)
         return out
 
 
@@ -96,14 +121,15 @@ class TimeLimit(TrainerCallback):
 
 class InfoNCETrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
-        def embed(ids, mask):
-            h = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        def embed(ids, mask, pos=None):
+            h = model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
             m = mask[..., None].to(h.dtype)
             return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
 
-        q, p = embed(inputs["q_ids"], inputs["q_mask"]), embed(inputs["p_ids"], inputs["p_mask"])
+        q = embed(inputs["q_ids"], inputs["q_mask"])
+        p = embed(inputs["p_ids"], inputs["p_mask"], inputs.get("p_pos"))
         if "n_ids" in inputs:  # candidates: every positive, then every hard negative
-            p = torch.cat([p, embed(inputs["n_ids"], inputs["n_mask"])])
+            p = torch.cat([p, embed(inputs["n_ids"], inputs["n_mask"], inputs.get("n_pos"))])
         logits = q @ p.T / 0.05
         loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(q), device=q.device))
         return (loss, logits) if return_outputs else loss
@@ -133,6 +159,8 @@ def main():
     ap.add_argument("--eval-only", action="store_true", help="evaluate OUTPUT/before and OUTPUT/after again")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop training after this long (steps done are "
                     "recorded)")
+    ap.add_argument("--pose", action="store_true", help="PoSE-style: passages of <= 512 tokens whose positions are "
+                    "shifted to random rows of the extended table (LongEmbed's E5-Base-4k recipe)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast in training (GPU); weights stay float32")
     args = ap.parse_args()
     lengths = [int(x) for x in args.eval_lengths.split(",")]
@@ -152,9 +180,9 @@ def main():
                               logging_steps=10, save_strategy="no", report_to=[], remove_unused_columns=False,
                               bf16=args.bf16)
     data = pairs(tok, args.steps * args.batch, args.target_length, deep_query=args.deep_query,
-                 hard_negatives=args.hard_negatives)
+                 hard_negatives=args.hard_negatives, pose=args.pose)
     trainer = InfoNCETrainer(model=model, args=targs, train_dataset=data,
-                             data_collator=PairCollator(tok, args.target_length),
+                             data_collator=PairCollator(tok, args.target_length, pose=args.pose),
                              callbacks=[tuning.callback()] + ([TimeLimit(args.max_minutes)] if args.max_minutes else []))
     start = time.monotonic()
     trainer.train()
@@ -166,7 +194,7 @@ def main():
               "last_logged_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
               "mean_train_loss": trainer.state.log_history[-1].get("train_loss"),
               "target_length": args.target_length, "batch": args.batch, "lr": args.lr,
-              "deep_query": args.deep_query, "hard_negatives": args.hard_negatives, "bf16": args.bf16,
+              "deep_query": args.deep_query, "hard_negatives": args.hard_negatives, "pose": args.pose, "bf16": args.bf16,
               "device": "cuda" if torch.cuda.is_available() else "cpu",
               "before": scores(before_dir, lengths, **evaluate_kw), "after": scores(after_dir, lengths, **evaluate_kw)}
     print(json.dumps(result, indent=2))

@@ -78,3 +78,31 @@ def test_position_tuning_example_hard_negatives_differ_only_in_the_query_sentenc
         head = r["passage"].index(r["query"])
         assert r["negative"][:head] == r["passage"][:head]  # same text up to the replaced sentence
         assert len(r["passage"][:head].split()) >= 380  # deep: past the first ~512 tokens
+
+
+def test_position_tuning_example_pose_positions():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "position_tuning.py")
+    spec = importlib.util.spec_from_file_location("position_tuning_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    mask = torch.tensor([[1] * 6 + [0] * 2, [1] * 8])
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(200):
+        shift = example.pose_shifts(mask, 16, gen)
+        pos = example.pose_positions(mask, shift, 16)
+        assert pos[:, 0].tolist() == [0, 0]  # [CLS] keeps row 0
+        for row, n in ((0, 6), (1, 8)):
+            real = pos[row, 1:n]
+            assert torch.equal(real, torch.arange(1, n) + shift[row]) and int(real.max()) < 16
+        assert pos[0, 6:].tolist() == [6, 7]  # padding keeps its arange
+        seen.update(shift.tolist())
+    assert seen == set(range(0, 11))  # every shift 0 .. 16 - 6 occurs (row 1: 0 .. 8)
+    # a longer hard negative with the same shift is clamped to fit the table
+    pos = example.pose_positions(torch.ones(1, 12, dtype=torch.long), torch.tensor([10]), 16)
+    assert int(pos.max()) == 15
+    rows = example.pairs(None, 4, 4096, seed=1, deep_query=True, hard_negatives=True, pose=True)
+    assert all(150 <= len(r["passage"].split()) <= 350 and r["query"] in r["passage"] for r in rows)
