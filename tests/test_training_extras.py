@@ -63,7 +63,7 @@ def test_diagnostics_plot(tmp_path):
     assert (tmp_path / "d.png").stat().st_size > 1000 and path.endswith("d.png")
 
 
-def test_position_tuning_example_hard_negatives_differ_only_in_the_query_sentence():
+def _position_tuning_example():
     import importlib.util
     import os
 
@@ -71,6 +71,11 @@ def test_position_tuning_example_hard_negatives_differ_only_in_the_query_sentenc
     spec = importlib.util.spec_from_file_location("position_tuning_example", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
+    return example
+
+
+def test_position_tuning_example_hard_negatives_differ_only_in_the_query_sentence():
+    example = _position_tuning_example()
     rows = example.pairs(None, 6, 2048, seed=3, deep_query=True, hard_negatives=True)
     assert len(rows) == 6
     for r in rows:
@@ -81,13 +86,7 @@ def test_position_tuning_example_hard_negatives_differ_only_in_the_query_sentenc
 
 
 def test_position_tuning_example_pose_positions():
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(__file__), "..", "examples", "position_tuning.py")
-    spec = importlib.util.spec_from_file_location("position_tuning_example", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = _position_tuning_example()
     mask = torch.tensor([[1] * 6 + [0] * 2, [1] * 8])
     gen = torch.Generator().manual_seed(0)
     seen = set()

@@ -1,6 +1,7 @@
 """Helpers shared by the plugin attention functions: backend choice, mask plans, flex, caches."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any, Callable
@@ -133,20 +134,20 @@ def sdpa_dense(query, key, value, mask, scaling, dropout: float = 0.0):
         if not bool(any_key.all()):
             empty = ~any_key
             mask = mask | empty
-    args = dict(attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    backends = contextlib.nullcontext()
     if mask is not None and query.is_cuda and DENSE_SDPA_AVOID_CUDNN:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]):
-            out = F.scaled_dot_product_attention(query, key, value, **args)
-    else:
-        out = F.scaled_dot_product_attention(query, key, value, **args)
+        backends = sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
+    with backends:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scaling,
+                                             enable_gqa=query.shape[1] != key.shape[1])
     if empty is not None:
         out = out.masked_fill(empty, 0.0)  # [B,1,Q,1] broadcasts over heads and channels
     return out.transpose(1, 2).contiguous()
 
 
-_compiled: dict[str, Callable] = {}
+_compiled: dict[Any, Callable] = {}  # "flex" -> compiled flex_attention; a function -> its compiled form
 RECOMPILE_LIMIT = 64
 
 # Forward kernel configuration used on Hopper (sm90) for head dims 64 / 128 in half precision when the user set none.
@@ -203,12 +204,9 @@ def compiled(fn: Callable, device) -> Callable:
     log-sum-exp merge - into one kernel instead of several passes over S x H x D tensors); ``fn`` itself elsewhere."""
     if torch.device(device).type != "cuda":
         return fn
-    if fn not in _compiled_fns:
-        _compiled_fns[fn] = torch.compile(fn, dynamic=True)
-    return _compiled_fns[fn]
-
-
-_compiled_fns: dict[Callable, Callable] = {}
+    if fn not in _compiled:
+        _compiled[fn] = torch.compile(fn, dynamic=True)
+    return _compiled[fn]
 
 
 def flex_with_lse(flex, query, key, value, block_mask, scale, enable_gqa, kernel_options=None):
