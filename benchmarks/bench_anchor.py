@@ -117,6 +117,68 @@ def case(seq_len, n_docs, lo, hi, kernel_sweep):
     }
 
 
+def flash_case(seq_len, n_docs):
+    """anchor_backend='flash' (flash-attn-4 varlen over per-document anchor copies): the same inputs as case(), plus
+    the kernel alone (inputs already in varlen form) and q/k/v laid out [B, T, H, D] in memory as transformers'
+    projections leave them (no transpose copy)."""
+    from longctx_plugins.attention import _flash
+    from longctx_plugins.ops import varlen
+    from transformers.masking_utils import causal_mask_function
+
+    gen = torch.Generator().manual_seed(seq_len)
+    cu = documents(seq_len, n_docs, 256, 8192, gen).cuda()
+    q, k, v = (torch.randn(1, H, seq_len, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    mod = Mod()
+    mod.config.anchor_backend = "flash"
+    mask = anchor_mask(1, seq_len, seq_len, config=mod.config, device="cuda", mask_function=causal_mask_function)
+
+    def fwd(q=q, k=k, v=v):
+        return anchor_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)[0]
+
+    with torch.no_grad():  # correctness first
+        ref = anchor_by_documents(q, k, v, doc_ids_from_cu_seqlens(cu, 1, seq_len), D ** -0.5).transpose(1, 2)
+        err = (fwd().float() - ref).abs().max().item()
+    del ref
+    assert err < 5e-2, f"flash anchor differs from the reference by {err}"
+    grad_out = torch.ones(1, seq_len, H, D, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        fwd_ms = cuda_time_ms(fwd)
+    fwd_bwd_ms = cuda_time_ms(lambda: fwd().backward(grad_out))
+    # q/k/v as transformers leaves them: [B, T, H, D] memory viewed as [B, H, T, D]
+    qt, kt, vt = (x.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for x in (q, k, v))
+    with torch.no_grad():
+        fwd_hf_ms = cuda_time_ms(lambda: fwd(qt, kt, vt))
+    fwd_bwd_hf_ms = cuda_time_ms(lambda: fwd(qt, kt, vt).backward(grad_out))
+    # the kernel alone, on inputs already in varlen form
+    lay = varlen.anchor_varlen_layout(doc_ids_from_cu_seqlens(cu, 1, seq_len))
+    qv = q.detach().transpose(1, 2).reshape(seq_len, H, D).requires_grad_()
+    kv_, vv = (x.detach().transpose(1, 2).reshape(seq_len, H, D)[lay.kv_index].requires_grad_() for x in (k, v))
+
+    def kern():
+        return _flash.kernel(qv, kv_, vv, lay.cu_q, lay.cu_k, lay.max_q, lay.max_k, D ** -0.5, True)
+
+    with torch.no_grad():
+        kernel_fwd_ms = cuda_time_ms(kern)
+    kernel_fwd_bwd_ms = cuda_time_ms(lambda: kern().backward(grad_out[0]))
+    sdpa_ms = cuda_time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(
+        torch.ones_like(q)), warmup=2, iters=5)
+    pairs = useful_pairs(cu.cpu())
+
+    def tflops(ms):
+        return round(4 * D * H * pairs / (ms * 1e-3) / 1e12, 1)
+
+    return {"seq_len": seq_len, "num_docs": n_docs, "backend": "flash (flash-attn-4 varlen)",
+            "max_abs_err_vs_reference": err, "anchor_fwd_ms": round(fwd_ms, 3),
+            "anchor_fwd_bwd_ms": round(fwd_bwd_ms, 3), "sdpa_causal_fwd_bwd_ms": round(sdpa_ms, 3),
+            "speedup_fwd_bwd": round(sdpa_ms / fwd_bwd_ms, 2), "fwd_tflops_on_useful_pairs": tflops(fwd_ms),
+            "fwd_fraction_of_peak": round(tflops(fwd_ms) / PEAK_TFLOPS, 3),
+            "qkv_bthd_layout": {"anchor_fwd_ms": round(fwd_hf_ms, 3), "anchor_fwd_bwd_ms": round(fwd_bwd_hf_ms, 3),
+                                "speedup_fwd_bwd": round(sdpa_ms / fwd_bwd_hf_ms, 2),
+                                "fwd_fraction_of_peak": round(tflops(fwd_hf_ms) / PEAK_TFLOPS, 3)},
+            "kernel_only": {"fwd_ms": round(kernel_fwd_ms, 3), "fwd_bwd_ms": round(kernel_fwd_bwd_ms, 3),
+                            "fwd_fraction_of_peak": round(tflops(kernel_fwd_ms) / PEAK_TFLOPS, 3)}}
+
+
 def llama_1b_config(seq_len):
     from transformers import LlamaConfig
 
@@ -140,18 +202,45 @@ def packed_batch(seq_len):
     return batch
 
 
+def _count_flash_calls():
+    """Count flash-attn-4 kernel calls and collect the plugin's fallback warnings (a silent fallback to flex would
+    otherwise make 'flash' timings flex timings)."""
+    import logging
+
+    from longctx_plugins.attention import _flash
+
+    calls, logs, kernel = [0], [], _flash.kernel
+    if not getattr(kernel, "_counted", False):
+        def counted(*args, **kwargs):
+            counted.calls[0] += 1
+            return kernel(*args, **kwargs)
+
+        counted._counted, _flash.kernel = True, counted
+    _flash.kernel.calls = calls
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            logs.append(record.getMessage())
+
+    logging.getLogger("longctx_plugins").addHandler(Keep())
+    _flash._fallback_logged.clear()
+    return calls, logs
+
+
 def trainer_step(seq_len, steps=3, profile_path=None, impls=("anchor", "sdpa"), kernel_options=None,
-                 expand_kv=False):
+                 expand_kv=False, backend="auto"):
     """fwd + bwd + AdamW of a ~1.1B Llama-shaped model (TinyLlama shape) with gradient checkpointing."""
     from transformers import LlamaForCausalLM
 
     cfg = llama_1b_config(seq_len)
     cfg.anchor_flex_kernel_options = kernel_options
     cfg.anchor_flex_expand_kv = expand_kv
+    cfg.anchor_backend = backend
     batch = packed_batch(seq_len)
     result = {"model": "llama-1.1B (hidden 2048, 22 layers, 32 heads, 4 kv heads)", "seq_len": seq_len,
               "gradient_checkpointing": True, "step": "forward + backward + AdamW step, bf16 weights",
-              "anchor_flex_kernel_options": kernel_options, "anchor_flex_expand_kv": expand_kv}
+              "anchor_flex_kernel_options": kernel_options, "anchor_flex_expand_kv": expand_kv,
+              "anchor_backend": backend}
     for impl in impls:
         torch.manual_seed(0)
         with torch.device("cuda"):
@@ -169,6 +258,13 @@ def trainer_step(seq_len, steps=3, profile_path=None, impls=("anchor", "sdpa"), 
             opt.step()
             opt.zero_grad(set_to_none=True)
 
+        if impl == "anchor" and backend == "flash":
+            calls, logs = _count_flash_calls()
+            step()
+            torch.cuda.synchronize()
+            result["flash_kernel_calls_per_step"] = calls[0]
+            result["fallback_log"] = logs
+            print("flash kernel calls in one step:", calls[0], "fallbacks:", logs, flush=True)
         ms = cuda_time_ms(step, warmup=2, iters=steps)
         if profile_path:
             from torch.profiler import ProfilerActivity, profile
@@ -194,8 +290,33 @@ def main():
     parser.add_argument("--profile-trainer", default=None, help="only profile one anchor trainer step into this file")
     parser.add_argument("--expand-kv-trainer", action="store_true",
                         help="only the anchor trainer step with anchor_flex_expand_kv off and on (trainer_expand_kv.json)")
+    parser.add_argument("--flash", action="store_true",
+                        help="only anchor_backend='flash' (flash-attn-4): kernel cases and trainer step (anchor_flash.json)")
     args = parser.parse_args()
     from longctx_plugins.attention._common import SM90_FWD_OPTIONS
+
+    if args.flash:
+        from importlib.metadata import version
+
+        out = {**environment(), "flash_attn_4": version("flash-attn-4"), "nvidia_cutlass_dsl": version(
+            "nvidia-cutlass-dsl"), "heads": H, "head_dim": D, "dtype": "bfloat16", "cases": []}
+        for seq_len, n_docs in ([(32768, 9)] if args.quick else [(32768, 9), (131072, 30)]):
+            out["cases"].append(flash_case(seq_len, n_docs))
+            print(out["cases"][-1], flush=True)
+            write_json(out, "anchor_flash.json")
+        if args.profile_trainer:
+            print(trainer_step(32768, steps=1, profile_path=args.profile_trainer, impls=("anchor",), backend="flash"))
+        if not args.no_trainer:
+            out["trainer_step"] = trainer_step(32768, backend="flash")
+            print(out["trainer_step"], flush=True)
+            write_json(out, "anchor_flash.json")
+            # the flex anchor step in the same process, for a like-for-like comparison
+            flex = trainer_step(32768, impls=("anchor",), backend="flex", expand_kv=None)  # flex with its defaults
+            out["trainer_step"]["flex_anchor_ms"] = flex["anchor_ms"]
+            out["trainer_step"]["ratio_flex_anchor_over_full"] = round(flex["anchor_ms"] / out["trainer_step"]["full_ms"], 3)
+            print(out["trainer_step"], flush=True)
+        write_json(out, "anchor_flash.json")
+        return
 
     sweep = {"torch_default": {},  # {} = torch's own configuration
              "package_default": None,  # None = what the anchor attention uses (tuned forward on sm90)

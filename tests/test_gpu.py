@@ -93,7 +93,8 @@ def _grads(model, batch):
     return out.logits.float(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def packed_training_paths(model_type: str, dtype, fp32_reference: bool = False, sdpa_with_cudnn: bool = False):
+def packed_training_paths(model_type: str, dtype, fp32_reference: bool = False, sdpa_with_cudnn: bool = False,
+                          backends=("flex", "sdpa"), head_dim=None):
     """Tiny model, packed 4k window (batch 2): ``{path: (logits, grads)}`` for the flex path and the dense SDPA path
     in ``dtype`` and, with ``fp32_reference``, the SDPA path of the same (``dtype``-rounded) weights in float32; plus
     the real-token mask. Shared with benchmarks/probe_gemma3_grads.py."""
@@ -102,6 +103,8 @@ def packed_training_paths(model_type: str, dtype, fp32_reference: bool = False, 
     from .conftest import tiny_model
 
     over = {"sliding_window": 512} if model_type == "gemma3" else {}
+    if head_dim is not None:
+        over["head_dim"] = head_dim
     model = tiny_model(model_type, attn_implementation="anchor", max_position_embeddings=8192, **over)
     model = model.to("cuda", dtype).train()
     g = torch.Generator().manual_seed(0)
@@ -110,7 +113,7 @@ def packed_training_paths(model_type: str, dtype, fp32_reference: bool = False, 
     batch = AnchorPackingCollator(None, max_length=4096, anchor_token_id=1, pad_token_id=0)(docs)
     batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
     paths = {}
-    for backend in ("flex", "sdpa"):
+    for backend in backends:
         model.config.anchor_backend = backend
         paths[backend] = _grads(model, batch)
     if sdpa_with_cudnn:  # the dense path as it was: masked SDPA free to pick cuDNN
@@ -181,3 +184,63 @@ def test_self_extend_flex_gradients_match_reference():
     gb = torch.autograd.grad((ref * w).sum(), (q, k, v))
     for a, b in zip(ga, gb):
         torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3)
+
+
+class FlashCfg(Cfg):
+    anchor_backend = "flash"
+
+
+@pytest.mark.parametrize("seq_len,n_docs", [(8192, 5), (32768, 9), (131072, 30)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_anchor_flash_varlen_equals_reference(seq_len, n_docs, causal):
+    """anchor_backend='flash' (flash-attn-4 varlen over per-document anchor copies) against the per-document
+    reference; gradients too up to 32k (against the same reference in float32)."""
+    pytest.importorskip("flash_attn.cute", reason="flash-attn-4 not installed (carry its wheels, see README)")
+    from transformers.masking_utils import bidirectional_mask_function, causal_mask_function
+
+    gen = torch.Generator().manual_seed(seq_len)
+    cu = random_docs(seq_len, n_docs, gen).cuda()
+    H, Hkv, D = 8, 2, 128
+    grad = seq_len <= 32768
+    q, k, v = (torch.randn(1, h, seq_len, D, device="cuda", dtype=torch.bfloat16).requires_grad_(grad)
+               for h in (H, Hkv, Hkv))
+    mod = Mod(causal)
+    mod.config = FlashCfg()
+    mask = anchor_mask(1, seq_len, seq_len, config=mod.config, device="cuda",
+                       mask_function=causal_mask_function if causal else bidirectional_mask_function)
+    out, _ = anchor_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+    doc = doc_ids_from_cu_seqlens(cu, 1, seq_len)
+    ref = anchor_by_documents(q.float(), k.float(), v.float(), doc, D ** -0.5, causal).transpose(1, 2)
+    torch.testing.assert_close(out.float(), ref, **BF16_TOL)
+    if grad:
+        w = torch.randn_like(ref)
+        ga = torch.autograd.grad((out.float() * w).sum(), (q, k, v))
+        gb = torch.autograd.grad((ref * w).sum(), (q, k, v))
+        for a, b in zip(ga, gb):
+            rel = (a.float() - b).norm() / b.norm()
+            assert rel < 2e-2, rel.item()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3"])
+def test_flash_training_path_stays_close_to_float32(model_type, monkeypatch):
+    """anchor_backend='flash' in a packed bf16 training step (batch 2, collator padding; Gemma3's sliding-window
+    layers fall back to flex): the kernel runs, and logits and every gradient match the float32 dense path."""
+    pytest.importorskip("flash_attn.cute", reason="flash-attn-4 not installed (carry its wheels, see README)")
+    from longctx_plugins.attention import _flash
+
+    calls, kernel = [], _flash.kernel
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(_flash, "kernel", counted)
+    paths, keep = packed_training_paths(model_type, torch.bfloat16, fp32_reference=True, backends=("flash",),
+                                        head_dim=64)  # a verified head dim (_flash.VERIFIED_HEAD_DIMS)
+    assert calls, "the flash-attn-4 kernel never ran"
+    logits_ref, grads_ref = paths["fp32"]
+    logits, grads = paths["flash"]
+    torch.testing.assert_close(logits[keep], logits_ref[keep], atol=5e-2, rtol=5e-2)
+    for n in grads_ref:
+        rel = (grads[n] - grads_ref[n]).norm() / grads_ref[n].norm().clamp(min=1e-6)
+        assert rel < 5e-2, (n, rel.item())

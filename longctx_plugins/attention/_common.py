@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "flex", "sdpa")
+BACKENDS = ("auto", "flex", "sdpa", "flash")  # "flash": anchor only (flash-attn-4 varlen, see _flash.py)
 # On CUDA, "auto" switches to FlexAttention from this query length on (shorter: dense SDPA).
 FLEX_MIN_LENGTH = 1024
 BLOCK = 128  # FlexAttention block size used for the block masks we build
@@ -18,8 +18,9 @@ BLOCK = 128  # FlexAttention block size used for the block masks we build
 def backend_for(config, name: str) -> str:
     """Backend for attention ``name``: ``config.<name>_backend`` or env ``LONGCTX_<NAME>_BACKEND``; default auto."""
     value = getattr(config, f"{name}_backend", None) or os.environ.get(f"LONGCTX_{name.upper()}_BACKEND", "auto")
-    if value not in BACKENDS:
-        raise ValueError(f"{name}_backend must be one of {BACKENDS}, got {value!r}.")
+    allowed = BACKENDS if name == "anchor" else tuple(b for b in BACKENDS if b != "flash")
+    if value not in allowed:
+        raise ValueError(f"{name}_backend must be one of {allowed}, got {value!r}.")
     return value
 
 
@@ -28,6 +29,10 @@ def use_flex(config, name: str, device, q_length: int, kv_length: int) -> bool:
     if backend == "sdpa" or q_length != kv_length:
         return False  # decoding with a cache: a few query rows, the dense path is cheaper
     is_cuda = torch.device(device).type == "cuda"
+    if backend == "flash":
+        if not is_cuda:
+            raise RuntimeError(f"{name}_backend='flash' (flash-attn-4) needs CUDA tensors; use 'auto' or 'sdpa' on CPU.")
+        return True  # the attention decides per call between the varlen kernel and flex (both take the FlexPlan)
     if backend == "flex":
         if not is_cuda and torch.is_grad_enabled():
             raise RuntimeError(
@@ -67,11 +72,15 @@ class FlexPlan:
         self.shape = (batch_size, 1, q_length, kv_length)
 
     def key_valid(self):
-        """``[B, K]`` bool of real keys, or None when there is no padding."""
-        if self.padding is None or self.padding.dim() != 2:
-            return None
-        valid = self.padding[:, self.kv_offset: self.kv_offset + self.kv_length].to(torch.bool)
-        return None if bool(valid.all()) else valid
+        """``[B, K]`` bool of real keys, or None when there is no padding. Computed once per plan (one host sync;
+        the plan reaches every layer of a forward)."""
+        if not hasattr(self, "_key_valid"):
+            valid = None
+            if self.padding is not None and self.padding.dim() == 2:
+                valid = self.padding[:, self.kv_offset: self.kv_offset + self.kv_length].to(torch.bool)
+                valid = None if bool(valid.all()) else valid
+            self._key_valid = valid
+        return self._key_valid
 
     def block_mask(self, extra_mod=None):
         """transformers' own rule (causal / sliding / padding), AND ``extra_mod``, as a compiled BlockMask."""

@@ -11,20 +11,24 @@ per-shard mask (``attention_mask=None``), so the rule is rebuilt here from the b
 window.
 
 Backends: on CUDA, FlexAttention with one block mask per forward built directly from the boundaries (never
-S x S, no compilation of the mask); elsewhere an exact SDPA path over a dense boolean mask (supports training
-on CPU). Choose with ``model.config.anchor_backend = "auto" | "flex" | "sdpa"`` or ``LONGCTX_ANCHOR_BACKEND``.
+S x S, no compilation of the mask), or, with flash-attn-4 installed, its varlen kernel over per-document anchor
+copies (:mod:`._flash`; ``auto`` on sm90 only); elsewhere an exact SDPA path over a dense boolean mask (supports
+training on CPU). Choose with ``model.config.anchor_backend = "auto" | "flex" | "sdpa" | "flash"`` or
+``LONGCTX_ANCHOR_BACKEND``.
 """
 from __future__ import annotations
 
 import torch
 
-from ..ops import blocks, masks
+from ..ops import blocks, masks, varlen
 from ..ops.reference import repeat_kv
-from . import _common
+from . import _common, _flash
 
 _doc_cache = _common.IdentityCache()
 _block_cache = _common.IdentityCache()
 _plan_cache = _common.IdentityCache()
+_layout_cache = _common.IdentityCache()
+_padding_cache = _common.IdentityCache()
 
 
 def anchor_mask(batch_size, q_length, kv_length, *args, **kwargs):
@@ -71,6 +75,20 @@ def anchor_block_mask(plan: _common.FlexPlan, doc_ids, causal: bool):
     return blocks.to_block_mask(any_, full, mod, plan.q_length, plan.kv_length, _common.BLOCK)
 
 
+def _varlen_plan_reason(plan: _common.FlexPlan, doc_ids) -> str | None:
+    """Why the varlen form cannot express this call's rule (None: it can). Padding is fine when it fills segments of
+    its own (AnchorPackingCollator's padding): real tokens are then exact and padding rows unspecified."""
+    if doc_ids is None:
+        return "no packed boundaries (cu_seq_lens_*)"
+    if plan.local_size is not None or plan.q_offset or plan.kv_offset:
+        return "a sliding/chunked window layer"
+    valid = plan.key_valid()
+    if valid is not None and not _padding_cache.get((plan, doc_ids), (),
+                                                    lambda: varlen.padding_isolated(doc_ids, valid)):
+        return "attention_mask padding inside a packed document (pad whole segments, as AnchorPackingCollator does)"
+    return None
+
+
 def _rebuilt_plan(module, kwargs, doc_ids, batch, q_len, kv_len, device, causal):
     """The mask was dropped by a wrapper (DeepSpeed Ulysses discards per-shard masks): the boundaries alone define
     the rule. A FlexPlan on the flex path (cached for all layers of the forward); None (plain causal) otherwise."""
@@ -107,6 +125,11 @@ def anchor_attention_forward(module, query, key, value, attention_mask, dropout:
         attention_mask = _rebuilt_plan(module, kwargs, doc_ids, batch, q_len, kv_len, query.device, causal)
 
     if isinstance(attention_mask, _common.FlexPlan):
+        plan = attention_mask
+        if _flash.choose(_common.backend_for(module.config, "anchor"), query, dropout,
+                         lambda: _varlen_plan_reason(plan, doc_ids)):
+            layout = _layout_cache.get((doc_ids,), (), lambda: varlen.anchor_varlen_layout(doc_ids))
+            return varlen.anchor_varlen_attention(query, key, value, layout, scaling, causal, _flash.kernel), None
         if dropout:
             raise ValueError(
                 "anchor attention: the FlexAttention backend has no attention dropout; set the model's "
