@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _util import environment, write_json  # noqa: E402
 
 from longctx_plugins import extend  # noqa: E402
-from longctx_plugins.extend import original_length  # noqa: E402
+from longctx_plugins.extension import original_length  # noqa: E402
 from longctx_plugins.longembed.synthetic import sotu_documents  # noqa: E402
 
 SEGMENT = 8192

@@ -2,6 +2,8 @@
 
 Importing the package registers, additively, the attention implementations ``anchor`` and ``self_extend`` and
 the RoPE types ``pi``, ``ntk`` and ``self_extend`` into transformers (set ``LONGCTX_PLUGINS_DISABLE=1`` to skip).
+Each entry is added as soon as the transformers module that holds its registry is imported (at once when it
+already is), so ``import longctx_plugins`` itself stays light: it loads neither torch nor transformers.
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 check_versions()
 
 from .registry import is_registered, register, unregister  # noqa: E402
-from .extend import extend  # noqa: E402  (eager: the function must shadow the submodule of the same name)
 
 __all__ = [
     "__version__", "register", "unregister", "is_registered", "extend", "LongContextEmbedder",
@@ -28,6 +29,13 @@ _LAZY = {
     "LongContextEmbedder": ("longctx_plugins.embedder", "LongContextEmbedder"),
     "AnchorPackingCollator": ("longctx_plugins.training.collator", "AnchorPackingCollator"),
 }
+
+
+def extend(model, method: str = "auto", target_length: int = 32768, **params):
+    """Extend ``model`` in place to ``target_length`` tokens and return it (see :mod:`longctx_plugins.extension`)."""
+    from .extension import extend as _extend
+
+    return _extend(model, method, target_length, **params)
 
 
 def __getattr__(name):
@@ -42,4 +50,4 @@ def __getattr__(name):
 
 
 if os.environ.get("LONGCTX_PLUGINS_DISABLE", "").strip().lower() not in ("1", "true", "yes", "on"):
-    register()
+    register(deferred=True)

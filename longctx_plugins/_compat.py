@@ -30,47 +30,46 @@ def _parse(version: str) -> tuple[int, int]:
     return tuple(parts)  # type: ignore[return-value]
 
 
-def check_versions() -> None:
-    """Raise ImportError for unusable torch/transformers; warn above the tested range."""
+def _installed(dist: str) -> str | None:
+    from importlib import metadata
+
     try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - torch is a hard dependency
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_versions(torch_version: str | None = None, transformers_version: str | None = None) -> None:
+    """Raise ImportError for unusable torch/transformers; warn above the tested range. Reads the installed versions
+    from package metadata (importing torch or transformers here would make ``import longctx_plugins`` slow)."""
+    torch_version = torch_version or _installed("torch")
+    if torch_version is None:
         raise ImportError(
             "longctx_plugins needs PyTorch >= 2.5. Install the CPU build with `pip install torch==2.13.0` "
             "(or a CUDA build for GPUs)."
-        ) from exc
-    if _parse(torch.__version__) < MIN_TORCH:
+        )
+    if _parse(torch_version) < MIN_TORCH:
         raise ImportError(
             f"longctx_plugins needs torch >= {'.'.join(map(str, MIN_TORCH))} (FlexAttention, SDPA enable_gqa); "
-            f"found {torch.__version__}. Upgrade with `pip install -U torch`."
+            f"found {torch_version}. Upgrade with `pip install -U torch`."
         )
-    try:
-        import transformers
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError("longctx_plugins needs transformers>=5.17,<6: `pip install 'transformers>=5.17,<6'`.") from exc
-    tv = _parse(transformers.__version__)
+    transformers_version = transformers_version or _installed("transformers")
+    if transformers_version is None:
+        raise ImportError("longctx_plugins needs transformers>=5.17,<6: `pip install 'transformers>=5.17,<6'`.")
+    tv = _parse(transformers_version)
     if tv < MIN_TRANSFORMERS:
         raise ImportError(
             f"longctx_plugins needs transformers >= 5.17 (it registers through AttentionInterface, "
             f"AttentionMaskInterface and `rope_parameters`, which older releases lack or spell differently); "
-            f"found {transformers.__version__}. Upgrade with `pip install 'transformers>=5.17,<6'`."
+            f"found {transformers_version}. Upgrade with `pip install 'transformers>=5.17,<6'`."
         )
     if tv >= MAX_TRANSFORMERS_EXCLUSIVE:
         warnings.warn(
-            f"longctx_plugins is tested with transformers >=5.17,<6; found {transformers.__version__}. "
+            f"longctx_plugins is tested with transformers >=5.17,<6; found {transformers_version}. "
             "Registration hooks may have changed; please report problems.",
             RuntimeWarning,
             stacklevel=3,
         )
-
-
-def flex_attention_available() -> bool:
-    """FlexAttention needs torch >= 2.5; its backward pass needs CUDA (CPU is inference-only)."""
-    try:
-        from torch.nn.attention import flex_attention  # noqa: F401
-    except Exception:  # pragma: no cover
-        return False
-    return True
 
 
 # DeepSpeed >= 0.18.2: `UlyssesSPAttentionHF` / `UlyssesSPDataLoaderAdapter` for HF models (the minimum accelerate

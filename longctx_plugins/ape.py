@@ -12,15 +12,11 @@ import logging
 
 import torch
 
+from .methods import APE_MODEL_TYPES
 from .ops import ape as ape_ops
 
 logger = logging.getLogger(__name__)
 
-# model_type -> position-id offset rule ("padding_idx": XLM-R/RoBERTa start real positions at pad_id + 1)
-APE_MODEL_TYPES = {
-    "bert": None, "electra": None, "ernie": None, "roformer": None,
-    "xlm-roberta": "padding_idx", "roberta": "padding_idx", "camembert": "padding_idx", "xlm-roberta-xl": "padding_idx",
-}
 _HOOK_ATTR = "_longctx_ape_hook"
 
 

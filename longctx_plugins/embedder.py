@@ -10,7 +10,8 @@ import torch
 
 from ._st_folder import POOLING_MODES, read_st_folder
 from .ape import attach, position_ids_for
-from .extend import extend, original_length, position_type, resolve_method
+from .extension import extend, original_length, position_type, resolve_method
+from .methods import DECODER_MODEL_TYPES
 
 logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "default"
@@ -84,7 +85,7 @@ class LongContextEmbedder:
         check_attention(model)
         self.position_type = position_type(model)
         self.is_decoder = bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in (
-            "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3_text", "gemma3")
+            DECODER_MODEL_TYPES)
         self.trained_length = original_length(model)
         self.method = resolve_method(model, method)
         if getattr(model.config, "longctx_ape", None):  # an already-extended checkpoint

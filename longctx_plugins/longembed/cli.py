@@ -50,7 +50,7 @@ def _csv(value: str) -> list[str]:
 
 
 def parse(argv=None):
-    from ..extend import ALL_METHODS
+    from ..methods import ALL_METHODS
     from .tasks import TASKS
 
     parser = build_parser()

@@ -15,16 +15,11 @@ import math
 import warnings
 
 from ._compat import nested_rope_keys
-from .ape import APE_MODEL_TYPES, apply_ape, trained_length
+from .ape import apply_ape, trained_length
+from .methods import APE_MODEL_TYPES, AUTO, METHODS, ROPE_MODEL_TYPES, check_method_name
 from .ops import self_extend as se_ops
 
 logger = logging.getLogger(__name__)
-
-ROPE_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3",
-                    "modernbert", "nomic_bert", "gte", "eurobert", "jina_embeddings_v3", "modernbert_decoder"}
-METHODS = {"ape": ("none", "pi", "gp", "rp", "pcw"), "rope": ("none", "pi", "ntk", "self_extend")}
-AUTO = {"ape": "pi", "rope": "self_extend"}
-ALL_METHODS = ("auto", "none", "pi", "ntk", "self_extend", "gp", "rp", "pcw")
 
 
 def position_type(model_or_config) -> str:
@@ -45,8 +40,7 @@ def position_type(model_or_config) -> str:
 
 
 def resolve_method(model_or_config, method: str) -> str:
-    if method not in ALL_METHODS:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(ALL_METHODS)}.")
+    check_method_name(method)
     ptype = position_type(model_or_config)
     if method == "auto":
         return AUTO[ptype]
