@@ -14,7 +14,7 @@ import logging
 import math
 import warnings
 
-from ._compat import nested_rope_keys
+from . import rope_config
 from .ape import apply_ape, trained_length
 from .methods import APE_MODEL_TYPES, AUTO, METHODS, ROPE_MODEL_TYPES, check_method_name
 from .ops import self_extend as se_ops
@@ -58,8 +58,7 @@ def original_length(model) -> int:
     config = model.config
     if position_type(model) == "ape":
         return trained_length(config)
-    params = config.rope_parameters or {}
-    flat = params.get("full_attention", params) if isinstance(params, dict) else {}
+    flat = rope_config.global_parameters(config)
     return int(flat.get("original_max_position_embeddings") or getattr(config, "longctx_original_length", None)
                or config.max_position_embeddings)
 
@@ -87,7 +86,7 @@ def extend(model, method: str = "auto", target_length: int = 32768, **params):
         factor = float(params.pop("factor", target_length / trained))
         if params:
             raise TypeError(f"unexpected parameters for {method!r}: {sorted(params)}")
-        _set_rope(model, {"rope_type": method, "factor": factor})
+        rope_config.set_global_parameters(model.config, {"rope_type": method, "factor": factor})
         _rebuild_rotary(model)
         model.config.max_position_embeddings = max(model.config.max_position_embeddings, target_length)
         return model
@@ -114,23 +113,10 @@ def extend(model, method: str = "auto", target_length: int = 32768, **params):
     if temperature is not None:
         new["temperature"] = temperature
     check_attention(model, "self_extend")
-    _set_rope(model, new)
+    rope_config.set_global_parameters(model.config, new)
     model.set_attn_implementation("self_extend")
     model.config.max_position_embeddings = max(model.config.max_position_embeddings, target_length)
     return model
-
-
-def _set_rope(model, new: dict):
-    """Write the plugin RoPE type: flat parameters, or the global (``full_attention``) layers of nested ones."""
-    config = model.config
-    params = config.rope_parameters
-    nested = nested_rope_keys(config, params)
-    if nested:
-        key = "full_attention" if "full_attention" in params else nested[0]
-        params[key] = {**params[key], **new}
-    else:
-        params.update(new)
-    config.validate_rope()
 
 
 def _rebuild_rotary(model):

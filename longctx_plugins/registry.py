@@ -17,6 +17,7 @@ import importlib.abc
 import logging
 import sys
 import threading
+import warnings
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def _register_group(group: str) -> None:
         previous = _get(container, name)
         if previous is not _MISSING and previous is not value:
             # A built-in (or someone else's) entry with that name: leave it alone.
-            logger.warning("longctx_plugins: %s %r already exists in transformers; not overwritten.", kind, name)
+            warnings.warn(f"longctx_plugins: {kind} {name!r} already exists in transformers and is not overwritten; "
+                          f"the plugin's {name!r} is not available.", UserWarning, stacklevel=2)
             continue
         _saved[(kind, name)] = previous
         if kind == "attention":

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any
 
 from .ops import rope as rope_ops
+from .rope_config import layer_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +30,6 @@ _REQUIRED_KEYS = {"pi": {"factor"}, "ntk": {"factor"}, "self_extend": {"group_si
 SELF_EXTEND_BASE_TYPES = ("default", "pi", "ntk")
 
 
-def _layer_rope_parameters(config, layer_type: str | None) -> dict[str, Any]:
-    config.standardize_rope_params()
-    params = config.rope_parameters
-    if layer_type is not None and isinstance(params, dict) and layer_type in params:
-        return params[layer_type]
-    return params
-
-
 def rotary_dim(config, rope_parameters: dict[str, Any]) -> int:
     """The rotary dimension d: ``head_dim * partial_rotary_factor`` (transformers' convention)."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -43,10 +37,10 @@ def rotary_dim(config, rope_parameters: dict[str, Any]) -> int:
     return int(head_dim * partial)
 
 
-def _base(rope_parameters: dict[str, Any], config) -> float:
+def _base(rope_parameters: dict[str, Any]) -> float:
     theta = rope_parameters.get("rope_theta")
-    if theta is None:
-        theta = getattr(config, "rope_theta", None) or getattr(config, "default_theta", 10_000.0)
+    if theta is None:  # layer_parameters() restores or refuses before this; never fall back to a default base
+        raise ValueError("rope_parameters has no 'rope_theta'; pass the model's RoPE base as rope_parameters['rope_theta'].")
     return float(theta)
 
 
@@ -54,7 +48,7 @@ def inv_freq_for(config, rope_parameters: dict[str, Any], device=None, rope_type
     """Inverse frequencies for ``rope_type`` (default: the parameters' own type) of one parameter dict."""
     rope_type = rope_type or rope_parameters.get("rope_type", "default")
     dim = rotary_dim(config, rope_parameters)
-    base = _base(rope_parameters, config)
+    base = _base(rope_parameters)
     if rope_type == "pi":
         return rope_ops.pi_inv_freq(dim, base, float(rope_parameters["factor"]), device)
     if rope_type == "ntk":
@@ -65,16 +59,16 @@ def inv_freq_for(config, rope_parameters: dict[str, Any], device=None, rope_type
 
 
 def _init_pi(config, device=None, seq_len=None, layer_type=None, **kwargs):
-    return inv_freq_for(config, _layer_rope_parameters(config, layer_type), device, "pi"), 1.0
+    return inv_freq_for(config, layer_parameters(config, layer_type), device, "pi"), 1.0
 
 
 def _init_ntk(config, device=None, seq_len=None, layer_type=None, **kwargs):
-    return inv_freq_for(config, _layer_rope_parameters(config, layer_type), device, "ntk"), 1.0
+    return inv_freq_for(config, layer_parameters(config, layer_type), device, "ntk"), 1.0
 
 
 def _init_self_extend(config, device=None, seq_len=None, layer_type=None, **kwargs):
     """SelfExtend keeps the base frequencies; the grouped positions are applied by the attention."""
-    params = _layer_rope_parameters(config, layer_type)
+    params = layer_parameters(config, layer_type)
     impl = getattr(config, "_attn_implementation", None)
     if impl is not None and impl != "self_extend":
         # Only the "self_extend" attention honours the grouped positions; any other would silently ignore them.
@@ -115,9 +109,10 @@ def _warn_unknown(rope_parameters, rope_type, ignore_keys):
     known = _OPTIONAL_KEYS[rope_type] | {"rope_type", "type", "partial_rotary_factor"} | set(ignore_keys or ())
     unknown = set(rope_parameters) - known
     if unknown:
-        logger.warning(
-            "Unrecognized keys in `rope_parameters` for rope_type=%r: %s (known: %s)",
-            rope_type, sorted(unknown), sorted(_OPTIONAL_KEYS[rope_type] | _REQUIRED_KEYS[rope_type]),
+        warnings.warn(
+            f"rope_parameters for rope_type={rope_type!r} has keys it does not use: {sorted(unknown)} (they are "
+            f"ignored; known: {sorted(_OPTIONAL_KEYS[rope_type] | _REQUIRED_KEYS[rope_type])}).",
+            UserWarning, stacklevel=4,
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import rope_config
 from ..ops import blocks
 from ..ops import rope as rope_ops
 from ..ops import self_extend as se_ops
@@ -29,11 +30,7 @@ def self_extend_mask(batch_size, q_length, kv_length, *args, **kwargs):
 
 def layer_parameters(module) -> dict | None:
     """The layer's RoPE parameters if they are of type self_extend, else None."""
-    config = module.config
-    params = config.rope_parameters or {}
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types and getattr(module, "layer_idx", None) is not None and layer_types[module.layer_idx] in params:
-        params = params[layer_types[module.layer_idx]]
+    params = rope_config.module_parameters(module)
     if not isinstance(params, dict) or params.get("rope_type") != "self_extend":
         return None
     return params
@@ -43,8 +40,7 @@ def _inv_freq(config, params, device):
     from ..rope import inv_freq_for, rotary_dim
 
     # keyed by value (not config identity, which Python may recycle): parameters, rotary dim, device
-    key = (tuple(sorted((k, str(v)) for k, v in params.items())), rotary_dim(config, params),
-           getattr(config, "rope_theta", None), str(device))
+    key = (tuple(sorted((k, str(v)) for k, v in params.items())), rotary_dim(config, params), str(device))
     if key not in _inv_freq_cache:
         _inv_freq_cache[key] = inv_freq_for(config, params, device, params.get("base_rope_type", "default"))
     return _inv_freq_cache[key]
