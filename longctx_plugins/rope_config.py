@@ -13,9 +13,9 @@ default base.
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
+from . import _warn
 from ._compat import nested_rope_keys
 
 logger = logging.getLogger(__name__)
@@ -124,13 +124,10 @@ def _restore_from_checkpoint(config, params: dict[str, Any], layer_type: str | N
     saved_type = saved.get("rope_type", "default")
     if saved_type not in ("default", rope_type):
         detail = {k: v for k, v in saved.items() if k not in ("rope_type", "type") + KEPT_FIELDS}
-        warnings.warn(
+        _warn.warn(
             f"the checkpoint's RoPE scaling rope_type={saved_type!r} {detail}{where} is replaced by "
             f"rope_type={rope_type!r}: positions follow {rope_type!r} on top of the checkpoint's base "
-            f"rope_theta={params['rope_theta']}, without {saved_type!r}'s own scaling.",
-            UserWarning,
-            stacklevel=4,
-        )
+            f"rope_theta={params['rope_theta']}, without {saved_type!r}'s own scaling.")
 
 
 def set_global_parameters(config, new: dict[str, Any]) -> None:

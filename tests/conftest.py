@@ -58,3 +58,12 @@ def inv_freqs(model) -> dict[str, torch.Tensor]:
 
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def pytest_report_header(config):
+    try:
+        import mteb
+
+        return f"retrieval metrics are checked against mteb {mteb.__version__} (tests/test_mteb_agreement.py)"
+    except ImportError:
+        return "mteb is not installed: tests/test_mteb_agreement.py cannot run (pip install -e '.[dev]')"

@@ -1,4 +1,3 @@
-import logging
 import warnings
 
 import numpy as np
@@ -47,7 +46,8 @@ def test_long_input_is_really_read(method):
     a, b = _long_pair()
     ext = LongContextEmbedder("default", method=method, target_length=2048).encode([a, b])
     assert float(ext[0] @ ext[1]) < 0.9999
-    trunc = LongContextEmbedder("default", method="none").encode([a, b])
+    with pytest.warns(UserWarning, match="truncated"):
+        trunc = LongContextEmbedder("default", method="none").encode([a, b])
     np.testing.assert_allclose(trunc[0], trunc[1], atol=1e-6)
 
 
@@ -71,7 +71,7 @@ def test_pcw_is_mean_of_window_embeddings():
     w = 510
     chunks = [body[i:i + w] for i in range(0, len(body) - w, w)] + [body[-w:]]
     plain = LongContextEmbedder("default", method="none")
-    win = np.stack([plain._forward([[ids[0]] + c + [ids[-1]]], normalize=False)[0] for c in chunks])
+    win = plain.embed_token_ids([[ids[0]] + c + [ids[-1]] for c in chunks], normalize=False)
     mean = win.mean(0)
     mean /= np.linalg.norm(mean)
     np.testing.assert_allclose(emb.encode([a])[0], mean, atol=1e-5)
@@ -162,15 +162,18 @@ def test_bad_inputs():
     assert any("not beyond the trained window" in str(x.message) for x in w)
 
 
-def test_truncation_warns_once_or_raises(caplog):
+def test_truncation_warns_once_or_raises():
     a, _ = _long_pair()
     emb = LongContextEmbedder("default", method="pi", target_length=600)
-    with caplog.at_level(logging.WARNING, logger="longctx_plugins"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         emb.encode([a, a])
-    assert caplog.text.count("truncated") == 1
-    strict = LongContextEmbedder("default", method="pi", target_length=600, truncate=False)
-    with pytest.raises(ValueError, match="target_length=600"):
-        strict.encode([a])
+        emb.encode([a])
+    assert sum("truncated" in str(w.message) for w in caught) == 1
+    for strict in (LongContextEmbedder("default", method="pi", target_length=600, overlength="error"),
+                   LongContextEmbedder("default", method="pi", target_length=600, truncate=False)):
+        with pytest.raises(ValueError, match="target_length=600"):
+            strict.encode([a])
 
 
 def test_wraps_an_existing_sentence_transformer(st_reference, short_texts):

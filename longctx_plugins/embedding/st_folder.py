@@ -5,7 +5,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-POOLING_MODES = ("mean", "cls", "lasttoken", "max")
+from .pooling import POOLING_MODES
 
 
 @dataclass
@@ -13,7 +13,6 @@ class STInfo:
     pooling: str | None = None
     normalize: bool | None = None
     prompts: dict = field(default_factory=dict)
-    max_seq_length: int | None = None
     pooling_unreadable: bool = False  # a Pooling module exists but names no mode this package implements
 
 
@@ -39,9 +38,8 @@ def read_st_folder(path: str) -> STInfo:
                 if cfg.get(key):
                     info.pooling = mode
                     break
-            if cfg.get("pooling_mode"):
-                info.pooling = {"mean": "mean", "cls": "cls", "lasttoken": "lasttoken", "max": "max"}.get(
-                    cfg["pooling_mode"], info.pooling)
+            if cfg.get("pooling_mode") in POOLING_MODES:
+                info.pooling = cfg["pooling_mode"]
             info.pooling_unreadable = info.pooling is None
         if kind.endswith("Normalize"):
             info.normalize = True
@@ -49,6 +47,4 @@ def read_st_folder(path: str) -> STInfo:
         info.normalize = False
     st_cfg = _read(os.path.join(path, "config_sentence_transformers.json")) or {}
     info.prompts = dict(st_cfg.get("prompts") or {})
-    bert_cfg = _read(os.path.join(path, "sentence_bert_config.json")) or {}
-    info.max_seq_length = bert_cfg.get("max_seq_length")
     return info
