@@ -12,7 +12,7 @@ import os
 
 from ._compat import check_versions
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -96,7 +96,7 @@ def require_deepspeed_sp() -> None:
 
 
 # torch >= 2.8: FlexAttention kernel options may carry a "fwd_" / "bwd_" prefix (FlexKernelOptions); the tuned Hopper
-# forward configuration (attention/_common.SM90_FWD_OPTIONS) relies on it to leave the backward on torch's default.
+# forward configuration (attention/kernels/flex.SM90_FWD_OPTIONS) relies on it to leave the backward on torch's default.
 # Older releases hand unknown keys to the Triton template, so the tuned default is not applied there.
 MIN_TORCH_FLEX_PREFIXED_OPTIONS = (2, 8)
 

@@ -18,7 +18,8 @@ import logging
 
 import torch
 
-from .ops.reference import repeat_kv
+from . import registry
+from .ops.dense import repeat_kv
 
 logger = logging.getLogger(__name__)
 _PROBE = "longctx_probe"
@@ -31,7 +32,6 @@ class _Recorder:
 
 @contextlib.contextmanager
 def _probe(model, recorder: _Recorder):
-    from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 
     def probe(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -51,16 +51,13 @@ def _probe(model, recorder: _Recorder):
         out = torch.matmul(probs.to(v.dtype), v)
         return out.transpose(1, 2).contiguous(), None
 
-    AttentionInterface.register(_PROBE, probe)
-    AttentionMaskInterface.register(_PROBE, sdpa_mask)
     previous = model.config._attn_implementation
-    try:
-        model.set_attn_implementation(_PROBE)
-        yield
-    finally:
-        model.set_attn_implementation(previous)
-        AttentionInterface._global_mapping.pop(_PROBE, None)
-        AttentionMaskInterface._global_mapping.pop(_PROBE, None)
+    with registry.temporary_attention(_PROBE, probe, sdpa_mask):
+        try:
+            model.set_attn_implementation(_PROBE)
+            yield
+        finally:
+            model.set_attn_implementation(previous)
 
 
 @torch.no_grad()

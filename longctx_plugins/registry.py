@@ -13,6 +13,7 @@ Every path that can use an entry imports that module first, so the result is the
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import logging
 import sys
@@ -199,3 +200,22 @@ _HOOK = _PostImportHook()
 def _install_hook() -> None:
     if _HOOK not in sys.meta_path:
         sys.meta_path.insert(0, _HOOK)
+
+
+@contextlib.contextmanager
+def temporary_attention(name: str, attention_fn, mask_fn):
+    """Register attention ``name`` (function and mask function) for the duration of a ``with`` block, then remove it
+    (used by the diagnostics' probe). Refuses names that exist already."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+
+    with _lock:
+        if name in AttentionInterface._global_mapping or name in AttentionMaskInterface._global_mapping:
+            raise ValueError(f"attention {name!r} is already registered; choose another name.")
+        AttentionInterface.register(name, attention_fn)
+        AttentionMaskInterface.register(name, mask_fn)
+    try:
+        yield name
+    finally:
+        with _lock:
+            AttentionInterface._global_mapping.pop(name, None)
+            AttentionMaskInterface._global_mapping.pop(name, None)

@@ -23,7 +23,8 @@ _COMMON_OPTIONAL = {"rope_theta", "original_max_position_embeddings"}
 _OPTIONAL_KEYS = {
     "pi": {"factor"} | _COMMON_OPTIONAL,
     "ntk": {"factor"} | _COMMON_OPTIONAL,
-    "self_extend": {"group_size", "window", "temperature", "base_rope_type", "factor"} | _COMMON_OPTIONAL,
+    "self_extend": {"group_size", "window", "temperature", "base_rope_type", "factor", "keep_trained_window"}
+    | _COMMON_OPTIONAL,
 }
 _REQUIRED_KEYS = {"pi": {"factor"}, "ntk": {"factor"}, "self_extend": {"group_size", "window"}}
 # Base types SelfExtend may sit on for its neighbour positions.

@@ -4,7 +4,7 @@ import torch
 from longctx_plugins import AnchorPackingCollator
 from longctx_plugins.attention.anchor import anchor_attention_forward
 from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens
-from longctx_plugins.ops.reference import eager_attention
+from .references import eager_attention
 
 from .conftest import DECODERS, TINY, outputs, tiny_model
 
@@ -147,21 +147,21 @@ def test_gemma3_sliding_layers_compose_window_and_anchor():
     batch = packed_batch(max_length=32, lengths=(9, 14, 5))
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     seen = []
-    from longctx_plugins.attention import anchor as anchor_mod
+    from longctx_plugins.attention.kernels import sdpa
 
-    original = anchor_mod._common.sdpa_dense
+    original = sdpa.attention
 
     def spy(q, k, v, mask, *a, **kw):
         seen.append(mask[0, 0].clone())
         return original(q, k, v, mask, *a, **kw)
 
-    anchor_mod._common.sdpa_dense = spy
+    sdpa.attention = spy
     try:
         model.set_attn_implementation("anchor")
         with torch.no_grad():
             outputs(model, **inputs, use_cache=False)
     finally:
-        anchor_mod._common.sdpa_dense = original
+        sdpa.attention = original
     doc = doc_ids_from_cu_seqlens(batch["cu_seq_lens_q"], 1, batch["input_ids"].shape[1])
     full = python_anchor_mask(doc, True, batch["attention_mask"].bool())[0, 0]
     idx = torch.arange(full.shape[0])

@@ -36,7 +36,7 @@ def test_anchor_flex_equals_sdpa_path(model_type):
 
 def se_model(model_type, G, W, **over):
     cfg = tiny_config(model_type)
-    p = {"rope_type": "self_extend", "group_size": G, "window": W}
+    p = {"rope_type": "self_extend", "group_size": G, "window": W, "keep_trained_window": False}
     params = {**cfg.rope_parameters, **p} if "rope_type" in cfg.rope_parameters else None
     return tiny_model(model_type, attn_implementation="self_extend", rope_parameters=params,
                       max_position_embeddings=256, **over)
@@ -72,14 +72,17 @@ def test_block_maps_are_exact_supersets():
     pos = torch.sort(torch.randint(0, 400, (2, 333), generator=g)).values
     valid = torch.ones(2, 333, dtype=torch.bool)
     valid[1, 300:] = False
+    from longctx_plugins.ops.passes import Band
+
+    idx = torch.arange(333)
     for causal in (True, False):
-        maps = blocks.self_extend_blocks(pos, pos, valid, 64, 37, causal)
-        d = (pos[:, :, None] - pos[:, None, :])
-        idx = torch.arange(333)
         c = (idx[None, :] <= idx[:, None]) if causal else torch.ones(333, 333, dtype=torch.bool)
-        rules = {"near": d.abs() < 37, "far_left": d >= 37, "far_right": -d >= 37}
-        for name, (a, f) in maps.items():
-            _check(rules[name] & c & valid[:, None, :], a, f, 64)
+        d = (pos[:, :, None] - pos[:, None, :])
+        dc = pos[:, :, None] // 50 - pos[:, None, :] // 50
+        rules = {Band(-36, 36): d.abs() < 37, Band(lo=37): d >= 37, Band(hi=-37): -d >= 37,
+                 Band(0, 0, 50, 50): dc == 0, Band(1, 1, 50, 50): dc == 1, Band(lo=2, q_div=50, k_div=50): dc >= 2}
+        for band, rule in rules.items():
+            _check(rule & c & valid[:, None, :], *blocks.band_blocks(pos, pos, valid, 64, band, causal), 64)
 
 
 def _check(dense, any_, full, block):
@@ -95,26 +98,24 @@ def _check(dense, any_, full, block):
 
 
 def test_flex_kernel_options_user_setting_wins_and_cpu_gets_torch_defaults():
-    from types import SimpleNamespace
-
-    from longctx_plugins.attention._common import flex_kernel_options
+    from longctx_plugins.attention.kernels.flex import kernel_options
 
     q = torch.zeros(1, 2, 8, 64)
-    assert flex_kernel_options(SimpleNamespace(), "anchor", q) is None  # CPU: torch's own choice
+    assert kernel_options(None, q) is None  # CPU: torch's own choice
     mine = {"BLOCK_M": 64}
-    got = flex_kernel_options(SimpleNamespace(anchor_flex_kernel_options=mine), "anchor", q)
-    assert got == mine and got is not mine  # a copy: the kernel call never mutates the config
-    assert flex_kernel_options(SimpleNamespace(self_extend_flex_kernel_options={}), "self_extend", q) is None
+    got = kernel_options(mine, q)
+    assert got == mine and got is not mine  # a copy: the kernel call never mutates the setting
+    assert kernel_options({}, q) is None
 
 
 @pytest.mark.parametrize("with_position_ids", [True, False])
 def test_self_extend_block_masks_built_once_per_forward(monkeypatch, with_position_ids):
     """Every layer of one forward reuses the block masks (they cost host syncs and argsorts to build)."""
-    from longctx_plugins.attention import self_extend as se_attn
+    from longctx_plugins.attention import positional as se_attn
 
     built = []
-    real = se_attn._block_masks
-    monkeypatch.setattr(se_attn, "_block_masks", lambda *a: built.append(1) or real(*a))
+    real = se_attn._pass_layout
+    monkeypatch.setattr(se_attn, "_pass_layout", lambda *a: built.append(1) or real(*a))
     model = se_model("llama", 4, 40)
     assert model.config.num_hidden_layers >= 2
     ids = torch.randint(3, 100, (1, 301))

@@ -3,13 +3,13 @@ import pytest
 import torch
 
 from longctx_plugins.attention.anchor import anchor_attention_forward, anchor_mask
-from longctx_plugins.attention.self_extend import self_extend_attention_forward, self_extend_mask
+from longctx_plugins.attention.positional import positional_attention_forward, self_extend_mask
 from longctx_plugins.ops import rope as rope_ops
 from longctx_plugins.ops import self_extend as se
 from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens
-from longctx_plugins.ops.reference import anchor_by_documents
 
 from .conftest import gpu
+from .references import anchor_by_documents
 
 pytestmark = [pytest.mark.gpu, gpu]
 BF16_TOL = dict(atol=2e-2, rtol=2e-2)
@@ -19,6 +19,7 @@ class Cfg:
     anchor_backend = "flex"
     self_extend_backend = "flex"
     max_position_embeddings = 4096
+    _attn_implementation = "self_extend"
 
     def __init__(self, rope_parameters=None):
         self.rope_parameters = rope_parameters or {}
@@ -51,8 +52,8 @@ def test_anchor_flex_equals_reference(seq_len, n_docs, causal):
     mod = Mod(causal)
     mask = anchor_mask(1, seq_len, seq_len, config=mod.config, device="cuda",
                        mask_function=causal_mask_function if causal else bidirectional_mask_function)
-    assert type(mask).__name__ == "FlexPlan"
     out, _ = anchor_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+    assert mask.backend == "flex"
     ref = anchor_by_documents(q, k, v, doc_ids_from_cu_seqlens(cu, 1, seq_len), D ** -0.5, causal)
     torch.testing.assert_close(out.float(), ref.transpose(1, 2), **BF16_TOL)
 
@@ -62,7 +63,8 @@ def test_anchor_flex_equals_reference(seq_len, n_docs, causal):
 def test_self_extend_flex_equals_reference(seq_len, G, W, causal):
     torch.manual_seed(0)
     H, Hkv, D = 4, 2, 128
-    params = {"rope_type": "self_extend", "group_size": G, "window": W, "rope_theta": 10000.0}
+    params = {"rope_type": "self_extend", "group_size": G, "window": W, "rope_theta": 10000.0,
+              "keep_trained_window": False}
     mod = Mod(causal, params)
     pos = torch.arange(seq_len, device="cuda")[None]
     inv = rope_ops.default_inv_freq(D, 10000.0, "cuda")
@@ -73,7 +75,7 @@ def test_self_extend_flex_equals_reference(seq_len, G, W, causal):
 
     mask = self_extend_mask(1, seq_len, seq_len, config=mod.config, device="cuda",
                             mask_function=causal_mask_function if causal else bidirectional_mask_function)
-    out, _ = self_extend_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, position_ids=pos)
+    out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, position_ids=pos)
     chunk = 2048
     for a in range(0, seq_len, chunk * 4):  # reference on a sample of query blocks (dense rows of 32k keys)
         sl = slice(a, a + chunk)
@@ -117,13 +119,13 @@ def packed_training_paths(model_type: str, dtype, fp32_reference: bool = False, 
         model.config.anchor_backend = backend
         paths[backend] = _grads(model, batch)
     if sdpa_with_cudnn:  # the dense path as it was: masked SDPA free to pick cuDNN
-        from longctx_plugins.attention import _common
+        from longctx_plugins.attention.kernels import sdpa as _sdpa
 
-        _common.DENSE_SDPA_AVOID_CUDNN = False
+        _sdpa.AVOID_CUDNN = False
         try:
             paths["sdpa_with_cudnn"] = _grads(model, batch)
         finally:
-            _common.DENSE_SDPA_AVOID_CUDNN = True
+            _sdpa.AVOID_CUDNN = True
     if fp32_reference:
         model.float()
         paths["fp32"] = _grads(model, batch)
@@ -150,7 +152,7 @@ def test_model_training_flex_equals_sdpa_path(model_type, dtype):
 @pytest.mark.parametrize("model_type", ["llama", "gemma3"])
 def test_bf16_training_paths_stay_close_to_float32(model_type):
     """Both bf16 paths (flex, dense SDPA) against the float32 dense path of the same weights: logits and every
-    parameter gradient within bf16 tolerance (the dense path once drifted by 123% on cuDNN; see _common)."""
+    parameter gradient within bf16 tolerance (the dense path once drifted by 123% on cuDNN; see attention/kernels/sdpa.py)."""
     paths, keep = packed_training_paths(model_type, torch.bfloat16, fp32_reference=True)
     logits_ref, grads_ref = paths["fp32"]
     for name in ("flex", "sdpa"):
@@ -164,7 +166,8 @@ def test_bf16_training_paths_stay_close_to_float32(model_type):
 def test_self_extend_flex_gradients_match_reference():
     torch.manual_seed(0)
     T, H, D, G, W = 2048, 4, 64, 4, 256
-    params = {"rope_type": "self_extend", "group_size": G, "window": W, "rope_theta": 10000.0}
+    params = {"rope_type": "self_extend", "group_size": G, "window": W, "rope_theta": 10000.0,
+              "keep_trained_window": False}
     mod = Mod(True, params)
     mod.config.head_dim = D
     pos = torch.arange(T, device="cuda")[None]
@@ -175,7 +178,7 @@ def test_self_extend_flex_gradients_match_reference():
     from transformers.masking_utils import causal_mask_function
 
     mask = self_extend_mask(1, T, T, config=mod.config, device="cuda", mask_function=causal_mask_function)
-    out, _ = self_extend_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, position_ids=pos)
+    out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, position_ids=pos)
     dense = torch.ones(T, T, dtype=torch.bool, device="cuda").tril()[None, None]
     ref = se.reference_attention(q, k, v, pos, pos, inv, G, W, causal=True, mask=dense, scale=D ** -0.5)
     torch.testing.assert_close(out.float(), ref.transpose(1, 2), atol=2e-3, rtol=2e-3)
@@ -195,7 +198,7 @@ class FlashCfg(Cfg):
 def test_anchor_flash_varlen_equals_reference(seq_len, n_docs, causal):
     """anchor_backend='flash' (flash-attn-4 varlen over per-document anchor copies) against the per-document
     reference; gradients too up to 32k (against the same reference in float32)."""
-    pytest.importorskip("flash_attn.cute", reason="flash-attn-4 not installed (carry its wheels, see README)")
+    pytest.importorskip("flash_attn.cute", reason="flash-attn-4 is not installed (pip install -e '.[flash]')")
     from transformers.masking_utils import bidirectional_mask_function, causal_mask_function
 
     gen = torch.Generator().manual_seed(seq_len)
@@ -225,16 +228,16 @@ def test_anchor_flash_varlen_equals_reference(seq_len, n_docs, causal):
 def test_flash_training_path_stays_close_to_float32(model_type, monkeypatch):
     """anchor_backend='flash' in a packed bf16 training step (batch 2, collator padding; Gemma3's sliding-window
     layers fall back to flex): the kernel runs, and logits and every gradient match the float32 dense path."""
-    pytest.importorskip("flash_attn.cute", reason="flash-attn-4 not installed (carry its wheels, see README)")
-    from longctx_plugins.attention import _flash
+    pytest.importorskip("flash_attn.cute", reason="flash-attn-4 is not installed (pip install -e '.[flash]')")
+    from longctx_plugins.attention.kernels import flash4 as _flash
 
-    calls, kernel = [], _flash.kernel
+    calls, kernel = [], _flash.varlen
 
     def counted(*args, **kwargs):
         calls.append(1)
         return kernel(*args, **kwargs)
 
-    monkeypatch.setattr(_flash, "kernel", counted)
+    monkeypatch.setattr(_flash, "varlen", counted)
     paths, keep = packed_training_paths(model_type, torch.bfloat16, fp32_reference=True, backends=("flash",),
                                         head_dim=64)  # a verified head dim (_flash.VERIFIED_HEAD_DIMS)
     assert calls, "the flash-attn-4 kernel never ran"

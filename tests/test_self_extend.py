@@ -3,6 +3,7 @@ import torch
 
 from longctx_plugins.ops import rope as rope_ops
 from longctx_plugins.ops import self_extend as se
+from longctx_plugins.ops.lse import merge_pair
 
 from .conftest import outputs, tiny_config, tiny_model
 
@@ -11,8 +12,9 @@ SE_MODELS = ["llama", "qwen3", "mistral", "gemma3", "modernbert", "nomic_bert"]
 
 
 def se_params(model_type, group, window, **extra):
+    """SelfExtend everywhere (the paper's definition; keep_trained_window=False) unless ``extra`` says otherwise."""
     cfg = tiny_config(model_type)
-    p = {"rope_type": "self_extend", "group_size": group, "window": window, **extra}
+    p = {"rope_type": "self_extend", "group_size": group, "window": window, "keep_trained_window": False, **extra}
     if model_type in NESTED:
         new = {k: dict(v) for k, v in cfg.rope_parameters.items()}
         new["full_attention"].update(p)
@@ -20,10 +22,10 @@ def se_params(model_type, group, window, **extra):
     return {**cfg.rope_parameters, **p}
 
 
-def pair(model_type, group, window, **over):
+def pair(model_type, group, window, extra=None, **over):
     base = tiny_model(model_type, **over)
     ext = tiny_model(model_type, attn_implementation="self_extend",
-                     rope_parameters=se_params(model_type, group, window), **over)
+                     rope_parameters=se_params(model_type, group, window, **(extra or {})), **over)
     ext.load_state_dict(base.state_dict())
     return base, ext
 
@@ -52,7 +54,7 @@ def test_long_input_changes_output_and_gradients_flow(model_type):
 
 
 def spec_distance(i, j, G, W, causal):
-    """SPEC §4, written out pair by pair."""
+    """SelfExtend's distance (Jin et al. 2024; the mirrored right side for encoders), written out pair by pair."""
     if abs(i - j) < W:
         return i - j
     if j < i:
@@ -182,7 +184,7 @@ def test_merge_pair_equals_one_softmax_over_all_keys(dtype, tol):
         return torch.nan_to_num(torch.softmax(logits, -1)) @ v, torch.logsumexp(logits, -1)
 
     (oa, la), (ob, lb) = attend(mask & split), attend(mask & ~split)
-    out, lse = se.merge_pair(oa.to(dtype), la, ob.to(dtype), lb)
+    out, lse = merge_pair(oa.to(dtype), la, ob.to(dtype), lb)
     ref, ref_lse = attend(mask)
     assert out.dtype == dtype and not out.isnan().any()
     torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
@@ -190,47 +192,41 @@ def test_merge_pair_equals_one_softmax_over_all_keys(dtype, tol):
     torch.testing.assert_close(lse[mask.any(-1).expand_as(lse)], ref_lse[mask.any(-1).expand_as(lse)])
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_fused_kernel_grouped_passes_slice_and_merge_exactly(causal):
-    """The CUDA fast path's grouped passes (causal fused kernels over shifted row/key ranges; reversed for keys right
-    of the query), run here with an exact float32 causal kernel, merged into the neighbour pass == the reference."""
-    from longctx_plugins.attention.self_extend import _dense_grouped
+@pytest.mark.parametrize("model_type", ["llama", "nomic_bert"])
+def test_fused_kernel_grouped_passes_slice_and_merge_exactly(monkeypatch, model_type):
+    """The CUDA fast path's grouped passes (a fused causal kernel over shifted row/key ranges; reversed for keys right
+    of the query in encoders), run here through the whole flex path with an exact float32 causal kernel in place of
+    cuDNN/flash, merged into the neighbour pass == the exact reference path."""
+    from longctx_plugins.attention.kernels import fused_lse
 
-    torch.manual_seed(0)
-    B, H, Hkv, L, D, G, W = 2, 4, 2, 45, 8, 3, 7
-    pos = torch.arange(L)[None].expand(B, -1)
-    inv = rope_ops.default_inv_freq(D, 10000.0)
-    q = rope_ops.rotate(torch.randn(B, H, L, D), pos, inv)
-    k = rope_ops.rotate(torch.randn(B, Hkv, L, D), pos, inv)
-    v = torch.randn(B, Hkv, L, D)
-    scale = D ** -0.5
+    calls = []
 
-    def attend(qq, kk, vv, allowed):
-        logits = (qq @ kk.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
-        return torch.nan_to_num(torch.softmax(logits, -1)) @ vv, torch.logsumexp(logits, -1)
+    def exact_causal_lse(kernel, q, k, v, scale, causal=True):
+        calls.append(kernel)
+        n = q.shape[2]
+        logits = (q.float() @ k.float().transpose(-1, -2) * scale).masked_fill(
+            ~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+        return torch.softmax(logits, -1) @ v.float(), torch.logsumexp(logits, -1)
 
-    def exact_causal_lse(qq, kk, vv, s):
-        n = qq.shape[2]
-        return attend(qq, kk, vv, torch.ones(n, n, dtype=torch.bool).tril())
-
-    i, j = torch.arange(L)[:, None], torch.arange(L)[None, :]
-    near = ((i - j).abs() < W) & ((j <= i) if causal else True)
-    out, lse = attend(q, se.repeat_kv(k, H // Hkv), se.repeat_kv(v, H // Hkv), near)
-    q_l, k_l, q_r, k_r = se.grouped_rotations(q, k, pos, pos, inv, G, W, causal)
-    assert _dense_grouped(out, lse, q_l, k_l, q_r, k_r, v, W, scale, se.merge_pair, causal_lse=exact_causal_lse)
-    full = torch.ones(L, L, dtype=torch.bool)
-    ref = se.reference_attention(q, k, v, pos, pos, inv, G, W, causal=causal,
-                                 mask=(full.tril() if causal else full)[None, None].expand(B, 1, L, L), scale=scale)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    assert not _dense_grouped(out, lse, q_l, k_l, q_r, k_r, v, W, scale, se.merge_pair,
-                              causal_lse=lambda *a: None)  # no usable kernel: reported, nothing merged
+    monkeypatch.setattr(fused_lse, "choose", lambda kernels, query: "exact")
+    monkeypatch.setattr(fused_lse, "causal_attention_lse", exact_causal_lse)
+    _, ext = pair(model_type, 3, 7, max_position_embeddings=128)
+    ids = torch.randint(3, 100, (2, 45))
+    with torch.no_grad():
+        ext.config.self_extend_backend = "flex"
+        fast = outputs(ext, input_ids=ids)
+        ext.config.self_extend_backend = "sdpa"
+        ref = outputs(ext, input_ids=ids)
+    assert calls and set(calls) == {"exact"}
+    assert len(calls) == ext.config.num_hidden_layers * (1 if model_type == "llama" else 2)
+    torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("model_type", ["llama", "nomic_bert"])
 def test_reference_over_query_chunks_equals_one_call(monkeypatch, model_type):
     """Without gradients, long inputs run the exact reference over query-row chunks (bounded memory): same outputs,
     with padding, for decoders and encoders (mirrored right-hand passes)."""
-    from longctx_plugins.attention import self_extend as se_attn
+    from longctx_plugins.attention import positional as se_attn
 
     _, ext = pair(model_type, 4, 8, max_position_embeddings=128)
     ids = torch.randint(3, 100, (2, 61))
@@ -239,10 +235,53 @@ def test_reference_over_query_chunks_equals_one_call(monkeypatch, model_type):
     with torch.no_grad():
         whole = outputs(ext, input_ids=ids, attention_mask=am)
         calls = []
-        real = se_attn.se_ops.reference_attention
+        real = se_attn.P.reference_attention
         monkeypatch.setattr(se_attn, "REFERENCE_CHUNK_ELEMENTS", 2 * 4 * 61 * 7)  # ~7 query rows per chunk
-        monkeypatch.setattr(se_attn.se_ops, "reference_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+        monkeypatch.setattr(se_attn.P, "reference_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
         chunked = outputs(ext, input_ids=ids, attention_mask=am)
     assert len(calls) > ext.config.num_hidden_layers  # really chunked
     keep = am.bool()
     torch.testing.assert_close(chunked[keep], whole[keep], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3", "nomic_bert"])
+def test_keep_trained_window_is_exact_inside_and_extends_beyond(model_type):
+    """Default keep_trained_window: inputs no longer than the trained window equal the unextended model; past it,
+    decoders keep every row before the trained length exact and change the rows after; encoders change as a whole."""
+    base, ext = pair(model_type, 4, 8, extra={"keep_trained_window": True}, max_position_embeddings=48)
+    _, paper = pair(model_type, 4, 8, max_position_embeddings=48)
+    inside, beyond = torch.randint(3, 100, (2, 48)), torch.randint(3, 100, (2, 70))
+    with torch.no_grad():
+        torch.testing.assert_close(outputs(ext, input_ids=inside), outputs(base, input_ids=inside), atol=1e-5, rtol=1e-5)
+        assert (outputs(paper, input_ids=inside) - outputs(base, input_ids=inside)).abs().max() > 1e-4
+        out, ref = outputs(ext, input_ids=beyond), outputs(base, input_ids=beyond)
+        if model_type == "nomic_bert":
+            assert (out - ref).abs().max() > 1e-4
+            torch.testing.assert_close(out, outputs(paper, input_ids=beyond), atol=1e-5, rtol=1e-5)
+        else:
+            torch.testing.assert_close(out[:, :48], ref[:, :48], atol=1e-5, rtol=1e-5)
+            assert (out[:, 48:] - ref[:, 48:]).abs().max() > 1e-4
+
+
+def test_keep_trained_window_flex_and_fused_paths_equal_reference(monkeypatch):
+    """The row-restricted passes (plain rows below the trained length, SelfExtend rows after) on the flex path and on
+    the fused-kernel path (an exact float32 causal kernel standing in for cuDNN/flash) == the exact reference."""
+    from longctx_plugins.attention.kernels import fused_lse
+
+    _, ext = pair("llama", 3, 7, extra={"keep_trained_window": True}, max_position_embeddings=40)
+    ids = torch.randint(3, 100, (2, 101))
+    with torch.no_grad():
+        ext.config.self_extend_backend = "sdpa"
+        ref = outputs(ext, input_ids=ids)
+        ext.config.self_extend_backend = "flex"
+        torch.testing.assert_close(outputs(ext, input_ids=ids), ref, atol=2e-5, rtol=1e-5)
+
+        def exact_causal_lse(kernel, q, k, v, scale, causal=True):
+            n, m = q.shape[2], k.shape[2]
+            allowed = torch.ones(n, m, dtype=torch.bool).tril()
+            logits = (q.float() @ k.float().transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
+            return torch.softmax(logits, -1) @ v.float(), torch.logsumexp(logits, -1)
+
+        monkeypatch.setattr(fused_lse, "choose", lambda kernels, query: "exact")
+        monkeypatch.setattr(fused_lse, "causal_attention_lse", exact_causal_lse)
+        torch.testing.assert_close(outputs(ext, input_ids=ids), ref, atol=2e-5, rtol=1e-5)

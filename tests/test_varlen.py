@@ -6,7 +6,7 @@ import torch
 
 from longctx_plugins.ops import varlen
 from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens
-from longctx_plugins.ops.reference import eager_attention
+from .references import eager_attention, varlen_attention_reference
 
 from .test_anchor import TOL, python_anchor_mask
 
@@ -32,7 +32,7 @@ def test_varlen_form_equals_dense_reference_with_gradients(case, causal, dtype, 
     k = torch.randn(B, kv_heads, T, dim, dtype=dtype, requires_grad=True)
     v = torch.randn(B, kv_heads, T, dim, dtype=dtype, requires_grad=True)
     layout = varlen.anchor_varlen_layout(doc)
-    out = varlen.anchor_varlen_attention(q, k, v, layout, dim ** -0.5, causal, varlen.varlen_attention_reference)
+    out = varlen.anchor_varlen_attention(q, k, v, layout, dim ** -0.5, causal, varlen_attention_reference)
     ref = eager_attention(q, k, v, python_anchor_mask(doc, causal), dim ** -0.5).transpose(1, 2)
     atol, rtol = TOL[dtype]
     torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol)
@@ -79,7 +79,7 @@ def test_varlen_form_is_exact_on_real_tokens_with_collator_padding(causal):
     assert varlen.padding_isolated(doc, valid)
     q, k, v = (torch.randn(B, h, T, 8, requires_grad=True) for h in (4, 2, 2))
     out = varlen.anchor_varlen_attention(q, k, v, varlen.anchor_varlen_layout(doc), 8 ** -0.5, causal,
-                                         varlen.varlen_attention_reference)
+                                         varlen_attention_reference)
     ref = eager_attention(q, k, v, python_anchor_mask(doc, causal, pad=valid), 8 ** -0.5).transpose(1, 2)
     rows = valid[:, :, None, None]
     torch.testing.assert_close(out * rows, ref * rows, atol=2e-5, rtol=1e-5)
@@ -110,63 +110,88 @@ def test_reference_kernel_is_bottom_right_causal():
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 1, 4), torch.randn(4, 1, 4), torch.eye(4)[:, None, :]
     cu_q, cu_k = torch.tensor([0, 3], dtype=torch.int32), torch.tensor([0, 4], dtype=torch.int32)
-    out = varlen.varlen_attention_reference(q, k, v, cu_q, cu_k, 3, 4, 1.0, True)[:, 0]
+    out = varlen_attention_reference(q, k, v, cu_q, cu_k, 3, 4, 1.0, True)[:, 0]
     assert torch.all(out[0, 2:] == 0) and torch.all(out[1, 3:] == 0) and torch.all(out[2] > 0)
 
 
-def test_flash_backend_is_refused_off_cuda_and_for_self_extend():
-    from longctx_plugins.attention import _common
+def _plan(backend, q_len=2048, kv_len=2048, dropout=0.0, name="anchor"):
+    from longctx_plugins.attention import options
+    from longctx_plugins.attention.plan import AttentionPlan
 
-    class Cfg:
-        anchor_backend = "flash"
-        self_extend_backend = "flash"
-
-    with pytest.raises(RuntimeError, match="needs CUDA"):
-        _common.use_flex(Cfg(), "anchor", "cpu", 2048, 2048)
-    with pytest.raises(ValueError, match="self_extend_backend must be one of"):
-        _common.backend_for(Cfg(), "self_extend")
+    plan = AttentionPlan(name, 1, q_len, kv_len)
+    plan.options, plan.dropout = options.make_options(name, backend), dropout
+    return plan
 
 
-def test_flash_choice_logic(monkeypatch, caplog):
-    """The dispatch rule of _flash.choose, with the device facts set by hand (no CUDA here): explicit 'flash' runs when
-    everything allows it and falls back (logged once per reason) when the plan does not; 'auto' only on sm90; the plan
-    check (a host sync) runs only when everything else allows the kernel."""
+def test_flash_backend_is_refused_off_cuda_and_for_position_methods():
     import types
 
-    from longctx_plugins.attention import _flash
+    from longctx_plugins.attention import options
+    from longctx_plugins.attention.plan import choose_backend
 
-    query = types.SimpleNamespace(device=torch.device("cuda", 0))
-    monkeypatch.setattr(_flash, "unavailable_reason", lambda index: None)
-    monkeypatch.setattr(_flash, "call_reason", lambda q, dropout: None)
-    capability = [(9, 0)]
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
+    cpu_query = types.SimpleNamespace(device=torch.device("cpu"), dtype=torch.bfloat16, shape=(1, 4, 2048, 64))
+    with pytest.raises(RuntimeError, match="cannot run: tensors are not on CUDA"):
+        choose_backend(_plan("flash"), cpu_query, lambda: None)
+    with pytest.raises(ValueError, match="self_extend backend must be one of"):
+        options.make_options("self_extend", "flash")
+
+    class Cfg:
+        self_extend_backend = "flash"
+
+    with pytest.raises(ValueError, match="read from config.self_extend_"):
+        options.options_for(types.SimpleNamespace(config=Cfg()), "self_extend")
+
+
+def test_backend_choice_logic(monkeypatch):
+    """plan.choose_backend with the device facts set by hand (no CUDA here): explicit 'flash' runs when everything
+    allows it and falls back (with a visible warning, once per reason) when the forward cannot use it; 'auto' takes
+    flash only on sm90; the plan check (a host sync) runs only when everything else allows the kernel; decoding and
+    short inputs go to the dense path."""
+    import types
+
+    from longctx_plugins.attention import plan as plans
+    from longctx_plugins.attention.kernels import flash4
+
+    query = types.SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16, shape=(1, 4, 2048, 64))
+    monkeypatch.setattr(flash4, "unavailable_reason", lambda index: None)
+    monkeypatch.setattr(flash4, "call_reason", lambda q, dropout: None)
+    verified = [True]
+    monkeypatch.setattr(flash4, "verified_device", lambda index: verified[0])
     asked = []
 
-    def plan(reason):
-        return lambda: asked.append(reason) or reason
+    def reason(r):
+        return lambda: asked.append(r) or r
 
-    assert _flash.choose("flash", query, 0.0, plan(None)) is True
-    assert _flash.choose("auto", query, 0.0, plan(None)) is True
-    assert not _flash.choose("flex", query, 0.0, plan(None)) and len(asked) == 2
-    with caplog.at_level("WARNING", logger="longctx_plugins"):
-        assert _flash.choose("flash", query, 0.0, plan("a sliding/chunked window layer")) is False
-    assert "this layer uses FlexAttention" in caplog.text
-    capability[0] = (10, 0)  # Blackwell: not verified here, so only on explicit request
-    assert _flash.choose("auto", query, 0.0, plan(None)) is False
-    assert _flash.choose("flash", query, 0.0, plan(None)) is True
-    monkeypatch.setattr(_flash, "call_reason", lambda q, dropout: "attention dropout")
+    choose = plans.choose_backend
+    assert choose(_plan("flash"), query, reason(None)) == "flash"
+    assert choose(_plan("auto"), query, reason(None)) == "flash"
+    assert choose(_plan("flex"), query, reason(None)) == "flex" and len(asked) == 2
+    assert choose(_plan("auto", q_len=1, kv_len=2048), query, reason(None)) == "sdpa"  # decoding
+    assert choose(_plan("auto", q_len=512, kv_len=512), query, reason(None)) == "sdpa"  # short
+    assert choose(_plan("auto", dropout=0.1), query, reason(None)) == "sdpa"  # dropout: the exact path has it
+    with pytest.raises(ValueError, match="no attention dropout"):
+        choose(_plan("flex", dropout=0.1), query, reason(None))
+    plans._fallbacks_warned.clear()
+    with pytest.warns(UserWarning, match="these layers use FlexAttention"):
+        assert choose(_plan("flash"), query, reason("a sliding/chunked window layer")) == "flex"
+    verified[0] = False  # Blackwell: not verified here, so only on explicit request
+    assert choose(_plan("auto"), query, reason(None)) == "flex"
+    assert choose(_plan("flash"), query, reason(None)) == "flash"
+    monkeypatch.setattr(flash4, "call_reason", lambda q, dropout: "attention dropout")
     asked.clear()
-    assert _flash.choose("flash", query, 0.1, plan(None)) is False and not asked
-    monkeypatch.setattr(_flash, "unavailable_reason", lambda index: "flash-attn-4 is not importable")
+    with pytest.warns(UserWarning, match="attention dropout; these layers use the dense SDPA path"):
+        assert choose(_plan("flash", dropout=0.1), query, reason(None)) == "sdpa"
+    assert not asked
+    monkeypatch.setattr(flash4, "unavailable_reason", lambda index: "flash-attn-4 is not importable")
     with pytest.raises(RuntimeError, match="not importable"):
-        _flash.choose("flash", query, 0.0, plan(None))
-    assert _flash.choose("auto", query, 0.0, plan(None)) is False
+        choose(_plan("flash"), query, reason(None))
+    assert choose(_plan("auto"), query, reason(None)) == "flex"
 
 
 def test_flash_call_reason_keeps_unverified_head_dims_off_the_kernel():
     import types
 
-    from longctx_plugins.attention import _flash
+    from longctx_plugins.attention.kernels import flash4 as _flash
 
     def q(dim, dtype=torch.bfloat16, device="cuda"):
         return types.SimpleNamespace(device=torch.device(device), dtype=dtype, shape=(1, 4, 128, dim))

@@ -1,10 +1,17 @@
 """Attention functions registered into transformers' AttentionInterface (thin adapters over ``ops/``).
 
+Layout: :mod:`.plan` (one plan per forward: options, backend choice, shared inputs), :mod:`.kernels` (one module per
+backend), :mod:`.anchor` and :mod:`.positional` (what each attention computes on the plan), :mod:`.options`
+(:func:`configure`), :mod:`.support` (models that ignore the registry).
+
 The two tables below are what :mod:`longctx_plugins.registry` registers: ``attn_implementation`` name -> attention
 function, and the same name -> mask function.
 """
 from .anchor import anchor_attention_forward, anchor_mask
-from .self_extend import self_extend_attention_forward, self_extend_mask
+from .options import configure
+from .positional import positional_attention_forward, self_extend_mask
 
-ATTENTION_FUNCTIONS = {"anchor": anchor_attention_forward, "self_extend": self_extend_attention_forward}
+ATTENTION_FUNCTIONS = {"anchor": anchor_attention_forward, "self_extend": positional_attention_forward}
 MASK_FUNCTIONS = {"anchor": anchor_mask, "self_extend": self_extend_mask}
+
+__all__ = ["configure", "ATTENTION_FUNCTIONS", "MASK_FUNCTIONS"]

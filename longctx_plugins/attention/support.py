@@ -24,7 +24,9 @@ def check_attention(model, name: str | None = None) -> None:
     ``name`` defaults to the model's configured implementation; a no-op for names the plugin does not own.
     """
     name = name or getattr(model.config, "_attn_implementation", None)
-    if name not in ("anchor", "self_extend"):
+    from . import ATTENTION_FUNCTIONS
+
+    if name not in ATTENTION_FUNCTIONS:
         return
     if not uses_attention_registry(model):
         raise UnsupportedModelError(

@@ -52,30 +52,29 @@ def anchor_blocks(doc_ids: torch.Tensor, block: int, causal: bool):
     return any_, full & any_
 
 
-def self_extend_blocks(q_pos, k_pos, key_valid, block: int, window: int, causal: bool):
-    """(any, full) for SelfExtend's three passes: near (|i-j| < W), far-left (i-j >= W), far-right (j-i >= W).
+def band_blocks(q_pos, k_pos, key_valid, block: int, band, causal: bool):
+    """(any, full) ``[B, nq, nk]`` for the pairs of ``band`` (a :class:`~longctx_plugins.ops.passes.Band`:
+    ``lo <= floor(i / q_div) - floor(j / k_div) <= hi``) under causality and key padding.
 
-    ``q_pos``/``k_pos`` ``[B, T]`` non-decreasing; ``key_valid`` ``[B, T]`` bool or None (padding keys).
-    Returns a dict pass name -> (any, full), each ``[B, nq, nk]``.
-    """
-    qlo, qhi = block_ranges(q_pos, block)
-    klo, khi = block_ranges(k_pos, block)
+    ``q_pos`` / ``k_pos`` ``[B, T]`` must be non-decreasing (the floor maps keep them so); ``key_valid`` ``[B, T]``
+    bool or None. Interval arithmetic on per-block ranges: exact for "empty", conservative for "full"."""
+    from .passes import floor_div
+
+    qlo, qhi = block_ranges(floor_div(q_pos, band.q_div), block)
+    klo, khi = block_ranges(floor_div(k_pos, band.k_div), block)
     nq, nk = qlo.shape[1], klo.shape[1]
     c_any, c_full = causal_blocks(nq, nk, q_pos.device, causal)
-    qlo, qhi = qlo[:, :, None], qhi[:, :, None]
-    klo, khi = klo[:, None, :], khi[:, None, :]
-    min_abs = torch.clamp(torch.maximum(klo - qhi, qlo - khi), min=0)
-    max_abs = torch.maximum(qhi - klo, khi - qlo)
-    ok = ~_tail(q_pos.shape[1], block, q_pos.device)[None, :, None] & ~_tail(k_pos.shape[1], block, q_pos.device)[None, None, :]
+    dmin = qlo[:, :, None] - khi[:, None, :]
+    dmax = qhi[:, :, None] - klo[:, None, :]
+    rlo, rhi = block_ranges(q_pos, block)  # the rows a block holds, against the band's row range
+    rows_any = ((rhi >= band.rows_from) & (rlo < band.rows_to))[:, :, None]
+    rows_all = ((rlo >= band.rows_from) & (rhi < band.rows_to))[:, :, None]
+    any_ = (dmax >= band.lo) & (dmin <= band.hi) & c_any & rows_any
+    ok = rows_all & ~_tail(q_pos.shape[1], block, q_pos.device)[None, :, None] & ~_tail(k_pos.shape[1], block, q_pos.device)[None, None, :]
     if key_valid is not None:
         ok = ok & block_all(key_valid, block)[:, None, :]
-    passes = {
-        "near": (min_abs < window, max_abs < window),
-        "far_left": (qhi - klo >= window, qlo - khi >= window),
-    }
-    if not causal:
-        passes["far_right"] = (khi - qlo >= window, klo - qhi >= window)
-    return {name: (a & c_any, f & c_full & ok & a & c_any) for name, (a, f) in passes.items()}
+    full = (dmin >= band.lo) & (dmax <= band.hi) & c_full & ok & any_
+    return any_, full
 
 
 def to_block_mask(any_: torch.Tensor, full: torch.Tensor, mask_mod, q_len: int, kv_len: int, block: int):

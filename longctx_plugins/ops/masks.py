@@ -45,6 +45,44 @@ def anchor_mod(doc_ids: torch.Tensor, causal: bool = True) -> MaskMod:
     return and_mods(causal_mod, doc) if causal else doc
 
 
+def key_valid_mod(valid: torch.Tensor) -> MaskMod:
+    """Keys marked False in ``valid [B, K]`` (padding) are never attended."""
+    def mod(b, h, q_idx, kv_idx):
+        return valid[b, kv_idx]
+
+    return mod
+
+
+def band_mod(band, q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool, valid: torch.Tensor | None) -> MaskMod:
+    """The pairs of ``band`` (a :class:`~longctx_plugins.ops.passes.Band` on positions ``q_pos [B, Q]``,
+    ``k_pos [B, K]``), causal (``kv_idx <= q_idx``) when asked, without padded keys."""
+    import math
+
+    def mod(b, h, q_idx, kv_idx):
+        qp, kp = q_pos[b, q_idx], k_pos[b, kv_idx]
+        if band.q_div != 1:
+            qp = torch.div(qp, band.q_div, rounding_mode="floor")
+        if band.k_div != 1:
+            kp = torch.div(kp, band.k_div, rounding_mode="floor")
+        d = qp - kp
+        out = d == d  # all True, in the right shape
+        if band.lo != -math.inf:
+            out = out & (d >= int(band.lo))
+        if band.hi != math.inf:
+            out = out & (d <= int(band.hi))
+        if band.rows_from != -math.inf:
+            out = out & (q_pos[b, q_idx] >= int(band.rows_from))
+        if band.rows_to != math.inf:
+            out = out & (q_pos[b, q_idx] < int(band.rows_to))
+        if causal:
+            out = out & (kv_idx <= q_idx)
+        if valid is not None:
+            out = out & valid[b, kv_idx]
+        return out
+
+    return mod
+
+
 def dense_mask(mask_mod: MaskMod, batch: int, q_len: int, kv_len: int, device, q_offset: int = 0) -> torch.Tensor:
     """Materialise ``mask_mod`` as a ``[B, 1, Q, K]`` bool tensor (True = attend). Reference/CPU path only."""
     b = torch.arange(batch, device=device)[:, None, None, None]

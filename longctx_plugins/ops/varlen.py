@@ -7,7 +7,7 @@ forward. The queries are the whole batch in order (each anchor is a segment of i
 so queries and output need no gather or scatter; only keys/values are gathered to insert the anchor copies.
 :func:`anchor_varlen_attention` runs any varlen kernel with the flash-attn calling convention
 (``kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal) -> [total_q, H, D]``);
-:func:`varlen_attention_reference` is that kernel in float32.
+:func:`tests.references.varlen_attention_reference` is that kernel in float32.
 """
 from __future__ import annotations
 
@@ -58,24 +58,6 @@ def padding_isolated(doc_ids: torch.Tensor, valid: torch.Tensor) -> bool:
     mixed = (same & (valid[:, 1:] != valid[:, :-1])).any()
     lost_anchor = ((doc_ids[:, :1] == 0) & ~valid[:, :1] & valid).any()
     return not bool(mixed | lost_anchor)
-
-
-def varlen_attention_reference(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal):
-    """Varlen attention in float32, one document at a time (bottom-right causal alignment, as flash-attn).
-    ``q [total_q, H, D]``, ``k/v [total_k, Hkv, D]`` -> ``[total_q, H, D]`` in q's dtype."""
-    out = torch.empty(q.shape[0], q.shape[1], v.shape[-1], dtype=torch.float32, device=q.device)
-    n_rep = q.shape[1] // k.shape[1]
-    for s in range(cu_q.numel() - 1):
-        a, b, c, d = int(cu_q[s]), int(cu_q[s + 1]), int(cu_k[s]), int(cu_k[s + 1])
-        qs = q[a:b].transpose(0, 1).float()
-        ks = k[c:d].transpose(0, 1).float().repeat_interleave(n_rep, 0)
-        vs = v[c:d].transpose(0, 1).float().repeat_interleave(n_rep, 0)
-        mask = None
-        if causal:
-            mask = torch.arange(d - c, device=q.device)[None, :] <= torch.arange(b - a, device=q.device)[:, None] + (
-                (d - c) - (b - a))
-        out[a:b] = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale).transpose(0, 1)
-    return out.to(q.dtype)
 
 
 def anchor_varlen_attention(query, key, value, layout: VarlenLayout, scale: float, causal: bool, kernel):

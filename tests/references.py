@@ -1,25 +1,11 @@
-"""Plain reference attention: dense mask, eager softmax in float32. Tests compare every fast path with it."""
+"""Plain references the tests (and the benchmarks' correctness checks) compare every fast path against: dense masks
+and per-document loops, softmax in float32. Not used at run time."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-
-def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    if n_rep == 1:
-        return x
-    b, h, s, d = x.shape
-    return x[:, :, None].expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
-
-
-def masked_softmax_attention(logits: torch.Tensor, mask: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
-    """``softmax(logits masked) @ value`` in float32; rows with no allowed key give 0. Returns ``[B, H, Q, D]``."""
-    logits = logits.to(torch.float32)
-    if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    probs = torch.nan_to_num(probs, nan=0.0)
-    value = repeat_kv(value, logits.shape[1] // value.shape[1])
-    return torch.matmul(probs, value.to(torch.float32))
+from longctx_plugins.ops.dense import masked_softmax_attention, repeat_kv
 
 
 def eager_attention(query, key, value, mask: torch.Tensor | None, scale: float | None = None) -> torch.Tensor:
@@ -35,13 +21,12 @@ def eager_attention(query, key, value, mask: torch.Tensor | None, scale: float |
 
 def anchor_by_documents(query, key, value, doc_ids: torch.Tensor, scale: float | None = None,
                         causal: bool = True) -> torch.Tensor:
-    """AnchorAttention computed document by document (the varlen form of SPEC §4), never materialising S x S.
+    """AnchorAttention computed document by document (keys: the anchor plus the document's own tokens), never
+    materialising S x S.
 
     For each row and document: keys = [anchor, document tokens], causal inside the document. Used as the
     reference at lengths where a dense mask does not fit (128k). Returns ``[B, H, Q, D]`` float32.
     """
-    import torch.nn.functional as F
-
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     n_rep = query.shape[1] // key.shape[1]
     out = torch.zeros(query.shape, dtype=torch.float32, device=query.device)
@@ -66,3 +51,20 @@ def anchor_by_documents(query, key, value, doc_ids: torch.Tensor, scale: float |
                     mask = keys[None, :] == idx[:, None]
             out[b:b + 1, :, idx] = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return out
+
+def varlen_attention_reference(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal):
+    """Varlen attention in float32, one document at a time (bottom-right causal alignment, as flash-attn).
+    ``q [total_q, H, D]``, ``k/v [total_k, Hkv, D]`` -> ``[total_q, H, D]`` in q's dtype."""
+    out = torch.empty(q.shape[0], q.shape[1], v.shape[-1], dtype=torch.float32, device=q.device)
+    n_rep = q.shape[1] // k.shape[1]
+    for s in range(cu_q.numel() - 1):
+        a, b, c, d = int(cu_q[s]), int(cu_q[s + 1]), int(cu_k[s]), int(cu_k[s + 1])
+        qs = q[a:b].transpose(0, 1).float()
+        ks = k[c:d].transpose(0, 1).float().repeat_interleave(n_rep, 0)
+        vs = v[c:d].transpose(0, 1).float().repeat_interleave(n_rep, 0)
+        mask = None
+        if causal:
+            mask = torch.arange(d - c, device=q.device)[None, :] <= torch.arange(b - a, device=q.device)[:, None] + (
+                (d - c) - (b - a))
+        out[a:b] = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale).transpose(0, 1)
+    return out.to(q.dtype)

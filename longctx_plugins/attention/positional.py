@@ -1,0 +1,223 @@
+"""The position-method attentions (``attn_implementation="self_extend"``): RoPE positions re-mapped per pair.
+
+The model rotates q/k at their true positions (its rotary module keeps the base frequencies); the layer's method
+(``rope_parameters["rope_type"]``, see :data:`METHODS`) splits the pairs into passes, each re-rotating q/k to its
+own positions (:mod:`longctx_plugins.ops.passes`). Layers whose RoPE parameters name no method (Gemma3 / ModernBERT
+sliding layers) get plain attention under the same plan.
+
+Backends (chosen once per forward by the plan): ``sdpa``, the exact reference (one float32 softmax over the pairs'
+logits; without gradients over query-row chunks once a call would hold more than 2^27 logits), and, on CUDA,
+``flex``: one attention per pass merged by log-sum-exp, each pass block-sparse (O(L x W) for a window pass); a
+pass over all pairs beyond a distance runs on a fused causal kernel with its log-sum-exp where positions are
+contiguous and there are no gradients (:mod:`.kernels.fused_lse`).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import rope_config
+from ..ops import blocks, masks
+from ..ops import passes as P
+from ..ops import rope as rope_ops
+from ..ops import self_extend as se_ops
+from ..ops.lse import merge_pair
+from ..ops.dense import repeat_kv
+from . import plan as plans
+from .kernels import flex, fused_lse, sdpa
+
+# rope_type -> passes(params, causal). The attention name a method needs is its rope_type.
+METHODS = {
+    "self_extend": lambda p, causal: se_ops.passes(int(p["group_size"]), int(p["window"]), causal),
+}
+self_extend_mask = plans.mask_function("self_extend")
+# The exact reference materialises float32 logits [B, H, Q, K] (and a few same-size temporaries). Without gradients,
+# calls above this many logits run over query-row chunks: the same math per row, memory bounded (~0.5 GiB a tensor).
+REFERENCE_CHUNK_ELEMENTS = 2 ** 27
+_inv_freq_cache: dict = {}
+
+
+def layer_parameters(module) -> dict | None:
+    """The layer's RoPE parameters if they name a position method, else None."""
+    params = rope_config.module_parameters(module)
+    if not isinstance(params, dict) or params.get("rope_type") not in METHODS:
+        return None
+    return params
+
+
+def _inv_freq(config, params, device):
+    from ..rope import inv_freq_for, rotary_dim
+
+    # keyed by value (not config identity, which Python may recycle): parameters, rotary dim, device
+    key = (tuple(sorted((k, str(v)) for k, v in params.items())), rotary_dim(config, params), str(device))
+    if key not in _inv_freq_cache:
+        _inv_freq_cache[key] = inv_freq_for(config, params, device, params.get("base_rope_type", "default"))
+    return _inv_freq_cache[key]
+
+
+def _read_positions(batch: int, q_len: int, kv_len: int, device):
+    def read(kwargs: dict) -> dict:
+        q_pos = kwargs.get("position_ids")
+        if q_pos is None:
+            q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[None]
+        q_pos = q_pos.to(device=device, dtype=torch.long).expand(batch, -1)
+        if q_len == kv_len:
+            return {"q_pos": q_pos, "k_pos": q_pos}
+        # KV cache: cached keys are the contiguous tokens before the current ones (DynamicCache layout).
+        k_pos = q_pos[:, -1:] - (kv_len - 1 - torch.arange(kv_len, device=device))[None]
+        return {"q_pos": q_pos, "k_pos": k_pos}
+
+    return read
+
+
+def _no_flash():
+    return "position methods run on FlexAttention and fused kernels"
+
+
+def positional_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                                 **kwargs):
+    """AttentionInterface function (see the module docstring). Returns ``([B,Q,H,D], None)``."""
+    batch, _, q_len, _ = query.shape
+    kv_len = key.shape[2]
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
+    name = module.config._attn_implementation
+    plan = plans.plan_for(name, attention_mask, query, key, (kwargs.get("position_ids"),), causal)
+    plan.bind(module, query, kwargs, dropout, causal, _read_positions(batch, q_len, kv_len, query.device), _no_flash)
+    params = layer_parameters(module)
+    if params is None:  # not a position-method layer: plain attention under the same plan
+        if plan.backend == "flex":
+            bm = plan.once("plain_block_mask", plan.transformers_block_mask)
+            return flex.attention(query, key, value, bm, scaling, plan.kernel_options).transpose(1, 2).contiguous(), None
+        mask, empty = plan.once("plain_dense_mask", lambda: plans.with_empty_rows(plan.dense_mask()))
+        return sdpa.attention(query, key, value, mask, scaling, dropout, empty).transpose(1, 2).contiguous(), None
+    if dropout and module.training:
+        raise ValueError(f"{params['rope_type']}: attention dropout is not supported; set the model's "
+                         "attention_dropout to 0.")
+    q_pos, k_pos = plan.inputs["q_pos"], plan.inputs["k_pos"]
+    passes = _passes(plan, module, params, causal, k_pos)
+    inv_freq = _inv_freq(module.config, params, query.device)
+    logit_scale = None
+    if params.get("temperature") == "log":
+        trained = params.get("original_max_position_embeddings") or module.config.max_position_embeddings
+        logit_scale = se_ops.temperature(k_pos.max(dim=-1).values + 1, trained)  # true length = last position + 1
+    if plan.backend == "flex":
+        out = _flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, passes, scaling, logit_scale)
+    else:
+        mask = plan.once("method_dense_mask", lambda: _causal_dense(plan))
+        out = _reference(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _passes(plan, module, params, causal, k_pos):
+    """The layer's passes. With ``keep_trained_window`` (the default) the method acts only past the trained window:
+    for decoders on query rows at positions >= the trained length (earlier rows: plain attention), for encoders only
+    when the sequence is longer than the trained length; inputs inside it get exactly the unextended model's
+    attention."""
+    passes = METHODS[params["rope_type"]](params, causal)
+    if not params.get("keep_trained_window", True):
+        return passes
+    trained = int(params.get("original_max_position_embeddings") or module.config.max_position_embeddings)
+    if causal:
+        return P.exact_below(passes, trained)
+    if plan.once("longest_position", lambda: int(k_pos.max()) + 1) <= trained:
+        return (P.Pass("inside", P.Band()),)
+    return passes
+
+
+def _causal_dense(plan):
+    mask = plan.dense_mask()
+    if mask is None and plan.causal:
+        mask = masks.dense_mask(masks.causal_mod, plan.batch_size, plan.q_length, plan.kv_length, plan.device,
+                                q_offset=plan.kv_length - plan.q_length)
+    return mask
+
+
+def _reference(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scale, logit_scale):
+    batch, heads, q_len, _ = query.shape
+    rows = q_len if torch.is_grad_enabled() else max(1, REFERENCE_CHUNK_ELEMENTS // (batch * heads * key.shape[2]))
+    outs = []
+    for a in range(0, q_len, rows):
+        sl = slice(a, a + rows)
+        outs.append(P.reference_attention(query[:, :, sl], key, value, q_pos[:, sl], k_pos, passes, inv_freq,
+                                          mask=None if mask is None else mask[:, :, sl], scale=scale,
+                                          logit_scale=logit_scale))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+# ------------------------------------------------------------------------------------------------ fast path
+def _pass_layout(plan, q_pos, k_pos):
+    """What the flex path needs of this forward's positions, built once: whether positions are monotone (block maps
+    from positions) and contiguous 0..L-1 without padding (fused-kernel passes). Two host syncs."""
+    monotone = not plan.windowed and bool(((q_pos[:, 1:] >= q_pos[:, :-1]).all() if q_pos.shape[1] > 1 else True))
+    contiguous = bool((q_pos == torch.arange(q_pos.shape[1], device=q_pos.device)).all())
+    return {"monotone": monotone, "contiguous": contiguous and plan.key_valid() is None and not plan.windowed}
+
+
+def _block_mask(plan, p: P.Pass, q_pos, k_pos, layout):
+    valid = plan.key_valid()
+    mod = masks.band_mod(p.band, q_pos, k_pos, plan.causal, valid)
+    if not layout["monotone"]:  # windowed layers or unordered positions: evaluate the rule with transformers'
+        return plan.transformers_block_mask(masks.band_mod(p.band, q_pos, k_pos, False, None))
+    any_, full = blocks.band_blocks(q_pos, k_pos, valid, plans.BLOCK, p.band, plan.causal)
+    return blocks.to_block_mask(any_, full, mod, plan.q_length, plan.kv_length, plans.BLOCK)
+
+
+def _flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, passes, scale, logit_scale):
+    merge = flex.compiled(merge_pair, query.device)
+    apply = flex.compiled(rope_ops.apply_rotation, query.device)  # tables stay outside: no per-head cos/sin
+    layout = plan.once("pass_layout", lambda: _pass_layout(plan, q_pos, k_pos))
+    kernel = plan.once("fused_kernel", lambda: fused_lse.choose(plan.options.dense_lse_kernels, query)
+                       if layout["contiguous"] and not torch.is_grad_enabled() else None)
+    if logit_scale is not None:
+        query = query * logit_scale.to(query.dtype)[:, None, None, None]
+    out = lse = None
+    rotated_k: dict = {}
+    for p in passes:
+        q = P.rotated(query, q_pos, p.q, inv_freq, apply)
+        if p.k not in rotated_k:  # passes that rotate keys alike share them
+            rotated_k[p.k] = P.rotated(key, k_pos, p.k, inv_freq, apply)
+        k = rotated_k[p.k]
+        res = _fused_pass(kernel, p, q, k, value, scale, plan.causal) if kernel else None
+        if res is None:
+            bm = plan.once(("pass_block_mask", p), lambda: _block_mask(plan, p, q_pos, k_pos, layout))
+            o, l_ = flex.attention(q, k, value, bm, scale, plan.kernel_options, lse=True)
+            out, lse = (o, l_) if out is None else merge(out, lse, o, l_)
+            continue
+        if res == "empty":
+            continue
+        o, l_, rows = res  # merged into the rows the pass reaches, in place
+        if out is None:
+            out = torch.zeros_like(query)
+            lse = torch.full(query.shape[:3], float("-inf"), device=query.device, dtype=torch.float32)
+        out[:, :, rows], lse[..., rows] = merge(out[:, :, rows], lse[..., rows], o, l_)
+    return out
+
+
+def _fused_pass(kernel, p: P.Pass, q, k, v, scale, causal: bool):
+    """A pass over all pairs at distance >= lo (or <= hi, keys right of the query in encoders) on a fused causal
+    kernel: rows and keys sliced so the band becomes ordinary causal attention (reversed for the right side).
+    Returns ``(out, lse, rows)`` for the query rows the pass reaches (its row range included), None when the pass is
+    not such a band, "empty" when it holds no pair at this length."""
+    band, L = p.band, q.shape[2]
+    if not band.is_distance:
+        return None
+    n_rep = q.shape[1] // k.shape[1]
+    lo = max(band.lo, 0) if causal else band.lo
+    if band.hi == float("inf") and lo >= 0:  # query i sees keys j <= i - off, rows [r0, r1)
+        off = int(lo)
+        r0, r1 = max(off, band.rows_from), min(L, band.rows_to)
+        r0, r1 = int(max(r0, 0)), int(r1)
+        if r0 >= r1:
+            return "empty"
+        kk, vv = repeat_kv(k[:, :, : r1 - off], n_rep), repeat_kv(v[:, :, : r1 - off], n_rep)
+        o, l_ = fused_lse.causal_attention_lse(kernel, q[:, :, off:r1], kk, vv, scale)
+        return o[:, :, r0 - off:], l_[..., r0 - off:], slice(r0, r1)
+    if band.lo == -float("inf") and band.hi < 0 and band.all_rows and not causal:
+        off = int(-band.hi)  # query i sees keys j >= i + off: reverse both sequences and it is causal again
+        if off >= L:
+            return "empty"
+        kk, vv = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+        o, l_ = fused_lse.causal_attention_lse(kernel, q[:, :, : L - off].flip(2), kk[:, :, off:].flip(2),
+                                               vv[:, :, off:].flip(2), scale)
+        return o.flip(2), l_.flip(2), slice(0, L - off)
+    return None

@@ -1,0 +1,130 @@
+"""Attention as passes over disjoint sets of (query, key) pairs, each pass with its own RoPE positions.
+
+SelfExtend, Dual Chunk Attention and STRING give a pair (query position i, key position j) a rotation distance that
+depends on where j lies relative to i. Each method is a list of :class:`Pass`: the pairs it covers (a
+:class:`Band` of mapped positions) and the positions its queries and keys are rotated to (:class:`Positions`). The
+passes of a method partition every pair, so attention is exactly one softmax over the pairs' logits, each logit
+taken from its own pass: :func:`reference_attention` computes that directly; the fast paths run one attention per
+pass and merge them by log-sum-exp (:func:`~longctx_plugins.ops.lse.merge_pair`).
+
+q and k arrive already rotated at their true positions; rotating them again by ``new - true`` gives the rotation at
+the new position (rotations compose).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .lse import merge_pair  # noqa: F401  (re-exported: the passes' merge)
+from .dense import masked_softmax_attention, repeat_kv
+from .rope import apply_rotation, rotation_tables
+
+
+def floor_div(p: torch.Tensor, div: int) -> torch.Tensor:
+    return p if div == 1 else torch.div(p, div, rounding_mode="floor")
+
+
+@dataclass(frozen=True)
+class Band:
+    """The pairs with ``lo <= floor(i / q_div) - floor(j / k_div) <= hi`` and ``rows_from <= i < rows_to``."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    q_div: int = 1
+    k_div: int = 1
+    rows_from: float = -math.inf
+    rows_to: float = math.inf
+
+    def contains(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """``[B, Q, K]`` bool for positions ``q_pos [B, Q]``, ``k_pos [B, K]``."""
+        d = floor_div(q_pos, self.q_div)[:, :, None] - floor_div(k_pos, self.k_div)[:, None, :]
+        rows = ((q_pos >= self.rows_from) & (q_pos < self.rows_to))[:, :, None]
+        return (d >= self.lo) & (d <= self.hi) & rows
+
+    @property
+    def all_rows(self) -> bool:
+        return self.rows_from == -math.inf and self.rows_to == math.inf
+
+    @property
+    def is_distance(self) -> bool:
+        """A band of plain distances ``i - j`` (no chunking)."""
+        return self.q_div == 1 and self.k_div == 1
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Position map ``p -> a * p + b * floor(p / div) + c``, clamped to at most ``max`` when given."""
+
+    a: int = 1
+    b: int = 0
+    div: int = 1
+    c: int = 0
+    max: int | None = None
+
+    def __call__(self, p: torch.Tensor) -> torch.Tensor:
+        out = self.a * p + (self.b * floor_div(p, self.div) if self.b else 0) + self.c
+        if self.max is not None:
+            out = torch.clamp(out, max=self.max)
+        return out
+
+    @property
+    def is_identity(self) -> bool:
+        return self.a == 1 and self.b == 0 and self.c == 0 and self.max is None
+
+
+IDENTITY = Positions()
+
+
+@dataclass(frozen=True)
+class Pass:
+    name: str
+    band: Band
+    q: Positions = IDENTITY
+    k: Positions = IDENTITY
+
+
+def exact_below(passes, length: int) -> tuple[Pass, ...]:
+    """``passes`` for query rows at positions >= ``length`` only, and one plain pass (true positions, every key) for
+    the rows before: a causal model's first ``length`` positions then get exactly the unextended model's attention,
+    and a row's result never depends on how long the sequence grows after it (so KV-cache decoding equals a full
+    recompute)."""
+    from dataclasses import replace
+
+    plain = Pass("inside", Band(rows_to=length))
+    return (plain,) + tuple(replace(p, band=replace(p.band, rows_from=length)) for p in passes)
+
+
+def rotated(x: torch.Tensor, pos: torch.Tensor, to: Positions, inv_freq: torch.Tensor, apply=apply_rotation):
+    """``x [B, H, S, D]`` (rotated at ``pos [B, S]``) rotated to ``to(pos)`` instead."""
+    if to.is_identity:
+        return x
+    return apply(x, *rotation_tables(to(pos) - pos, inv_freq))
+
+
+def pass_logits(q, k, q_pos, k_pos, p: Pass, inv_freq, scale: float) -> torch.Tensor:
+    """Float32 logits ``[B, H, Q, K]`` of every pair as pass ``p`` rotates it."""
+    qr = rotated(q, q_pos, p.q, inv_freq)
+    kr = repeat_kv(rotated(k, k_pos, p.k, inv_freq), q.shape[1] // k.shape[1])
+    return torch.matmul(qr.to(torch.float32), kr.to(torch.float32).transpose(-1, -2)) * scale
+
+
+def reference_attention(query, key, value, q_pos, k_pos, passes, inv_freq, *, mask: torch.Tensor | None,
+                        scale: float, logit_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact multi-pass attention: each pair's logit from the pass that covers it, one float32 softmax.
+
+    ``query [B,H,Q,D]`` and ``key [B,Hkv,K,D]`` rotated at their true positions ``q_pos [B,Q]``, ``k_pos [B,K]``;
+    ``mask [B,1,Q,K]`` bool (causality and padding); ``logit_scale [B]`` optional. A pair no pass covers is masked.
+    Returns ``[B,H,Q,D]`` float32."""
+    logits = None
+    covered = None
+    for p in passes:
+        sel = p.band.contains(q_pos, k_pos)[:, None]
+        lg = pass_logits(query, key, q_pos, k_pos, p, inv_freq, scale)
+        logits = torch.where(sel, lg, lg.new_tensor(-math.inf) if logits is None else logits)
+        covered = sel if covered is None else covered | sel
+    if logit_scale is not None:
+        logits = logits * logit_scale.to(torch.float32)[:, None, None, None]
+    allowed = covered if mask is None else covered & mask
+    return masked_softmax_attention(logits, allowed, value)
