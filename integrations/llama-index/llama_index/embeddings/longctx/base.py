@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 from llama_index.core.base.embeddings.base import DEFAULT_EMBED_BATCH_SIZE, BaseEmbedding
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
+
+# ``model_kwargs`` keys that would shadow a field of this class (``LongContextEmbedder`` parameter -> field).
+_FIELD_OF = {"model_name_or_path": "model_name", "method": "method", "target_length": "target_length",
+             "pooling": "pooling", "normalize": "normalize", "device": "device", "query_prompt": "query_instruction",
+             "document_prompt": "text_instruction", "overlength": "overlength", "window_overlap": "window_overlap",
+             "truncate": "overlength", "batch_size": "embed_batch_size"}
 
 
 class LongContextEmbedding(BaseEmbedding):
@@ -14,6 +20,9 @@ class LongContextEmbedding(BaseEmbedding):
     Example:
         >>> from llama_index.embeddings.longctx import LongContextEmbedding
         >>> embed_model = LongContextEmbedding(model_name="default", method="pi", target_length=8192)
+
+    Late chunking (chunk vectors that saw the whole document): :meth:`get_span_embeddings`, or
+    :class:`~llama_index.embeddings.longctx.LateChunkingNodeParser` as an ingestion step.
     """
 
     model_name: str = Field(default="default", description="Local folder, hub id, or 'default' (all-MiniLM-L6-v2).")
@@ -24,9 +33,25 @@ class LongContextEmbedding(BaseEmbedding):
     query_instruction: Optional[str] = Field(default=None, description="Prefix for queries (None: model's prompt).")
     text_instruction: Optional[str] = Field(default=None, description="Prefix for documents (None: model's prompt).")
     device: Optional[str] = Field(default=None, description="cpu, cuda, cuda:1, ...; None picks CUDA when present.")
+    overlength: Literal["truncate", "error", "windows"] = Field(
+        default="truncate", description="Texts longer than target_length: 'truncate' (with a warning), 'error', or "
+                                        "'windows' (read whole in overlapping windows, mean of the window vectors).")
+    window_overlap: Optional[int] = Field(
+        default=None, ge=0, description="Tokens shared by consecutive windows (None: target_length // 4).")
+    model_kwargs: Dict[str, Any] = Field(
+        default_factory=dict, description="Passed to the model's from_pretrained (revision, trust_remote_code, "
+                                          "attn_implementation, ...); also dtype, max_batch_tokens of the embedder.")
     embed_batch_size: int = Field(default=DEFAULT_EMBED_BATCH_SIZE, gt=0, le=2048)
 
     _embedder: Any = PrivateAttr()
+
+    @field_validator("model_kwargs")
+    @classmethod
+    def _no_shadowed_fields(cls, value: Dict[str, Any]) -> Dict[str, Any]:
+        for key in value:
+            if key in _FIELD_OF:
+                raise ValueError(f"model_kwargs[{key!r}]: set the field {_FIELD_OF[key]!r} instead.")
+        return value
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -34,11 +59,28 @@ class LongContextEmbedding(BaseEmbedding):
 
         self._embedder = get_embedder(self.model_name, method=self.method, target_length=self.target_length,
                                       device=self.device, pooling=self.pooling, normalize=self.normalize,
-                                      query_prompt=self.query_instruction, document_prompt=self.text_instruction)
+                                      query_prompt=self.query_instruction, document_prompt=self.text_instruction,
+                                      overlength=self.overlength, window_overlap=self.window_overlap,
+                                      **self.model_kwargs)
 
     @classmethod
     def class_name(cls) -> str:
         return "LongContextEmbedding"
+
+    @property
+    def embedder(self) -> Any:
+        """The shared :class:`longctx_plugins.LongContextEmbedder` behind this model."""
+        return self._embedder
+
+    # late chunking ----------------------------------------------------------------------------------------
+    def get_span_embeddings(self, text: str, spans: Sequence[Tuple[int, int]]) -> List[List[float]]:
+        """Late chunking: one vector per character span ``[start, end)`` of ``text``, each the mean of its tokens'
+        states after one read of the whole text (with the document prompt; texts longer than ``target_length`` are
+        read in overlapping windows). Bad spans raise the core's ``ValueError``."""
+        return self._embedder.encode_spans(text, list(spans)).tolist()
+
+    async def aget_span_embeddings(self, text: str, spans: Sequence[Tuple[int, int]]) -> List[List[float]]:
+        return await asyncio.to_thread(self.get_span_embeddings, text, spans)
 
     # sync -----------------------------------------------------------------------------------------------
     def _get_query_embedding(self, query: str) -> List[float]:
