@@ -3,7 +3,8 @@
 Dispatch is on the position-embedding type, read from ``config.model_type`` through a table (with a structural
 fallback for model types not in it): absolute tables get ``pi`` / ``gp`` / ``rp`` (and ``pcw``, which is applied
 by :class:`~longctx_plugins.LongContextEmbedder` at encode time and leaves the model unchanged); RoPE models
-get ``pi`` / ``ntk`` (static RoPE types) and ``self_extend``.
+get ``pi`` / ``ntk`` (static RoPE types) and the position methods ``self_extend``, ``dca`` and ``string``
+(decoders; :mod:`longctx_plugins.position_methods` says which parameters each picks for a target length).
 
 ``method="auto"``: APE -> ``pi`` and RoPE -> ``self_extend``, the methods that keep inputs no longer than the
 trained window exactly unchanged and read the whole long input (see the README's evaluator table).
@@ -11,12 +12,11 @@ trained window exactly unchanged and read the whole long input (see the README's
 from __future__ import annotations
 
 import logging
-import math
 
-from . import _warn, rope_config
+from . import _warn, position_methods, rope_config
+from ._checks import positive_int
 from .ape import apply_ape, trained_length
 from .methods import APE_MODEL_TYPES, AUTO, METHODS, ROPE_MODEL_TYPES, check_method_name
-from .ops import self_extend as se_ops
 
 logger = logging.getLogger(__name__)
 
@@ -58,63 +58,58 @@ def original_length(model) -> int:
     if position_type(model) == "ape":
         return trained_length(config)
     flat = rope_config.global_parameters(config)
+    # longctx_original_length: what extend() of longctx-plugins 0.1 saved into config.json
     return int(flat.get("original_max_position_embeddings") or getattr(config, "longctx_original_length", None)
                or config.max_position_embeddings)
 
 
 def extend(model, method: str = "auto", target_length: int = 32768, **params):
     """Extend ``model`` in place to ``target_length`` tokens and return it. See the module docstring."""
-    from .attention.support import check_attention
-
-    if isinstance(target_length, bool) or not isinstance(target_length, int) or target_length < 1:
-        raise ValueError(f"target_length must be a positive integer, got {target_length!r}.")
+    target_length = positive_int("target_length", target_length)
     method = resolve_method(model, method)
     if method in ("none", "pcw"):
         return model
     trained = original_length(model)
     if target_length <= trained:
         _warn.warn(f"target_length={target_length} is not beyond the trained window ({trained}); "
-                      "the model is left unchanged.")
+                   "the model is left unchanged.")
         return model
     if position_type(model) == "ape":
         if params:
             raise TypeError(f"unexpected parameters for APE method {method!r}: {sorted(params)}")
         return apply_ape(model, method, target_length)
-    model.config.longctx_original_length = trained
     if method in ("pi", "ntk"):
         factor = float(params.pop("factor", target_length / trained))
         if params:
             raise TypeError(f"unexpected parameters for {method!r}: {sorted(params)}")
-        rope_config.set_global_parameters(model.config, {"rope_type": method, "factor": factor})
+        rope_config.set_global_parameters(model.config, {"rope_type": method, "factor": factor,
+                                                         "original_max_position_embeddings": trained})
         _rebuild_rotary(model)
-        model.config.max_position_embeddings = max(model.config.max_position_embeddings, target_length)
-        return model
-    # self_extend
-    group = params.pop("group_size", None)
-    window = params.pop("window", None)
-    temperature = params.pop("temperature", None)
-    if params:
-        raise TypeError(f"unexpected parameters for 'self_extend': {sorted(params)}")
-    for name, value in (("group_size", group), ("window", window)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    if window is not None and window >= trained:
-        raise ValueError(f"window={window} must be smaller than the trained window ({trained}).")
-    group, window = se_ops.pick_parameters(trained, target_length, window, group)
-    reach = se_ops.max_length(trained, group, window)
-    if reach < target_length:
-        _warn.warn(f"self_extend with group_size={group}, window={window} reaches about {reach} tokens "
-                      f"((L_train - W) * G + W with L_train={trained}), less than target_length={target_length}; "
-                      f"use group_size >= {math.ceil((target_length - window) / (trained - window))}.")
-    new = {"rope_type": "self_extend", "group_size": group, "window": window,
-           "original_max_position_embeddings": trained}
-    if temperature is not None:
-        new["temperature"] = temperature
-    check_attention(model, "self_extend")
-    rope_config.set_global_parameters(model.config, new)
-    model.set_attn_implementation("self_extend")
+    else:
+        _extend_position_method(model, method, trained, target_length, params)
     model.config.max_position_embeddings = max(model.config.max_position_embeddings, target_length)
     return model
+
+
+def _extend_position_method(model, name: str, trained: int, target: int, given: dict) -> None:
+    """SelfExtend / DCA / STRING: the method's own parameters (``extend`` picks the ones not given, see
+    :mod:`longctx_plugins.position_methods`), validated, then the method's attention."""
+    from .attention.support import check_attention
+
+    spec = position_methods.METHODS[name]
+    unknown = set(given) - set(spec.integers) - spec.optional
+    if unknown:
+        raise TypeError(f"unexpected parameters for {name!r}: {sorted(unknown)}; it takes "
+                        f"{sorted(set(spec.integers) | spec.optional - {'original_max_position_embeddings'})}.")
+    new = {**given, **spec.defaults(trained, target, given)}
+    new.update(rope_type=name, original_max_position_embeddings=trained)
+    position_methods.validate(name, new, trained)
+    note = position_methods.reach_note(name, new, trained, target)
+    if note:
+        _warn.warn(note)
+    check_attention(model, name)
+    rope_config.set_global_parameters(model.config, new)
+    model.set_attn_implementation(name)
 
 
 def _rebuild_rotary(model):

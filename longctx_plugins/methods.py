@@ -23,7 +23,7 @@ DECODER_MODEL_TYPES = frozenset({
 # Methods per position type ("none" = unextended). "pcw" works at encode time (LongContextEmbedder).
 METHODS = {
     "ape": ("none", "pi", "gp", "rp", "pcw"),
-    "rope": ("none", "pi", "ntk", "self_extend"),
+    "rope": ("none", "pi", "ntk", "self_extend", "dca", "string"),
 }
 # What "auto" picks: the methods that keep inputs inside the trained window exactly unchanged and read the whole input.
 AUTO = {"ape": "pi", "rope": "self_extend"}

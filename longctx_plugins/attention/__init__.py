@@ -9,9 +9,11 @@ function, and the same name -> mask function.
 """
 from .anchor import anchor_attention_forward, anchor_mask
 from .options import configure
-from .positional import positional_attention_forward, self_extend_mask
+from .positional import MASK_FUNCTIONS as _POSITIONAL_MASKS
+from .positional import positional_attention_forward
 
-ATTENTION_FUNCTIONS = {"anchor": anchor_attention_forward, "self_extend": positional_attention_forward}
-MASK_FUNCTIONS = {"anchor": anchor_mask, "self_extend": self_extend_mask}
+ATTENTION_FUNCTIONS = {"anchor": anchor_attention_forward, **{name: positional_attention_forward
+                                                              for name in _POSITIONAL_MASKS}}
+MASK_FUNCTIONS = {"anchor": anchor_mask, **_POSITIONAL_MASKS}
 
 __all__ = ["configure", "ATTENTION_FUNCTIONS", "MASK_FUNCTIONS"]

@@ -1,4 +1,5 @@
-"""The position-method attentions (``attn_implementation="self_extend"``): RoPE positions re-mapped per pair.
+"""The position-method attentions (``attn_implementation="self_extend" | "dca" | "string"``): RoPE positions
+re-mapped per pair.
 
 The model rotates q/k at their true positions (its rotary module keeps the base frequencies); the layer's method
 (``rope_parameters["rope_type"]``, see :data:`METHODS`) splits the pairs into passes, each re-rotating q/k to its
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import rope_config
+from .. import position_methods, rope_config
 from ..ops import blocks, masks
 from ..ops import passes as P
 from ..ops import rope as rope_ops
@@ -25,11 +26,10 @@ from ..ops.dense import repeat_kv
 from . import plan as plans
 from .kernels import flex, fused_lse, sdpa
 
-# rope_type -> passes(params, causal). The attention name a method needs is its rope_type.
-METHODS = {
-    "self_extend": lambda p, causal: se_ops.passes(int(p["group_size"]), int(p["window"]), causal),
-}
-self_extend_mask = plans.mask_function("self_extend")
+# rope_type -> method (parameters, passes); the attention name a method needs is its rope_type.
+METHODS = position_methods.METHODS
+MASK_FUNCTIONS = {name: plans.mask_function(name) for name in METHODS}
+self_extend_mask = MASK_FUNCTIONS["self_extend"]
 # The exact reference materialises float32 logits [B, H, Q, K] (and a few same-size temporaries). Without gradients,
 # calls above this many logits run over query-row chunks: the same math per row, memory bounded (~0.5 GiB a tensor).
 REFERENCE_CHUNK_ELEMENTS = 2 ** 27
@@ -113,7 +113,11 @@ def _passes(plan, module, params, causal, k_pos):
     for decoders on query rows at positions >= the trained length (earlier rows: plain attention), for encoders only
     when the sequence is longer than the trained length; inputs inside it get exactly the unextended model's
     attention."""
-    passes = METHODS[params["rope_type"]](params, causal)
+    method = METHODS[params["rope_type"]]
+    if method.causal_only and not causal:
+        raise ValueError(f"{method.name} ({method.paper}) is defined for causal attention; this layer is "
+                         "bidirectional. Use self_extend for encoders.")
+    passes = method.passes(params, causal)
     if not params.get("keep_trained_window", True):
         return passes
     trained = int(params.get("original_max_position_embeddings") or module.config.max_position_embeddings)
