@@ -68,3 +68,13 @@ def varlen_attention_reference(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal)
                 (d - c) - (b - a))
         out[a:b] = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale).transpose(0, 1)
     return out.to(q.dtype)
+
+
+def self_extend_reference(query, key, value, q_pos, k_pos, inv_freq, group_size: int, window: int, *, causal: bool,
+                          mask, scale: float):
+    """SelfExtend through the exact multi-pass path (checked pair by pair against the definition in
+    tests/test_self_extend.py). ``[B, H, Q, D]`` float32."""
+    from longctx_plugins.ops import passes, self_extend
+
+    return passes.dense_attention(query, key, value, q_pos, k_pos, self_extend.passes(group_size, window, causal),
+                                  inv_freq, mask=mask, scale=scale)

@@ -9,7 +9,7 @@ from longctx_plugins.ops import self_extend as se
 from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens
 
 from .conftest import gpu
-from .references import anchor_by_documents
+from .references import anchor_by_documents, self_extend_reference
 
 pytestmark = [pytest.mark.gpu, gpu]
 BF16_TOL = dict(atol=2e-2, rtol=2e-2)
@@ -83,7 +83,7 @@ def test_self_extend_flex_equals_reference(seq_len, G, W, causal):
         if causal:
             dense = torch.arange(seq_len, device="cuda")[None, :] <= torch.arange(a, a + chunk, device="cuda")[:, None]
             dense = dense[None, None]
-        ref = se.reference_attention(q[:, :, sl], k, v, pos[:, sl], pos, inv, G, W, causal=causal, mask=dense,
+        ref = self_extend_reference(q[:, :, sl], k, v, pos[:, sl], pos, inv, G, W, causal=causal, mask=dense,
                                      scale=D ** -0.5)
         torch.testing.assert_close(out[:, sl].float(), ref.transpose(1, 2), **BF16_TOL)
 
@@ -180,7 +180,7 @@ def test_self_extend_flex_gradients_match_reference():
     mask = self_extend_mask(1, T, T, config=mod.config, device="cuda", mask_function=causal_mask_function)
     out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, position_ids=pos)
     dense = torch.ones(T, T, dtype=torch.bool, device="cuda").tril()[None, None]
-    ref = se.reference_attention(q, k, v, pos, pos, inv, G, W, causal=True, mask=dense, scale=D ** -0.5)
+    ref = self_extend_reference(q, k, v, pos, pos, inv, G, W, causal=True, mask=dense, scale=D ** -0.5)
     torch.testing.assert_close(out.float(), ref.transpose(1, 2), atol=2e-3, rtol=2e-3)
     w = torch.randn_like(ref)
     ga = torch.autograd.grad((out.float() * w.transpose(1, 2)).sum(), (q, k, v))

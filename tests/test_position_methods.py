@@ -81,7 +81,7 @@ def test_reference_equals_the_pairwise_definition(method, params, dist):
     q, k = rope_ops.rotate(q0, pos, inv), rope_ops.rotate(k0, pos, inv)  # as the model hands them over
     mask = torch.ones(n, n, dtype=torch.bool).tril()[None, None].expand(B, 1, n, n)
     passes = (dca.passes if method == "dca" else string.passes)(*params)
-    got = P.reference_attention(q, k, v, pos, pos, passes, inv, mask=mask, scale=D ** -0.5)
+    got = P.dense_attention(q, k, v, pos, pos, passes, inv, mask=mask, scale=D ** -0.5)
     # the definition rotates the unrotated query by the pair distance against the unrotated key
     ref = pairwise(q0, k0, v, dist, inv, D ** -0.5, mask)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)

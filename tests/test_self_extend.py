@@ -6,6 +6,7 @@ from longctx_plugins.ops import self_extend as se
 from longctx_plugins.ops.lse import merge_pair
 
 from .conftest import outputs, tiny_config, tiny_model
+from .references import self_extend_reference
 
 NESTED = {"gemma3", "modernbert"}
 SE_MODELS = ["llama", "qwen3", "mistral", "gemma3", "modernbert", "nomic_bert"]
@@ -78,7 +79,7 @@ def test_reference_equals_straightforward_pairwise_implementation(causal, heads,
     if causal:
         mask = mask.tril()
     mask[1, :, :, length - 5:] = False  # padding keys in row 1
-    out = se.reference_attention(q, k, v, pos, pos, inv, G, W, causal=causal, mask=mask, scale=D ** -0.5)
+    out = self_extend_reference(q, k, v, pos, pos, inv, G, W, causal=causal, mask=mask, scale=D ** -0.5)
     # straightforward: logit(i, j) = <rot(q0, d(i, j)), k0> for the SPEC distance d, one softmax
     rep = heads // kv_heads
     logits = torch.empty(B, heads, length, length)
@@ -235,9 +236,9 @@ def test_reference_over_query_chunks_equals_one_call(monkeypatch, model_type):
     with torch.no_grad():
         whole = outputs(ext, input_ids=ids, attention_mask=am)
         calls = []
-        real = se_attn.P.reference_attention
+        real = se_attn.P.dense_attention
         monkeypatch.setattr(se_attn, "REFERENCE_CHUNK_ELEMENTS", 2 * 4 * 61 * 7)  # ~7 query rows per chunk
-        monkeypatch.setattr(se_attn.P, "reference_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+        monkeypatch.setattr(se_attn.P, "dense_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
         chunked = outputs(ext, input_ids=ids, attention_mask=am)
     assert len(calls) > ext.config.num_hidden_layers  # really chunked
     keep = am.bool()

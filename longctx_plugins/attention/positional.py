@@ -104,7 +104,7 @@ def positional_attention_forward(module, query, key, value, attention_mask, drop
         out = _flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, passes, scaling, logit_scale)
     else:
         mask = plan.once("method_dense_mask", lambda: _causal_dense(plan))
-        out = _reference(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale)
+        out = _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
@@ -136,13 +136,13 @@ def _causal_dense(plan):
     return mask
 
 
-def _reference(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scale, logit_scale):
+def _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scale, logit_scale):
     batch, heads, q_len, _ = query.shape
     rows = q_len if torch.is_grad_enabled() else max(1, REFERENCE_CHUNK_ELEMENTS // (batch * heads * key.shape[2]))
     outs = []
     for a in range(0, q_len, rows):
         sl = slice(a, a + rows)
-        outs.append(P.reference_attention(query[:, :, sl], key, value, q_pos[:, sl], k_pos, passes, inv_freq,
+        outs.append(P.dense_attention(query[:, :, sl], key, value, q_pos[:, sl], k_pos, passes, inv_freq,
                                           mask=None if mask is None else mask[:, :, sl], scale=scale,
                                           logit_scale=logit_scale))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

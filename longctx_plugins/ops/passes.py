@@ -4,8 +4,8 @@ SelfExtend, Dual Chunk Attention and STRING give a pair (query position i, key p
 depends on where j lies relative to i. Each method is a list of :class:`Pass`: the pairs it covers (a
 :class:`Band` of mapped positions) and the positions its queries and keys are rotated to (:class:`Positions`). The
 passes of a method partition every pair, so attention is exactly one softmax over the pairs' logits, each logit
-taken from its own pass: :func:`reference_attention` computes that directly; the fast paths run one attention per
-pass and merge them by log-sum-exp (:func:`~longctx_plugins.ops.lse.merge_pair`).
+taken from its own pass: :func:`dense_attention` computes that directly (the exact path); the fast paths run one
+attention per pass and merge them by log-sum-exp (:func:`~longctx_plugins.ops.lse.merge_pair`).
 
 q and k arrive already rotated at their true positions; rotating them again by ``new - true`` gives the rotation at
 the new position (rotations compose).
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 
 from .lse import merge_pair  # noqa: F401  (re-exported: the passes' merge)
-from .dense import masked_softmax_attention, repeat_kv
 from .rope import apply_rotation, rotation_tables
 
 
@@ -103,28 +102,52 @@ def rotated(x: torch.Tensor, pos: torch.Tensor, to: Positions, inv_freq: torch.T
     return apply(x, *rotation_tables(to(pos) - pos, inv_freq))
 
 
-def pass_logits(q, k, q_pos, k_pos, p: Pass, inv_freq, scale: float) -> torch.Tensor:
-    """Float32 logits ``[B, H, Q, K]`` of every pair as pass ``p`` rotates it."""
-    qr = rotated(q, q_pos, p.q, inv_freq)
-    kr = repeat_kv(rotated(k, k_pos, p.k, inv_freq), q.shape[1] // k.shape[1])
-    return torch.matmul(qr.to(torch.float32), kr.to(torch.float32).transpose(-1, -2)) * scale
+def matmul_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` in float32. Half-precision ``b`` (keys, values) is read as it is, with float32 accumulation and output
+    where the backend offers it (CUDA), instead of being copied to float32."""
+    if b.is_cuda and b.dtype in (torch.float16, torch.bfloat16) and _OUT_DTYPE[0]:
+        try:
+            return torch.matmul(a.to(b.dtype), b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):
+            _OUT_DTYPE[0] = False
+    return torch.matmul(a.to(torch.float32), b.to(torch.float32))
 
 
-def reference_attention(query, key, value, q_pos, k_pos, passes, inv_freq, *, mask: torch.Tensor | None,
-                        scale: float, logit_scale: torch.Tensor | None = None) -> torch.Tensor:
+_OUT_DTYPE = [True]  # whether torch.matmul(..., out_dtype=) works here (found out on first use)
+
+
+def gqa_logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """Float32 logits ``[B, Hkv, r, Q, K]`` of ``q [B, H, Q, D]`` against ``k [B, Hkv, K, D]`` (H = r * Hkv): the query
+    heads of a group share one read of their key head, no copies of K."""
+    B, H, Q, D = q.shape
+    Hkv = k.shape[1]
+    out = matmul_f32(q.reshape(B, Hkv, (H // Hkv) * Q, D), k.transpose(-1, -2))
+    return (out * scale).view(B, Hkv, H // Hkv, Q, k.shape[2])
+
+
+def dense_attention(query, key, value, q_pos, k_pos, passes, inv_freq, *, mask: torch.Tensor | None,
+                    scale: float, logit_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Exact multi-pass attention: each pair's logit from the pass that covers it, one float32 softmax.
 
     ``query [B,H,Q,D]`` and ``key [B,Hkv,K,D]`` rotated at their true positions ``q_pos [B,Q]``, ``k_pos [B,K]``;
     ``mask [B,1,Q,K]`` bool (causality and padding); ``logit_scale [B]`` optional. A pair no pass covers is masked.
-    Returns ``[B,H,Q,D]`` float32."""
-    logits = None
-    covered = None
+    Grouped query heads read their key head once (no copies of K); keys are re-rotated only by passes that move
+    them. Returns ``[B,H,Q,D]`` float32."""
+    B, H, Q, _ = query.shape
+    Hkv = key.shape[1]
+    logits = covered = None
+    rotated_k: dict = {}
     for p in passes:
-        sel = p.band.contains(q_pos, k_pos)[:, None]
-        lg = pass_logits(query, key, q_pos, k_pos, p, inv_freq, scale)
+        sel = p.band.contains(q_pos, k_pos)[:, None, None]  # [B, 1, 1, Q, K]
+        if p.k not in rotated_k:
+            rotated_k[p.k] = rotated(key, k_pos, p.k, inv_freq)
+        lg = gqa_logits(rotated(query, q_pos, p.q, inv_freq), rotated_k[p.k], scale)
         logits = torch.where(sel, lg, lg.new_tensor(-math.inf) if logits is None else logits)
         covered = sel if covered is None else covered | sel
     if logit_scale is not None:
-        logits = logits * logit_scale.to(torch.float32)[:, None, None, None]
-    allowed = covered if mask is None else covered & mask
-    return masked_softmax_attention(logits, allowed, value)
+        logits = logits * logit_scale.to(torch.float32)[:, None, None, None, None]
+    allowed = covered if mask is None else covered & mask[:, :, None]
+    logits = logits.masked_fill(~allowed, -math.inf)
+    probs = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)  # rows that may see nothing: zeros
+    out = matmul_f32(probs.reshape(B, Hkv, -1, key.shape[2]), value)  # [B, Hkv, r * Q, D]
+    return out.reshape(B, H, Q, value.shape[-1])

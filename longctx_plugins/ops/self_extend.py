@@ -52,11 +52,3 @@ def passes(group_size: int, window: int, causal: bool) -> tuple[P.Pass, ...]:
         out.append(P.Pass("far_right", P.Band(hi=-W), q=P.Positions(a=0, b=1, div=G),
                           k=P.Positions(a=0, b=1, div=G, c=s)))
     return tuple(out)
-
-
-def reference_attention(query, key, value, q_pos, k_pos, inv_freq, group_size: int, window: int, *,
-                        causal: bool, mask: torch.Tensor | None, scale: float,
-                        logit_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """Exact SelfExtend (see :func:`longctx_plugins.ops.passes.reference_attention`): ``[B, H, Q, D]`` float32."""
-    return P.reference_attention(query, key, value, q_pos, k_pos, passes(group_size, window, causal), inv_freq,
-                                 mask=mask, scale=scale, logit_scale=logit_scale)
