@@ -210,3 +210,33 @@ def test_method_under_another_attention_or_in_an_encoder_fails_when_built():
     with pytest.raises(ValueError, match="defined for causal decoders"):
         tiny_model("nomic_bert", attn_implementation="dca", max_position_embeddings=32,
                    rope_parameters={**cfg.rope_parameters, **params})
+
+
+@pytest.mark.parametrize("method", ["dca", "string", "self_extend"])
+@pytest.mark.parametrize("keep", [True, False])
+def test_fused_kernel_passes_equal_exact_path(monkeypatch, method, keep):
+    """The CUDA fast path's fused-kernel passes (distance bands sliced into causal attention; DCA's chunks one query
+    chunk at a time), run on CPU with an exact float32 kernel standing in for cuDNN/flash, == the exact path."""
+    from longctx_plugins.attention.kernels import fused_lse
+
+    calls = []
+
+    def exact_lse(kernel, q, k, v, scale, causal=True):
+        calls.append(causal)
+        allowed = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool)
+        if causal:
+            allowed = allowed.tril()
+        logits = (q.float() @ k.float().transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
+        return torch.softmax(logits, -1) @ v.float(), torch.logsumexp(logits, -1)
+
+    _, ext = method_model("llama", method, keep=keep)
+    ids = torch.randint(3, 100, (2, 77))
+    with torch.no_grad():
+        setattr(ext.config, f"{method}_backend", "sdpa")
+        ref = outputs(ext, input_ids=ids)
+        monkeypatch.setattr(fused_lse, "choose", lambda kernels, query: "exact")
+        monkeypatch.setattr(fused_lse, "causal_attention_lse", exact_lse)
+        setattr(ext.config, f"{method}_backend", "flex")
+        fast = outputs(ext, input_ids=ids)
+    assert calls and (method != "dca" or False in calls)  # DCA's successive / inter chunks ran on the kernel
+    torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)

@@ -181,7 +181,8 @@ def _flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, passes, scale,
         if p.k not in rotated_k:  # passes that rotate keys alike share them
             rotated_k[p.k] = P.rotated(key, k_pos, p.k, inv_freq, apply)
         k = rotated_k[p.k]
-        res = _fused_pass(kernel, p, q, k, value, scale, plan.causal) if kernel else None
+        res = (_fused_pass(kernel, p, q, k, value, scale, plan.causal) or _fused_chunk_pass(kernel, p, q, k, value, scale)
+               if kernel else None)
         if res is None:
             bm = plan.once(("pass_block_mask", p), lambda: _block_mask(plan, p, q_pos, k_pos, layout))
             o, l_ = flex.attention(q, k, value, bm, scale, plan.kernel_options, lse=True)
@@ -189,11 +190,11 @@ def _flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, passes, scale,
             continue
         if res == "empty":
             continue
-        o, l_, rows = res  # merged into the rows the pass reaches, in place
         if out is None:
             out = torch.zeros_like(query)
             lse = torch.full(query.shape[:3], float("-inf"), device=query.device, dtype=torch.float32)
-        out[:, :, rows], lse[..., rows] = merge(out[:, :, rows], lse[..., rows], o, l_)
+        for o, l_, rows in (res if isinstance(res, list) else [res]):  # merged into the rows a part reaches
+            out[:, :, rows], lse[..., rows] = merge(out[:, :, rows], lse[..., rows], o, l_)
     return out
 
 
@@ -225,3 +226,35 @@ def _fused_pass(kernel, p: P.Pass, q, k, v, scale, causal: bool):
                                                vv[:, :, off:].flip(2), scale)
         return o.flip(2), l_.flip(2), slice(0, L - off)
     return None
+
+
+def _fused_chunk_pass(kernel, p: P.Pass, q, k, v, scale):
+    """A pass over whole chunks (Dual Chunk Attention: ``floor(i/c) - floor(j/c)`` equal to 0, equal to 1, or >= 2) on
+    fused kernels, one query chunk at a time: its own chunk causally, the previous chunk or everything before that in
+    full. Returns a list of ``(out, lse, rows)`` parts, "empty", or None when the pass is not such a band. Query rows
+    outside the pass's row range are computed and dropped (at most one chunk)."""
+    band, L = p.band, q.shape[2]
+    c = band.q_div
+    if band.k_div != c or c == 1 or band.lo not in (0, 1, 2) or band.hi not in (band.lo, float("inf")) or (
+            band.lo == 2) != (band.hi == float("inf")):
+        return None
+    n_rep = q.shape[1] // k.shape[1]
+    parts = []
+    first_chunk = int(max(band.rows_from, 0)) // c
+    for m in range(first_chunk, -(-L // c)):
+        a, e = m * c, min((m + 1) * c, L)
+        r0, r1 = int(max(a, band.rows_from)), int(min(e, band.rows_to))
+        if r0 >= r1:
+            continue
+        if band.lo == 0:
+            keys, causal = slice(a, e), True
+        elif band.lo == 1:
+            keys, causal = slice(a - c, a), False
+        else:
+            keys, causal = slice(0, a - c), False
+        if keys.stop <= keys.start or keys.start < 0:
+            continue
+        kk, vv = repeat_kv(k[:, :, keys], n_rep), repeat_kv(v[:, :, keys], n_rep)
+        o, l_ = fused_lse.causal_attention_lse(kernel, q[:, :, a:e], kk, vv, scale, causal=causal)
+        parts.append((o[:, :, r0 - a: r1 - a], l_[..., r0 - a: r1 - a], slice(r0, r1)))
+    return parts or "empty"
