@@ -11,6 +11,7 @@ from longctx_plugins import LongContextEmbedder
 from longctx_plugins.embedder import default_model_path
 from longctx_plugins.longembed import BM25, evaluate, get_task
 from longctx_plugins.longembed.metrics import retrieval_scores
+from longctx_plugins.longembed.tasks import TaskDataWarning
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,50 @@ def test_real_task_from_local_files(tmp_path):
     assert task.main_score == "ndcg_at_10" and task.splits == ["test"]
     res = evaluate(LongContextEmbedder("default", method="pi", target_length=1024), [task], progress=False)
     assert res["2wikimqa"]["main_score"] == 1.0
+
+
+def write_task(root, name, docs, queries, qrels):
+    """A real task in the LongEmbed layout under ``root/name``; ``qrels`` is a list of (query id, doc id)."""
+    d = root / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "corpus.jsonl").write_text("".join(json.dumps({"doc_id": k, "text": v}) + "\n" for k, v in docs.items()))
+    (d / "queries.jsonl").write_text("".join(json.dumps({"qid": k, "text": v}) + "\n" for k, v in queries.items()))
+    (d / "qrels.jsonl").write_text("".join(json.dumps({"qid": q, "doc_id": x}) + "\n" for q, x in qrels))
+    return d
+
+
+DOCS = {"d1": "Paris is the capital of France. " * 50, "d2": "Bananas are yellow fruits. " * 50,
+        "d3": "The moon orbits the earth once a month. " * 50}
+QUERIES = {"q1": "capital of France", "q2": "yellow fruit", "q3": "what orbits the earth"}
+QRELS = [("q1", "d1"), ("q2", "d2"), ("q3", "d3")]
+
+
+@pytest.mark.parametrize("empty", ["corpus.jsonl", "queries.jsonl", "qrels.jsonl"])
+def test_empty_task_file_is_a_clear_error(tmp_path, empty):
+    d = write_task(tmp_path, "qmsum", DOCS, QUERIES, QRELS)
+    (d / empty).write_text("\n")
+    with pytest.raises(ValueError, match=rf"{empty} is empty"):
+        get_task("qmsum", data_dir=str(tmp_path))
+
+
+def test_qrels_that_match_nothing_are_a_clear_error(tmp_path):
+    write_task(tmp_path, "qmsum", DOCS, QUERIES, [("Q1", "d1"), ("Q2", "d2")])
+    with pytest.raises(ValueError, match=r"qrels.jsonl: none of its 2 query ids appear in .*queries.jsonl"):
+        get_task("qmsum", data_dir=str(tmp_path))
+    write_task(tmp_path, "qmsum", DOCS, QUERIES, [("q1", "doc1"), ("q2", "doc2"), ("q3", "doc3")])
+    with pytest.raises(ValueError, match=r"qrels.jsonl: none of its 3 document ids appear in .*corpus.jsonl"):
+        get_task("qmsum", data_dir=str(tmp_path))
+
+
+def test_partly_matching_qrels_warn_and_drop(tmp_path):
+    write_task(tmp_path, "qmsum", DOCS, QUERIES, QRELS + [("q9", "d1"), ("q1", "d7")])
+    with pytest.warns(TaskDataWarning, match=r"qrels.jsonl: dropped 2 of 5 judgements: 1 query id.*'q9'.*1 document "
+                                             r"id.*'d7'"):
+        task = get_task("qmsum", data_dir=str(tmp_path))
+    assert task.qrels["test"] == {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d3": 1}}
+    write_task(tmp_path, "qmsum", DOCS, QUERIES, QRELS[:2])
+    with pytest.warns(TaskDataWarning, match=r"queries.jsonl: 1 of 3 queries have no judgement"):
+        get_task("qmsum", data_dir=str(tmp_path))
 
 
 def test_metrics_agree_with_mteb_including_ties(tok):
