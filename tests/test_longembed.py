@@ -2,9 +2,6 @@
 import copy
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -237,49 +234,3 @@ def test_summarize_over_seeds():
     one = summarize({None: r0})  # a real task: one fixed dataset, interval only
     assert one["std"] is None and one["seeds"] is None and "main_score_std" not in one["splits"]["test_256"]
     assert one["ci95"][0] <= 0.25 <= one["ci95"][1] and math.isfinite(one["ci95"][0])
-
-
-def cli(*args, cwd=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "longctx_plugins.longembed.cli", *args], capture_output=True,
-                          text=True, env=env, cwd=cwd)
-
-
-@pytest.mark.parametrize("args,needle", [
-    (["--tasks", "passkey,bogus"], "valid tasks"),
-    (["--method", "pi,magic"], "valid methods"),
-    (["--lengths", "256,abc"], "positive integers"),
-    (["--lengths", "256,-3"], "positive integers"),
-])
-def test_cli_bad_arguments_exit_2_without_traceback(args, needle, tmp_path):
-    res = cli(*args, "--output", str(tmp_path))
-    assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr
-
-
-def test_cli_unwritable_output(tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    res = cli("--output", str(blocker / "sub"))
-    assert res.returncode == 2 and "not writable" in res.stderr and "Traceback" not in res.stderr
-
-
-def test_cli_missing_model_message(tmp_path):
-    res = cli("--model", str(tmp_path / "nope"), "--output", str(tmp_path / "o"))
-    assert res.returncode != 0 and "HF_HUB_OFFLINE=1" in res.stderr and "Traceback" not in res.stderr
-
-
-def test_cli_end_to_end_writes_everything_and_resumes(tmp_path):
-    out = tmp_path / "run"
-    args = ["--method", "none,pi,pcw", "--lengths", "256,700", "--n-queries", "3", "--n-docs", "6",
-            "--target-length", "1024", "--output", str(out), "--no-progress"]
-    res = cli(*args)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "passkey" in res.stdout and "bm25" in res.stdout and "700" in res.stdout
-    for f in ("results.md", "results.png", "run_config.json", "results.json", "pi/LEMBPasskeyRetrieval.json",
-              "bm25/LEMBNeedleRetrieval.json", "none/LEMBNeedleRetrieval.json"):
-        assert (out / f).exists(), f
-    doc = json.loads((out / "pi" / "LEMBPasskeyRetrieval.json").read_text())
-    assert set(doc["scores"]) == {"test_256", "test_700"} and "main_score" in doc["scores"]["test_256"][0]
-    first = json.loads((out / "results.json").read_text())
-    res = cli(*args)  # second run: everything from the caches
-    assert res.returncode == 0 and json.loads((out / "results.json").read_text()) == first
