@@ -72,6 +72,7 @@ def cli(capsys, *argv, make_scorer=None):
     (["--seeds", "1,1"], "lists a seed twice"),
     (["--seed", "1", "--seeds", "2"], "not both"),
     (["--seed", "-1"], "--seed must be a non-negative integer"),
+    (["--data-dir", "/no/such/dir"], "--data-dir '/no/such/dir' is not a folder"),
 ])
 def test_bad_arguments_exit_2_with_a_message(capsys, tmp_path, args, needle):
     rc, out, err = cli(capsys, *args, "--output", str(tmp_path))
@@ -216,6 +217,36 @@ def test_replaced_weights_are_rescored_and_cache_use_is_reported(capsys, tmp_pat
     assert json.loads((out_dir / "results.json").read_text()) != first
 
 
+def test_cache_keys_cover_what_produced_the_entries(model_copy, tmp_path):
+    from types import SimpleNamespace
+
+    from longctx_plugins.longembed.cli import score_key
+    from longctx_plugins.longembed.taskdata import generation_key
+
+    source = resolve_model(str(model_copy))
+    base = dict(target_length=1024, batch_size=4, device="cpu")
+    key = score_key("pi", SimpleNamespace(**base), source)
+    assert key == score_key("pi", SimpleNamespace(**base), source)
+    assert {"longctx_plugins", "torch", "transformers", "tokenizers"} <= set(key["versions"]) and key["code"]
+    assert score_key("none", SimpleNamespace(**base), source) != key
+    for change in (dict(target_length=2048), dict(batch_size=8), dict(device="cuda")):
+        assert score_key("pi", SimpleNamespace(**{**base, **change}), source) != key, change
+    tok = folder_fingerprint(str(model_copy), tokenizer_only=True)
+    assert "model.safetensors" not in tok and "vocab.txt" in tok
+    gen = generation_key("passkey", 0, [64, 128], 2, 4, tok)
+    assert {"generator", "haystack", "versions"} <= set(gen)
+    for other in (("needle", 0, [64, 128], 2, 4, tok), ("passkey", 1, [64, 128], 2, 4, tok),
+                  ("passkey", 0, [64], 2, 4, tok), ("passkey", 0, [64, 128], 3, 4, tok),
+                  ("passkey", 0, [64, 128], 2, 5, tok)):
+        assert generation_key(*other) != gen, other
+    other_tok = tmp_path / "tok"
+    shutil.copytree(model_copy, other_tok, ignore=shutil.ignore_patterns("*.safetensors"))
+    with open(other_tok / "vocab.txt", "a") as f:
+        f.write("newtoken\n")
+    assert generation_key("passkey", 0, [64, 128], 2, 4, folder_fingerprint(str(other_tok), tokenizer_only=True)) \
+        != gen
+
+
 def test_corrupt_data_and_score_caches_are_recomputed_with_a_warning(capsys, tmp_path):
     out_dir = tmp_path / "o"
     args = [*SMALL, "--output", str(out_dir)]
@@ -282,27 +313,27 @@ def test_seeds_report_mean_spread_and_intervals(capsys, tmp_path):
     import mteb
 
     out_dir = tmp_path / "o"
-    rc, out, _ = cli(capsys, "--tasks", "needle", "--method", "none", "--lengths", "64,128", "--n-queries", "3",
+    rc, out, _ = cli(capsys, "--tasks", "passkey", "--method", "none", "--lengths", "64,128", "--n-queries", "3",
                      "--n-docs", "5", "--seeds", "2", "--output", str(out_dir), "--no-progress")
     assert rc == 0
     res = json.loads((out_dir / "results.json").read_text())
     for run in ("none", "bm25"):
-        r = res[run]["needle"]
+        r = res[run]["passkey"]
         assert r["seeds"] == [0, 1] and r["std"] is not None and len(r["ci95"]) == 2
         assert set(r["per_seed"]) == {"0", "1"}
         s = r["splits"]["test_64"]
         assert s["n_queries"] == 6 and s["n_seeds"] == 2 and "main_score_std" in s
         assert s["main_score_ci95_low"] <= s["main_score"] <= s["main_score_ci95_high"]
-        for f in ("LEMBNeedleRetrieval.json", "seed_0/LEMBNeedleRetrieval.json", "seed_1/LEMBNeedleRetrieval.json"):
+        for f in ("LEMBPasskeyRetrieval.json", "seed_0/LEMBPasskeyRetrieval.json", "seed_1/LEMBPasskeyRetrieval.json"):
             loaded = mteb.TaskResult.from_disk(out_dir / run / f)  # each file stays mteb-compatible
-            assert loaded.task_name == "LEMBNeedleRetrieval" and set(loaded.scores) == {"test_64", "test_128"}
-        top = json.loads((out_dir / run / "LEMBNeedleRetrieval.json").read_text())["scores"]["test_64"][0]
+            assert loaded.task_name == "LEMBPasskeyRetrieval" and set(loaded.scores) == {"test_64", "test_128"}
+        top = json.loads((out_dir / run / "LEMBPasskeyRetrieval.json").read_text())["scores"]["test_64"][0]
         assert top["main_score_std"] == s["main_score_std"] and top["main_score_ci95_low"] == s["main_score_ci95_low"]
     md = (out_dir / "results.md").read_text()
     assert " ± " in md and "95% bootstrap intervals over queries, pooled over 2 seeds" in md and " ± " in out
     assert (out_dir / "results.png").stat().st_size > 0
     again = json.loads(json.dumps(res))
-    rc, out, _ = cli(capsys, "--tasks", "needle", "--method", "none", "--lengths", "64,128", "--n-queries", "3",
+    rc, out, _ = cli(capsys, "--tasks", "passkey", "--method", "none", "--lengths", "64,128", "--n-queries", "3",
                      "--n-docs", "5", "--seeds", "0,1", "--output", str(out_dir), "--no-progress")
     assert rc == 0 and json.loads((out_dir / "results.json").read_text()) == again  # same seeds, same numbers
 

@@ -80,19 +80,26 @@ def versions(*names: str) -> dict[str, str | None]:
     return out
 
 
+# modules that present, check or cache results but take no part in computing a score
+_NOT_SCORING = ("longembed/cli.py", "longembed/args.py", "longembed/report.py", "longembed/stats.py",
+                "longembed/model_source.py", "longembed/taskdata.py", "longembed/cache.py", "longembed/mteb_compat.py")
+
+
 @lru_cache(maxsize=None)
 def code_fingerprint(*relpaths: str) -> str:
-    """Hash of this package's source files (all of them when no path is given), so that a development checkout
-    never reuses results computed by other code."""
+    """Hash of this package's source files that compute scores (or of ``relpaths``), so that a development
+    checkout never reuses results computed by other code. Left out: the evaluator's presentation and bookkeeping
+    modules (``_NOT_SCORING``) and ``training/``."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if relpaths:
-        paths = [os.path.join(root, p) for p in relpaths]
-    else:
-        paths = sorted(os.path.join(r, f) for r, _, fs in os.walk(root) for f in fs if f.endswith(".py"))
+    if not relpaths:
+        relpaths = tuple(sorted(
+            rel for rel in (os.path.relpath(os.path.join(r, f), root).replace(os.sep, "/")
+                            for r, _, fs in os.walk(root) for f in fs if f.endswith(".py"))
+            if rel not in _NOT_SCORING and not rel.startswith("training/")))
     h = hashlib.sha256()
-    for p in paths:
-        h.update(os.path.relpath(p, root).encode())
-        with open(p, "rb") as f:
+    for rel in relpaths:
+        h.update(rel.encode())
+        with open(os.path.join(root, rel), "rb") as f:
             h.update(f.read())
     return h.hexdigest()[:16]
 

@@ -49,13 +49,17 @@ def score_key(run_name: str, args, source) -> dict | None:
     folder = source.folder()
     if folder is None:
         return None
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return {"model": folder_fingerprint(folder), "revision": os.path.basename(folder) if source.kind == "hub" else None,
             "method": run_name, "target_length": args.target_length, "batch_size": args.batch_size,
-            "device": device, "versions": versions("torch", "transformers", "tokenizers", "numpy"),
+            "device": _device(args), "versions": versions("torch", "transformers", "tokenizers", "numpy"),
             "code": code_fingerprint()}
+
+
+def _device(args) -> str:
+    """The device the embedder will use (its own default: cuda when available)."""
+    import torch
+
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class _Lazy:
@@ -140,7 +144,8 @@ def _run(args, source, make_scorer, say, start) -> dict:
         log.info("%s done in %.1fs", run_name, time.time() - t0)
     say(format_table(results))
     config = {k: v for k, v in vars(args).items()}
-    config.update(model_path=source.name_or_path, model_source=source.kind, elapsed_s=round(time.time() - start, 1),
+    config.update(model_path=source.name_or_path, model_source=source.kind, resolved_device=_device(args),
+                  elapsed_s=round(time.time() - start, 1),
                   versions=versions("torch", "transformers", "tokenizers", "numpy", "bm25s", "mteb"),
                   cache={"data": data_record, "scores": score_record})
     _write_text(os.path.join(args.output, "run_config.json"), json.dumps(config, indent=2))
