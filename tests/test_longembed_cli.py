@@ -138,6 +138,11 @@ def test_unusable_model_fails_at_once(capsys, tmp_path, monkeypatch, model, need
     assert time.perf_counter() - t < 2.5
 
 
+def test_bad_device_fails_before_loading(capsys, tmp_path):
+    rc, _, err = cli(capsys, "--device", "nonsense", *SMALL, "--output", str(tmp_path))
+    assert rc == 2 and "--device 'nonsense' is not a torch device" in err and "Traceback" not in err
+
+
 def test_hub_id_without_cache_or_network_fails_at_once(capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
@@ -229,7 +234,7 @@ def test_cache_keys_cover_what_produced_the_entries(model_copy, tmp_path):
     assert key == score_key("pi", SimpleNamespace(**base), source)
     assert {"longctx_plugins", "torch", "transformers", "tokenizers"} <= set(key["versions"]) and key["code"]
     assert score_key("none", SimpleNamespace(**base), source) != key
-    for change in (dict(target_length=2048), dict(batch_size=8), dict(device="cuda")):
+    for change in (dict(target_length=2048), dict(batch_size=8), dict(device="meta")):
         assert score_key("pi", SimpleNamespace(**{**base, **change}), source) != key, change
     tok = folder_fingerprint(str(model_copy), tokenizer_only=True)
     assert "model.safetensors" not in tok and "vocab.txt" in tok

@@ -56,10 +56,21 @@ def score_key(run_name: str, args, source) -> dict | None:
 
 
 def _device(args) -> str:
-    """The device the embedder will use (its own default: cuda when available)."""
+    """The device the embedder will use (its own default: cuda when available); ValueError for one that is not
+    a device or not here."""
     import torch
 
-    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {args.device!r} is not a torch device ({exc}); use e.g. cpu, cuda or cuda:1.") \
+            from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is available here; use --device cpu or leave "
+                         "--device out.")
+    return args.device
 
 
 class _Lazy:
@@ -81,6 +92,7 @@ def run(args, make_scorer=None, say=print) -> dict:
 
     start = time.time()
     source = resolve_model(args.model)
+    _device(args)  # a bad --device fails before anything loads
     if args.from_profile:
         say(f"profile {args.profile} fills in: " + "; ".join(f"{k.replace('_', '-')} {v}"
                                                              for k, v in args.from_profile.items()))
