@@ -67,7 +67,9 @@ def cli(capsys, *argv, make_scorer=None):
     (["--n-docs", "-1"], "--n-docs must be a positive integer"),
     (["--batch-size", "0"], "--batch-size must be a positive integer"),
     (["--n-queries", "30", "--n-docs", "20"], "must not exceed --n-docs"),
-    (["--seeds", "0"], "--seeds 0 would run no seed"),
+    (["--seeds", "0"], "--seeds 0 would run no seed (one number is a count: seeds 0..N-1); for seed 0 alone use"),
+    (["--method", "pi,none,pi"], "--method lists pi twice"),
+    (["--lengths", "64,64"], "--lengths lists 64 twice"),
     (["--seeds", "1,x"], "--seeds must be a count"),
     (["--seeds", "1,1"], "lists a seed twice"),
     (["--seed", "1", "--seeds", "2"], "not both"),
@@ -281,6 +283,9 @@ def test_empty_or_unmatched_task_data_exit_2(capsys, tmp_path):
     write_task(tmp_path / "data", "qmsum", DOCS, QUERIES, [("q1", "d1"), ("q2", "d2"), ("q3", "d1")])
     rc, _, err = cli(capsys, *args)
     assert rc == 0 and "longctx-eval: warning: " in err and "qrels.jsonl: dropped 1 of 3 judgements" in err
+    rc, out, _ = cli(capsys, *args, "--seeds", "2", "--lengths", "64")  # options that do not apply are said so
+    assert rc == 0 and "note: --seeds applies to passkey/needle; qmsum (one fixed dataset) is scored once" in out
+    assert "note: --lengths, --seeds only apply to passkey/needle, which this run leaves out" in out
 
 
 # ------------------------------------------------------------------------------------------- Ctrl-C (item 6)

@@ -117,6 +117,9 @@ def _list(parser, name: str, value: str, explicit: bool) -> list[str]:
     if not items:
         parser.error(f"--{name} is empty{' (got ' + repr(value) + ')' if explicit else ''}; give a comma list "
                      f"or leave the option out to use the profile's")
+    twice = sorted({x for x in items if items.count(x) > 1})
+    if twice:
+        parser.error(f"--{name} lists {', '.join(twice)} twice")
     return items
 
 
@@ -143,7 +146,8 @@ def _seeds(parser, args) -> list[int]:
                      f"got {args.seeds!r}")
     if len(items) == 1 and "," not in args.seeds:
         if values[0] == 0:
-            parser.error("--seeds 0 would run no seed: give a count N >= 1 (seeds 0..N-1) or a list such as 0,")
+            parser.error("--seeds 0 would run no seed (one number is a count: seeds 0..N-1); for seed 0 alone "
+                         "use --seed 0")
         return list(range(values[0]))
     if len(set(values)) != len(values):
         parser.error(f"--seeds lists a seed twice: {args.seeds!r}")
@@ -164,6 +168,8 @@ def parse(argv=None) -> argparse.Namespace:
     args.from_profile = {name: prof["methods" if name == "method" else name] for name in
                          ("tasks", "method", "lengths", "target_length", "n_queries", "n_docs")
                          if getattr(args, name) is None}
+    args.explicit = [name for name in ("lengths", "n_queries", "n_docs", "seed", "seeds")
+                     if getattr(args, name) is not None]
     args.tasks = _list(parser, "tasks", prof["tasks"] if args.tasks is None else args.tasks, args.tasks is not None)
     args.methods = _list(parser, "method", prof["methods"] if args.method is None else args.method,
                          args.method is not None)

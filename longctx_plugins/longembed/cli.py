@@ -93,6 +93,17 @@ def run(args, make_scorer=None, say=print) -> dict:
     start = time.time()
     source = resolve_model(args.model)
     _device(args)  # a bad --device fails before anything loads
+    from .synthetic import SYNTHETIC_TASKS
+
+    real = [t for t in args.tasks if t not in SYNTHETIC_TASKS]
+    if real and len(args.seeds) > 1:
+        say(f"note: --seeds applies to passkey/needle; {', '.join(real)} (one fixed dataset) is scored once, with a "
+            "bootstrap interval over its queries")
+    if len(real) == len(args.tasks):
+        given = args.explicit
+        if given:
+            say(f"note: {', '.join('--' + o.replace('_', '-') for o in given)} only apply to passkey/needle, "
+                "which this run leaves out")
     if args.from_profile:
         say(f"profile {args.profile} fills in: " + "; ".join(f"{k.replace('_', '-')} {v}"
                                                              for k, v in args.from_profile.items()))
