@@ -1,199 +1,247 @@
 """``longctx-eval``: the LongEmbed evaluator on the command line.
 
     longctx-eval --model default --profile quick
-    longctx-eval --model PATH --method none,pi,gp,rp,pcw --target-length 8192 --lengths 256,512,...,8192
+    longctx-eval --model PATH --method none,pi,gp,rp,pcw --target-length 8192 --lengths 256,512,...,8192 --seeds 3
+
+``main(argv) -> int`` is the whole command (exit status returned, nothing calls ``sys.exit``); ``run(args)`` does the
+work on parsed arguments. Importing this module and parsing arguments load neither torch nor transformers.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import logging
 import os
 import sys
 import time
+import warnings
 
-PROFILES = {
-    # the README's main job: about 2 minutes on 2 CPU cores
-    "quick": dict(tasks="passkey,needle", lengths="256,512,1024,2048", methods="none,pi",
-                  n_queries=10, n_docs=20, target_length=2048),
-    # the LongEmbed paper protocol for the synthetic tasks (real tasks join when --data-dir is given)
-    "full": dict(tasks="passkey,needle", lengths="256,512,1024,2048,4096,8192,16384,32768",
-                 methods="none,pi,gp,rp,pcw", n_queries=50, n_docs=100, target_length=32768),
-}
+from .args import PROFILES, build_parser, parse  # noqa: F401  (re-exported: the CLI's public names)
+
 log = logging.getLogger("longctx_plugins.longembed")
+INTERRUPTED = "longctx-eval: interrupted; rerun the same command to resume from the cache"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="longctx-eval", description="LongEmbed evaluation of extended embedders.")
-    p.add_argument("--model", default="default", help="local model folder, hub id, or 'default' (all-MiniLM-L6-v2)")
-    p.add_argument("--method", default=None, help="extension method or comma list (none, auto, pi, gp, rp, pcw, "
-                                                  "ntk, self_extend)")
-    p.add_argument("--target-length", type=int, default=None)
-    p.add_argument("--tasks", default=None, help="comma list of passkey, needle, narrativeqa, qmsum, 2wikimqa, summscreenfd")
-    p.add_argument("--lengths", default=None, help="comma list of document lengths in tokens (synthetic tasks)")
-    p.add_argument("--data-dir", default=None, help="LongEmbed-layout folder for the real tasks")
-    p.add_argument("--output", default="longembed_out")
-    p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    p.add_argument("--baseline", choices=("bm25", "none"), default="bm25")
-    p.add_argument("--n-queries", type=int, default=None)
-    p.add_argument("--n-docs", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true", help="turn progress bars off")
-    return p
+def build_scorer(run_name: str, args, source):
+    """The scorer of one run: BM25, or the model extended with method ``run_name``."""
+    from .evaluate import BM25
 
+    if run_name == "bm25":
+        return BM25()
+    from ..embedder import LongContextEmbedder
 
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def parse(argv=None):
-    from ..methods import ALL_METHODS
-    from .tasks import TASKS
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    prof = PROFILES[args.profile]
-    args.tasks = _csv(args.tasks or prof["tasks"])
-    args.methods = _csv(args.method or prof["methods"])
-    args.target_length = args.target_length or prof["target_length"]
-    args.n_queries = args.n_queries or prof["n_queries"]
-    args.n_docs = args.n_docs or prof["n_docs"]
-    bad = [t for t in args.tasks if t not in TASKS]
-    if bad:
-        parser.error(f"unknown task(s) {', '.join(bad)}; valid tasks: {', '.join(TASKS)}")
-    bad = [m for m in args.methods if m not in ALL_METHODS]
-    if bad:
-        parser.error(f"unknown method(s) {', '.join(bad)}; valid methods: {', '.join(ALL_METHODS)}")
     try:
-        args.lengths = [int(x) for x in _csv(args.lengths or prof["lengths"])]
-        if any(x <= 0 for x in args.lengths):
-            raise ValueError
-    except ValueError:
-        parser.error(f"--lengths must be a comma list of positive integers, got {args.lengths!r}")
-    for name in ("target_length", "batch_size", "n_queries", "n_docs"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.n_queries > args.n_docs:
-        parser.error("--n-queries must not exceed --n-docs")
-    try:
-        os.makedirs(args.output, exist_ok=True)
-        probe = os.path.join(args.output, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        return LongContextEmbedder(source.name_or_path, method=run_name, target_length=args.target_length,
+                                   device=args.device, batch_size=args.batch_size, show_progress_bar=False)
     except OSError as exc:
-        parser.error(f"output directory {args.output!r} is not writable ({exc.strerror}); choose another --output")
-    return args
+        raise ValueError(f"cannot load model {source.arg!r}: {exc}") from exc
 
 
-def _load_tasks(args, tokenizer, tok_id):
-    from .tasks import Task, get_task
+def score_key(run_name: str, args, source) -> dict | None:
+    """What a run's scores depend on beyond the data (which keys each split within the run's cache folder), known
+    before the model loads: the model's files (and, for a hub id, its revision), the method and its settings, the
+    device, the library versions and this package's code (which also decides dtype and the method "auto" picks).
+    The batch size is part of it: padding changes float rounding, which can flip near-ties. None when the model's
+    files cannot be found to identify it: then nothing is cached."""
+    from .cache import code_fingerprint, folder_fingerprint, versions
 
-    tasks = []
-    for name in args.tasks:
-        key = hashlib.sha1(json.dumps([name, tok_id, args.lengths, args.seed, args.n_queries, args.n_docs,
-                                       args.data_dir]).encode()).hexdigest()[:12]
-        path = os.path.join(args.output, "data", f"{name}-{key}.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                tasks.append(Task.from_dict(json.load(f)))
-            continue
-        task = get_task(name, lengths=args.lengths, seed=args.seed, data_dir=args.data_dir, tokenizer=tokenizer,
-                        n_queries=args.n_queries, n_docs=args.n_docs)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(task.to_dict(), f)
-        os.replace(path + ".tmp", path)
-        tasks.append(task)
-    return tasks
+    if run_name == "bm25":
+        return {"scorer": "bm25", "versions": versions("bm25s", "numpy"), "code": code_fingerprint()}
+    folder = source.folder()
+    if folder is None:
+        return None
+    return {"model": folder_fingerprint(folder), "revision": os.path.basename(folder) if source.kind == "hub" else None,
+            "method": run_name, "target_length": args.target_length, "batch_size": args.batch_size,
+            "device": _device(args), "versions": versions("torch", "transformers", "tokenizers", "numpy"),
+            "code": code_fingerprint()}
 
 
-def run(args) -> dict:
-    from ..embedder import LongContextEmbedder, default_model_path
-    from .evaluate import BM25, evaluate
-    from .report import format_table, plot, write_mteb_json
+def _device(args) -> str:
+    """The device the embedder will use (its own default: cuda when available); ValueError for one that is not
+    a device or not here."""
+    import torch
+
+    if args.device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {args.device!r} is not a torch device ({exc}); use e.g. cpu, cuda or cuda:1.") \
+            from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is available here; use --device cpu or leave "
+                         "--device out.")
+    return args.device
+
+
+class _Lazy:
+    """A scorer built on first use: a run whose splits all come from the cache loads no model."""
+
+    def __init__(self, build):
+        self._build, self._scorer = build, None
+
+    def __getattr__(self, name):
+        if self._scorer is None:
+            self._scorer = self._build()
+        return getattr(self._scorer, name)
+
+
+def run(args, make_scorer=None, say=print) -> dict:
+    """Evaluate as ``args`` say and write the outputs; returns ``{run: {task: summary}}``. ``make_scorer(run_name,
+    args, source)`` builds each run's scorer (default :func:`build_scorer`)."""
+    from .model_source import resolve_model
 
     start = time.time()
-    progress = not args.no_progress
-    model_path = default_model_path() if args.model == "default" else args.model
+    source = resolve_model(args.model)
+    _device(args)  # a bad --device fails before anything loads
+    from .synthetic import SYNTHETIC_TASKS
+
+    real = [t for t in args.tasks if t not in SYNTHETIC_TASKS]
+    if real and len(args.seeds) > 1:
+        say(f"note: --seeds applies to passkey/needle; {', '.join(real)} (one fixed dataset) is scored once, with a "
+            "bootstrap interval over its queries")
+    if len(real) == len(args.tasks):
+        given = args.explicit
+        if given:
+            say(f"note: {', '.join('--' + o.replace('_', '-') for o in given)} only apply to passkey/needle, "
+                "which this run leaves out")
+    if args.from_profile:
+        say(f"profile {args.profile} fills in: " + "; ".join(f"{k.replace('_', '-')} {v}"
+                                                             for k, v in args.from_profile.items()))
+    bars = _progress_bars(not args.no_progress)
+    try:
+        return _run(args, source, make_scorer, say, start)
+    finally:
+        _progress_bars(bars)
+
+
+def _run(args, source, make_scorer, say, start) -> dict:
     from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-    except OSError as exc:
-        raise SystemExit(_offline_message(args.model, exc))
-    tasks = _load_tasks(args, tokenizer, os.path.basename(str(model_path).rstrip("/")))
-    try:
-        import mteb
+    from .cache import digest, folder_fingerprint, versions, write_json
+    from .evaluate import evaluate
+    from .report import format_table, plot, write_mteb_json
+    from .stats import summarize
+    from .taskdata import load_tasks
 
-        mteb_version = mteb.__version__
-    except ImportError:
-        mteb_version = None
-    results = {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.name_or_path)
+    except OSError as exc:
+        raise ValueError(f"cannot load the tokenizer of {args.model!r}: {exc}") from exc
+    folder = source.folder()
+    if folder is None:
+        say(f"note: the files of {source.arg!r} were not found in the local cache: nothing is cached for it")
+    tasks_by_seed, data_record = load_tasks(args, tokenizer, folder_fingerprint(folder, tokenizer_only=True)
+                                            if folder else None, say)
+    mteb_version = versions("mteb")["mteb"]
+    results, score_record = {}, {}
     runs = list(args.methods) + (["bm25"] if args.baseline == "bm25" else [])
     for run_name in runs:
         t0 = time.time()
-        if run_name == "bm25":
-            scorer = BM25()
-        else:
-            try:
-                scorer = LongContextEmbedder(model_path, method=run_name, target_length=args.target_length,
-                                             device=args.device, batch_size=args.batch_size,
-                                             show_progress_bar=False)
-            except OSError as exc:
-                raise SystemExit(_offline_message(args.model, exc))
-        cache = os.path.join(args.output, "cache", _run_key(args, run_name))
-        results[run_name] = evaluate(scorer, tasks, cache_dir=cache, progress=progress, run_name=run_name)
-        for task in tasks:
-            write_mteb_json(os.path.join(args.output, run_name, f"{task.mteb_name}.json"), task.name,
-                            results[run_name][task.name], round(time.time() - t0, 2), mteb_version)
+        build = make_scorer or build_scorer
+        scorer = build(run_name, args, source) if run_name == "bm25" else _Lazy(
+            lambda run_name=run_name: build(run_name, args, source))
+        key = score_key(run_name, args, source)
+        cache_dir = os.path.join(args.output, "cache", f"{run_name}-{digest(key)}") if key else None
+        if cache_dir:
+            write_json(os.path.join(cache_dir, "key.json"), key)
+        cache_log, per_task = {}, {}
+        for seed, tasks in tasks_by_seed.items():
+            res = evaluate(scorer, tasks, cache_dir=cache_dir, progress=not args.no_progress, run_name=run_name,
+                           cache_log=cache_log)
+            for name, r in res.items():
+                per_task.setdefault(name, {})[seed] = r
+        results[run_name] = {name: summarize(per_task[name]) for name in args.tasks}
+        score_record[run_name] = cache_log
+        for name, info in cache_log.items():
+            if info["from_cache"]:
+                say(f"{name} / {run_name}: {info['from_cache']} of {info['from_cache'] + info['computed']} splits "
+                    f"from cache {info['dir']}")
+        elapsed = round(time.time() - t0, 2)
+        for name in args.tasks:
+            write_mteb_json(os.path.join(args.output, run_name, f"{_mteb_name(name)}.json"), name,
+                            results[run_name][name], elapsed, mteb_version)
+            if len(per_task[name]) > 1:  # one mteb file per seed as well
+                for seed, r in per_task[name].items():
+                    write_mteb_json(os.path.join(args.output, run_name, f"seed_{seed}", f"{_mteb_name(name)}.json"),
+                                    name, r, elapsed, mteb_version)
         log.info("%s done in %.1fs", run_name, time.time() - t0)
-    table = format_table(results)
-    print(table)
+    say(format_table(results))
     config = {k: v for k, v in vars(args).items()}
-    config.update(model_path=str(model_path), elapsed_s=round(time.time() - start, 1))
-    with open(os.path.join(args.output, "run_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    model_name = "all-MiniLM-L6-v2 (default)" if args.model == "default" else os.path.basename(str(model_path).rstrip("/"))
-    title = f"{model_name}, target length {args.target_length}"
-    with open(os.path.join(args.output, "results.md"), "w") as f:
-        f.write(f"# LongEmbed results ({title})\n\nScores: main score x100 (nDCG@1 for passkey/needle).\n\n")
-        f.write(format_table(results, markdown=True))
+    config.update(model_path=source.name_or_path, model_source=source.kind, resolved_device=_device(args),
+                  elapsed_s=round(time.time() - start, 1),
+                  versions=versions("torch", "transformers", "tokenizers", "numpy", "bm25s", "mteb"),
+                  cache={"data": data_record, "scores": score_record})
+    _write_text(os.path.join(args.output, "run_config.json"), json.dumps(config, indent=2))
+    title = f"{source.label}, target length {args.target_length}" + (
+        f", {len(args.seeds)} seeds" if len(args.seeds) > 1 else "")
+    seeds_note = (f" Cells: mean ± std over seeds {','.join(map(str, args.seeds))}." if len(args.seeds) > 1 else "")
+    _write_text(os.path.join(args.output, "results.md"),
+                f"# LongEmbed results ({title})\n\nScores: main score x100 (nDCG@1 for passkey/needle).{seeds_note}\n\n"
+                + format_table(results, markdown=True))
     png = plot(results, os.path.join(args.output, "results.png"), title)
-    with open(os.path.join(args.output, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {args.output}/results.md, results.json, run_config.json{', results.png' if png else ''} "
-          f"({time.time() - start:.0f}s)")
+    _write_text(os.path.join(args.output, "results.json"), json.dumps(results, indent=2))
+    say(f"wrote {args.output}/results.md, results.json, run_config.json{', results.png' if png else ''} "
+        f"({time.time() - start:.0f}s)")
     return results
 
 
-def _run_key(args, run_name):
-    return hashlib.sha1(json.dumps([args.model, run_name, args.target_length, args.device]).encode()).hexdigest()[:12] \
-        + f"-{run_name}"
+def _mteb_name(task: str) -> str:
+    from .tasks import MTEB_NAMES
+
+    return MTEB_NAMES.get(task, task)
 
 
-def _offline_message(model, exc):
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    return (f"longctx-eval: cannot load model {model!r}: {exc}\n"
-            + ("HF_HUB_OFFLINE=1 is set: only local folders and the local cache can be used. " if offline else
-               "No hub is reachable from this machine? ")
-            + "Pass a local model folder with --model, or --model default for the bundled all-MiniLM-L6-v2.")
+def _write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
-def main(argv=None) -> int:
+def main(argv=None, make_scorer=None) -> int:
+    """The ``longctx-eval`` command: returns the exit status (0 done, 2 bad input, 130 interrupted)."""
+    from .cache import CacheWarning
+    from .tasks import TaskDataWarning
+
+    try:
+        args = parse(argv)
+    except SystemExit as exc:  # --help, or argparse's message for bad arguments
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("transformers", "httpx", "sentence_transformers", "bm25s", "mteb", "jax", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    args = parse(argv)
-    try:
-        run(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"longctx-eval: error: {exc}", file=sys.stderr)
-        return 2
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (CacheWarning, TaskDataWarning)):
+            print(f"longctx-eval: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", CacheWarning)
+        warnings.simplefilter("always", TaskDataWarning)
+        warnings.showwarning = show
+        try:
+            run(args, make_scorer=make_scorer)
+        except KeyboardInterrupt:
+            print(INTERRUPTED, file=sys.stderr)
+            return 130
+        except (ValueError, RuntimeError, OSError, ImportError) as exc:
+            print(f"longctx-eval: error: {exc}", file=sys.stderr)
+            return 2
     return 0
+
+
+def _progress_bars(on: bool) -> bool:
+    """Turn transformers' progress bars (e.g. "Loading weights") on or off; returns the previous state."""
+    if "transformers" not in sys.modules and on:
+        return True
+    from transformers.utils import logging as tlog
+
+    before = tlog.is_progress_bar_enabled()
+    (tlog.enable_progress_bar if on else tlog.disable_progress_bar)()
+    return before
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import time
 
 import numpy as np
 
-from .metrics import dense_results, retrieval_scores
+from .cache import check_split_scores, read_json, write_json
+from .metrics import dense_results, metric_names, per_query_scores
 from .tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -38,53 +39,76 @@ class BM25:
 
 
 def _split_key(task: Task, split: str) -> str:
-    h = hashlib.sha1()
+    """Hash of the split's data (corpus, queries, qrels) and the task's main metric."""
+    h = hashlib.sha1(task.main_score.encode())
     for part in (task.corpus[split], task.queries[split], task.qrels[split]):
         h.update(json.dumps(part, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
-def evaluate(embedder, tasks, cache_dir: str | None = None, progress: bool = True, run_name: str | None = None):
+def _check_split(task: Task, split: str):
+    corpus, queries, qrels = task.corpus[split], task.queries.get(split, {}), task.qrels.get(split, {})
+    judged = [q for q, rel in qrels.items() if q in queries and any(d in corpus for d in rel)]
+    if not corpus or not queries or not judged:
+        what = "no documents" if not corpus else "no queries" if not queries else "no query with a judged document"
+        raise ValueError(f"task {task.name!r}, split {split!r}: {what}; nothing to score.")
+
+
+def _score_split(embedder, task: Task, split: str) -> tuple[dict, dict]:
+    corpus, queries, qrels = task.corpus[split], task.queries[split], task.qrels[split]
+    start = time.perf_counter()
+    if isinstance(embedder, BM25):
+        results = embedder.results(corpus, queries)
+    else:
+        dids, qids = list(corpus), list(queries)
+        d_emb = embedder.encode_documents([corpus[d] for d in dids])
+        q_emb = embedder.encode_queries([queries[q] for q in qids])
+        results = dense_results(q_emb, d_emb, qids, dids)
+    per_query = per_query_scores(results, qrels)
+    scores = {key: float(np.mean([m[key] for m in per_query.values()])) for key in metric_names()}
+    scores["main_score"] = scores[task.main_score]
+    scores["evaluation_time"] = round(time.perf_counter() - start, 3)
+    return scores, {q: m[task.main_score] for q, m in per_query.items()}
+
+
+def evaluate(embedder, tasks, cache_dir: str | None = None, progress: bool = True, run_name: str | None = None,
+             cache_log: dict | None = None):
     """Score ``embedder`` (anything with ``encode_queries`` / ``encode_documents``, or :class:`BM25`) on ``tasks``
-    (names or :class:`Task`). Returns ``{task: {"main_score", "splits": {split: {metric: value}}}}``.
+    (names or :class:`Task`). Returns ``{task: {"main_score", "main_metric", "splits": {split: {metric: value}},
+    "per_query": {split: {query_id: main-metric value}}}}``.
 
     With ``cache_dir``, each split's scores are stored as soon as they exist and reused on the next run, so an
-    interrupted evaluation resumes where it stopped.
+    interrupted evaluation resumes where it stopped. ``cache_dir`` must be specific to the scorer (the caller keys
+    it by model, method and settings); within it, entries are keyed by the split's data. Unusable entries are
+    recomputed with a :class:`~longctx_plugins.longembed.cache.CacheWarning`. ``cache_log`` (a dict) receives
+    ``{task: {"from_cache": n, "computed": m, "dir": cache_dir}}``, added up over calls.
     """
     from tqdm.auto import tqdm
 
     tasks = [get_task(t) if isinstance(t, str) else t for t in tasks]
+    names = metric_names()
     out = {}
     for task in tasks:
-        splits = {}
+        splits, per_query = {}, {}
+        for split in task.splits:
+            _check_split(task, split)
         bar = tqdm(task.splits, desc=f"{run_name or 'eval'}:{task.name}", disable=not progress, leave=False)
         for split in bar:
-            path = None
+            path = entry = None
             if cache_dir:
-                path = os.path.join(cache_dir, task.name, f"{split}-{_split_key(task, split)}.json")
-                if os.path.exists(path):
-                    with open(path) as f:
-                        splits[split] = json.load(f)
-                    continue
-            start = time.perf_counter()
-            corpus, queries, qrels = task.corpus[split], task.queries[split], task.qrels[split]
-            if isinstance(embedder, BM25):
-                results = embedder.results(corpus, queries)
+                key = _split_key(task, split)
+                path = os.path.join(cache_dir, task.name, f"{split}-{key}.json")
+                entry = read_json(path, lambda e: check_split_scores(e, key, task.main_score, task.qrels[split],
+                                                                      names))
+            if entry is not None:
+                splits[split], per_query[split] = entry["scores"], entry["per_query"]
             else:
-                dids, qids = list(corpus), list(queries)
-                d_emb = embedder.encode_documents([corpus[d] for d in dids])
-                q_emb = embedder.encode_queries([queries[q] for q in qids])
-                results = dense_results(q_emb, d_emb, qids, dids)
-            scores = retrieval_scores(results, qrels)
-            scores["main_score"] = scores[task.main_score]
-            scores["evaluation_time"] = round(time.perf_counter() - start, 3)
-            splits[split] = scores
-            if path:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                tmp = path + ".tmp"
-                with open(tmp, "w") as f:
-                    json.dump(scores, f)
-                os.replace(tmp, path)
+                splits[split], per_query[split] = _score_split(embedder, task, split)
+                if path:
+                    write_json(path, {"key": key, "scores": splits[split], "per_query": per_query[split]})
+            if cache_log is not None and cache_dir:
+                log = cache_log.setdefault(task.name, {"from_cache": 0, "computed": 0, "dir": cache_dir})
+                log["from_cache" if entry is not None else "computed"] += 1
         out[task.name] = {"main_score": float(np.mean([s["main_score"] for s in splits.values()])),
-                          "main_metric": task.main_score, "splits": splits}
+                          "main_metric": task.main_score, "splits": splits, "per_query": per_query}
     return out

@@ -8,6 +8,11 @@ import numpy as np
 K_VALUES = (1, 3, 5, 10, 20, 100)
 
 
+def metric_names(k_values=K_VALUES) -> tuple[str, ...]:
+    """The keys :func:`query_metrics` returns."""
+    return tuple(f"{m}_at_{k}" for k in k_values for m in ("ndcg", "recall", "precision", "mrr", "map"))
+
+
 def rank(scores: dict[str, float]) -> list[str]:
     return [d for d, _ in sorted(scores.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)]
 
@@ -39,10 +44,16 @@ def query_metrics(ranking: list[str], relevant: dict[str, int], k_values=K_VALUE
     return out
 
 
+def per_query_scores(results: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]],
+                     k_values=K_VALUES) -> dict[str, dict[str, float]]:
+    """``{query_id: {metric: value}}`` for every query of ``qrels`` (the values :func:`retrieval_scores` averages)."""
+    return {q: query_metrics(rank(results.get(q, {})), rel, k_values) for q, rel in qrels.items()}
+
+
 def retrieval_scores(results: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]],
                      k_values=K_VALUES) -> dict[str, float]:
     """Average per-query metrics over the queries that have relevant documents (as mteb does)."""
-    per_query = [query_metrics(rank(results.get(q, {})), rel, k_values) for q, rel in qrels.items()]
+    per_query = list(per_query_scores(results, qrels, k_values).values())
     if not per_query:
         return {}
     return {key: float(np.mean([m[key] for m in per_query])) for key in per_query[0]}

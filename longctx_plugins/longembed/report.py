@@ -1,4 +1,8 @@
-"""Results tables (terminal / Markdown), mteb-format JSON files and the score-vs-length plot."""
+"""Results tables (terminal / Markdown), mteb-format JSON files and the score-vs-length plot.
+
+Results are ``{run: {task: summary}}`` with the summaries of :func:`~longctx_plugins.longembed.stats.summarize`
+(plain :func:`~longctx_plugins.longembed.evaluate` results work too: they just have no spread or interval).
+"""
 from __future__ import annotations
 
 import json
@@ -12,34 +16,57 @@ def _length(split: str):
     return int(tail) if tail.isdigit() else None
 
 
-def table_rows(all_results: dict) -> tuple[list[str], list[list[str]]]:
-    """One row per (task, run); columns: the task's splits then the average main score (x100)."""
+def _tasks_and_splits(all_results: dict) -> list[tuple[str, list[str]]]:
     tasks = []
     for res in all_results.values():
         for t in res:
             if t not in tasks:
                 tasks.append(t)
-    blocks = []
+    out = []
     for t in tasks:
         splits = []
         for res in all_results.values():
             for s in res.get(t, {}).get("splits", {}):
                 if s not in splits:
                     splits.append(s)
-        cols = [str(_length(s) or s) for s in splits]
-        block = [["task", "method"] + cols + ["avg"]]
+        out.append((t, splits))
+    return out
+
+
+def _score(mean, std=None) -> str:
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def _interval(lo, hi) -> str:
+    return "-" if lo is None else f"{100 * lo:.1f}-{100 * hi:.1f}"
+
+
+def table_rows(all_results: dict, intervals: bool = False) -> tuple[list[str], list[list[list[str]]]]:
+    """One block per task, one row per run; columns: the task's splits then the average main score (x100):
+    ``mean`` or ``mean ± std over seeds``; with ``intervals`` the bootstrap 95% intervals instead."""
+    layout = _tasks_and_splits(all_results)
+    blocks = []
+    for t, splits in layout:
+        block = [["task", "method"] + [str(_length(s) or s) for s in splits] + ["avg"]]
         for run, res in all_results.items():
             if t not in res:
                 continue
             r = res[t]
-            block.append([t, run] + [f"{100 * r['splits'][s]['main_score']:.1f}" if s in r["splits"] else "-"
-                                     for s in splits] + [f"{100 * r['main_score']:.1f}"])
-        blocks.append(block)
-    return tasks, blocks
+            if intervals:
+                if "ci95" not in r:
+                    continue
+                cells = [_interval(r["splits"][s].get("main_score_ci95_low"), r["splits"][s].get(
+                    "main_score_ci95_high")) if s in r["splits"] else "-" for s in splits] + [_interval(*r["ci95"])]
+            else:
+                cells = [_score(r["splits"][s]["main_score"], r["splits"][s].get("main_score_std"))
+                         if s in r["splits"] else "-" for s in splits] + [_score(r["main_score"], r.get("std"))]
+            block.append([t, run] + cells)
+        if len(block) > 1:
+            blocks.append(block)
+    return [t for t, _ in layout], blocks
 
 
-def format_table(all_results: dict, markdown: bool = False) -> str:
-    _, blocks = table_rows(all_results)
+def _render(blocks, markdown: bool) -> list[str]:
     out = []
     for block in blocks:
         widths = [max(len(r[i]) for r in block) for i in range(len(block[0]))]
@@ -50,10 +77,28 @@ def format_table(all_results: dict, markdown: bool = False) -> str:
                 out.append(("|" + "|".join("-" * (w + 2) for w in widths) + "|") if markdown
                            else "  ".join("-" * w for w in widths))
         out.append("")
+    return out
+
+
+def format_table(all_results: dict, markdown: bool = False) -> str:
+    """The scores table (``mean ± std`` over seeds when there are several), then the 95% bootstrap intervals."""
+    _, blocks = table_rows(all_results)
+    out = _render(blocks, markdown)
+    _, ci_blocks = table_rows(all_results, intervals=True)
+    if ci_blocks:
+        seeds = max((len(r.get("seeds") or [None]) for res in all_results.values() for r in res.values()), default=1)
+        pooled = f", pooled over {seeds} seeds" if seeds > 1 else ""
+        out.append(f"{'**' if markdown else ''}95% bootstrap intervals over queries{pooled} (x100)"
+                   f"{'**' if markdown else ''}")
+        out.append("")
+        out += _render(ci_blocks, markdown)
     return "\n".join(out)
 
 
 def write_mteb_json(path: str, task_name: str, result: dict, evaluation_time: float, mteb_version: str | None):
+    """An mteb ``TaskResult`` file. Beside mteb's metrics, each split's entry carries the evaluator's
+    ``main_score_ci95_low`` / ``main_score_ci95_high``, ``n_queries``, ``n_seeds`` and (several seeds)
+    ``main_score_std`` (scalars, which mteb loads as further scores)."""
     scores = {}
     for split, s in result["splits"].items():
         entry = {k: v for k, v in s.items() if k != "evaluation_time"}
@@ -63,31 +108,38 @@ def write_mteb_json(path: str, task_name: str, result: dict, evaluation_time: fl
            "mteb_version": mteb_version or "n/a", "scores": scores, "evaluation_time": evaluation_time,
            "kg_co2_emissions": None}
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
         json.dump(doc, f, indent=2)
+    os.replace(tmp, path)
 
 
 def plot(all_results: dict, path: str, title: str = "") -> str | None:
+    """Score vs length per run: the mean line and a shaded band for its bootstrap 95% interval."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks, _ = table_rows(all_results)
-    synthetic = [t for t in tasks if any(_length(s) for r in all_results.values() for s in r.get(t, {}).get("splits", {}))]
+    synthetic = [(t, s) for t, s in _tasks_and_splits(all_results) if any(_length(x) for x in s)]
     if not synthetic:
         return None
     fig, axes = plt.subplots(1, len(synthetic), figsize=(5.5 * len(synthetic), 4), squeeze=False)
-    for ax, t in zip(axes[0], synthetic):
+    for ax, (t, _) in zip(axes[0], synthetic):
         for run, res in all_results.items():
             if t not in res:
                 continue
-            pts = sorted((_length(s), 100 * v["main_score"]) for s, v in res[t]["splits"].items() if _length(s))
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=run,
-                    linestyle="--" if run == "bm25" else "-", color="gray" if run == "bm25" else None)
+            pts = sorted((_length(s), v) for s, v in res[t]["splits"].items() if _length(s))
+            xs = [p[0] for p in pts]
+            line, = ax.plot(xs, [100 * p[1]["main_score"] for p in pts], marker="o", label=run,
+                            linestyle="--" if run == "bm25" else "-", color="gray" if run == "bm25" else None)
+            if all("main_score_ci95_low" in p[1] for p in pts):
+                ax.fill_between(xs, [100 * p[1]["main_score_ci95_low"] for p in pts],
+                                [100 * p[1]["main_score_ci95_high"] for p in pts], color=line.get_color(),
+                                alpha=0.15, linewidth=0)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("document length (tokens)")
-        ax.set_ylabel("nDCG@1 (x100)")
+        ax.set_ylabel("nDCG@1 (x100), band: bootstrap 95%")
         ax.set_ylim(-2, 102)
         ax.set_title(t)
         ax.grid(alpha=0.3)

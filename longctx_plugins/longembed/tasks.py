@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 
 from . import synthetic
@@ -79,6 +80,10 @@ def get_task(name: str, lengths=None, seed: int = 0, data_dir: str | None = None
     return _load_real(name, data_dir)
 
 
+class TaskDataWarning(UserWarning):
+    """Task data that is usable but not whole (judgements that match no query or document, unjudged queries)."""
+
+
 def _read_jsonl(path: str) -> list[dict]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"missing data file {path} (expected the LongEmbed layout: corpus.jsonl, "
@@ -89,9 +94,14 @@ def _read_jsonl(path: str) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}, line {n}: not valid JSON ({exc.msg}).") from exc
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}.")
+            rows.append((n, row))
+    if not rows:
+        raise ValueError(f"{path} is empty: expected one JSON object per line (the LongEmbed layout).")
     return rows
 
 
@@ -99,7 +109,46 @@ def _field(row, keys, path, n):
     for k in keys:
         if k in row:
             return row[k]
-    raise ValueError(f"{path}, row {n}: none of the fields {keys} is present.")
+    raise ValueError(f"{path}, line {n}: none of the fields {keys} is present.")
+
+
+def _examples(ids) -> str:
+    ids = sorted(ids)
+    return ", ".join(repr(i) for i in ids[:3]) + (", ..." if len(ids) > 3 else "")
+
+
+def check_qrels(corpus: dict, queries: dict, qrels: dict, names=("corpus", "queries", "qrels")) -> dict:
+    """``qrels`` restricted to the queries and documents that exist. None matching is a ValueError; some not
+    matching is a :class:`TaskDataWarning` saying how many judgements were dropped. ``names`` name the sources
+    (file paths) in the messages."""
+    c_name, q_name, r_name = names
+    qids = set(qrels)
+    dids = {d for rel in qrels.values() for d in rel}
+    if not qids:
+        raise ValueError(f"{r_name}: no judgements; nothing can be scored.")
+    if not qids & set(queries):
+        raise ValueError(f"{r_name}: none of its {len(qids)} query ids appear in {q_name} (e.g. {_examples(qids)}"
+                         f" vs {_examples(queries)}); the query ids of both files must match.")
+    if not dids & set(corpus):
+        raise ValueError(f"{r_name}: none of its {len(dids)} document ids appear in {c_name} (e.g. "
+                         f"{_examples(dids)} vs {_examples(corpus)}); the document ids of both files must match.")
+    kept = {q: {d: r for d, r in rel.items() if d in corpus} for q, rel in qrels.items() if q in queries}
+    kept = {q: rel for q, rel in kept.items() if rel}
+    total = sum(len(rel) for rel in qrels.values())
+    dropped = total - sum(len(rel) for rel in kept.values())
+    if not kept:
+        raise ValueError(f"{r_name}: no judgement pairs a query of {q_name} with a document of {c_name}.")
+    if dropped:
+        bad_q, bad_d = qids - set(queries), dids - set(corpus)
+        parts = ([f"{len(bad_q)} query id(s) not in {q_name} (e.g. {_examples(bad_q)})"] if bad_q else []) + (
+            [f"{len(bad_d)} document id(s) not in {c_name} (e.g. {_examples(bad_d)})"] if bad_d else [])
+        warnings.warn(f"{r_name}: dropped {dropped} of {total} judgements: {'; '.join(parts)}.", TaskDataWarning,
+                      stacklevel=2)
+    unjudged = set(queries) - set(kept)
+    if unjudged:
+        warnings.warn(f"{q_name}: {len(unjudged)} of {len(queries)} queries have no judgement in {r_name} and are "
+                      f"not scored (e.g. {_examples(unjudged)}).", TaskDataWarning, stacklevel=2)
+    return kept
 
 
 def _load_real(name: str, data_dir: str | None) -> Task:
@@ -110,18 +159,29 @@ def _load_real(name: str, data_dir: str | None) -> Task:
     if not os.path.isdir(base):
         base = os.path.join(data_dir, REAL_TASKS[name])
     corpus, queries, qrels = {}, {}, {}
-    for kind in ("corpus", "queries", "qrels"):
-        path = os.path.join(base, f"{kind}.jsonl")
-        for n, row in enumerate(_read_jsonl(path), 1):
+    paths = [os.path.join(base, f"{kind}.jsonl") for kind in ("corpus", "queries", "qrels")]
+    for kind, path in zip(("corpus", "queries", "qrels"), paths):
+        for n, row in _read_jsonl(path):
             if kind == "corpus":
-                corpus[str(_field(row, ("doc_id", "_id", "id"), path, n))] = _field(row, ("text",), path, n)
+                corpus[str(_field(row, ("doc_id", "_id", "id"), path, n))] = _text(row, path, n)
             elif kind == "queries":
-                queries[str(_field(row, ("qid", "_id", "id"), path, n))] = _field(row, ("text",), path, n)
+                queries[str(_field(row, ("qid", "_id", "id"), path, n))] = _text(row, path, n)
             else:
                 q = str(_field(row, ("qid", "query-id", "query_id"), path, n))
                 d = str(_field(row, ("doc_id", "corpus-id", "corpus_id"), path, n))
-                qrels.setdefault(q, {})[d] = int(row.get("score", 1))
+                score = row.get("score", 1)
+                if isinstance(score, bool) or not isinstance(score, (int, float)) or score != int(score):
+                    raise ValueError(f"{path}, line {n}: score {score!r} is not an integer relevance.")
+                qrels.setdefault(q, {})[d] = int(score)
+    qrels = check_qrels(corpus, queries, qrels, names=paths)
     return Task(name, {split: corpus}, {split: queries}, {split: qrels}, "ndcg_at_10", f"LongEmbed {name}")
+
+
+def _text(row, path, n) -> str:
+    text = _field(row, ("text",), path, n)
+    if not isinstance(text, str):
+        raise ValueError(f"{path}, line {n}: 'text' must be a string, got {type(text).__name__}.")
+    return text
 
 
 def _load_hub(name: str, split: str) -> Task:
@@ -140,4 +200,6 @@ def _load_hub(name: str, split: str) -> Task:
     qrels = {}
     for r in ds["qrels"]:
         qrels.setdefault(str(r["qid"]), {})[str(r["doc_id"])] = 1
+    qrels = check_qrels(corpus, queries, qrels, names=tuple(f"dwzhu/LongEmbed {name} {k}" for k in
+                                                           ("corpus", "queries", "qrels")))
     return Task(name, {split: corpus}, {split: queries}, {split: qrels}, "ndcg_at_10", f"LongEmbed {name}")
