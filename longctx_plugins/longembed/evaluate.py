@@ -71,6 +71,19 @@ def _score_split(embedder, task: Task, split: str) -> tuple[dict, dict]:
     return scores, {q: m[task.main_score] for q, m in per_query.items()}
 
 
+def _warnings_above(bar):
+    """Iterate ``bar``; what is printed to stderr meanwhile (warnings) goes through ``tqdm.write``, on lines of its
+    own above the bar instead of in the middle of its line."""
+    import contextlib
+    import sys
+
+    from tqdm.contrib import DummyTqdmFile
+
+    redirect = contextlib.redirect_stderr(DummyTqdmFile(sys.stderr)) if not bar.disable else contextlib.nullcontext()
+    with redirect:
+        yield from bar
+
+
 def evaluate(embedder, tasks, cache_dir: str | None = None, progress: bool = True, run_name: str | None = None,
              cache_log: dict | None = None):
     """Score ``embedder`` (anything with ``encode_queries`` / ``encode_documents``, or :class:`BM25`) on ``tasks``
@@ -93,7 +106,7 @@ def evaluate(embedder, tasks, cache_dir: str | None = None, progress: bool = Tru
         for split in task.splits:
             _check_split(task, split)
         bar = tqdm(task.splits, desc=f"{run_name or 'eval'}:{task.name}", disable=not progress, leave=False)
-        for split in bar:
+        for split in _warnings_above(bar):
             path = entry = None
             if cache_dir:
                 key = _split_key(task, split)
