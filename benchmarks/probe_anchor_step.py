@@ -15,11 +15,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _util import cuda_time_ms, environment, write_json  # noqa: E402
-from bench_anchor import llama_1b_config, packed_batch  # noqa: E402
+from benchmarks._util import cuda_time_ms, environment, write_json
+from benchmarks.bench_anchor import llama_1b_config, packed_batch
 
-from longctx_plugins.attention import _common  # noqa: E402
+from longctx_plugins.attention import _common
 
 OPTION_SWEEP = {
     "default": None,

@@ -8,13 +8,12 @@ import sys
 
 import torch
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _util import environment, write_json  # noqa: E402
+from benchmarks._util import environment, write_json
 
-from longctx_plugins import AnchorPackingCollator  # noqa: E402
-from longctx_plugins.attention import _flash  # noqa: E402
-from longctx_plugins.ops import varlen  # noqa: E402
-from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens  # noqa: E402
+from longctx_plugins import AnchorPackingCollator
+from longctx_plugins.attention import _flash
+from longctx_plugins.ops import varlen
+from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens
 
 
 def run(dim, heads, kv_heads, pad, causal, lens):

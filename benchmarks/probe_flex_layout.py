@@ -11,11 +11,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _util import cuda_time_ms, environment, write_json  # noqa: E402
+from benchmarks._util import cuda_time_ms, environment, write_json
 
-from longctx_plugins.attention import _common  # noqa: E402
-from longctx_plugins.ops import blocks, masks  # noqa: E402
+from longctx_plugins.attention import _common
+from longctx_plugins.ops import blocks, masks
 
 
 def main(seq=32768):

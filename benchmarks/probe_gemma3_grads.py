@@ -7,11 +7,9 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.dirname(__file__))
-from _util import environment, write_json  # noqa: E402
+from benchmarks._util import environment, write_json
 
-from tests.test_gpu import packed_training_paths  # noqa: E402
+from tests.test_gpu import packed_training_paths
 
 
 def rel(a, b):

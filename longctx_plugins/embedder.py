@@ -7,8 +7,6 @@ ties them together and holds the user's settings, validated once here.
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,17 +15,18 @@ import torch
 from . import _warn
 from ._checks import positive_int
 from .embedding import batching
-from .embedding.chunking import chunk_spans
 from .embedding.forward import hidden_states
 from .embedding.loading import DEFAULT_MODEL, default_model_path, load
-from .embedding.pooling import POOLING_MODES, pool, span_means, span_token_ranges
+from .embedding import late_chunking
+from .embedding.pooling import POOLING_MODES, pool
 from .embedding.tokenization import Encoded, Tokenization
-from .embedding.windows import cover, most_context
+from .embedding.windows import cover
 from .extension import extend, original_length, position_type, resolve_method
 from .methods import DECODER_MODEL_TYPES
 
 logger = logging.getLogger(__name__)
-__all__ = ["LongContextEmbedder", "default_model_path", "get_embedder", "DEFAULT_MODEL", "OVERLENGTH_POLICIES"]
+__all__ = ["LongContextEmbedder", "default_model_path", "get_embedder", "clear_shared", "DEFAULT_MODEL",
+           "OVERLENGTH_POLICIES"]
 
 # What encode() does with a text longer than target_length: cut it (with a warning), refuse, or read it whole in
 # overlapping windows of target_length tokens and average the window vectors.
@@ -226,8 +225,10 @@ class LongContextEmbedder:
                 out[i] = vec[row]
 
         self._run(ids, step, batch_size, show_progress_bar, devices)
-        vectors = torch.stack([v.to("cpu", non_blocking=False) for v in out]).numpy() if ids else \
-            np.zeros((0, self.dim), dtype=np.float32)
+        vectors = np.zeros((len(ids), self.dim), dtype=np.float32)
+        for device in {v.device for v in out}:  # one copy per device, after all its batches were queued
+            rows = [i for i, v in enumerate(out) if v.device == device]
+            vectors[rows] = torch.stack([out[i] for i in rows]).cpu().numpy()
         if self.normalize if normalize is None else normalize:
             vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
         return vectors.astype(np.float32)
@@ -266,113 +267,25 @@ class LongContextEmbedder:
             bar.close()
 
     # ------------------------------------------------------------------------------------------- late chunking
-    def token_states(self, text: str, prompt: str | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    def token_states(self, text: str, prompt: str | None = None):
         """Final hidden states of every token of ``prompt + text`` read whole (``[n, dim]`` float32 on the device)
-        and each token's first character in ``text`` (-1 for special and prompt tokens). Texts longer than
-        ``target_length`` are read in overlapping windows of ``target_length`` tokens; each token's state comes
-        from the window where it has the most context."""
-        prompt = self.document_prompt if prompt is None else prompt
-        e = self._tokenize([text], prompt, offsets=True)[0]
-        n = len(e.ids)
-        if n <= self.target_length:
-            hidden, _, _ = hidden_states(self.model, [e.ids], self.device, self._pad_id, self.is_decoder)
-            return hidden[0], e.starts
-        pre, body, suf = self._split_specials(e)
-        n_prompt = int(np.sum(e.starts[len(pre): len(pre) + len(body)] < 0))
-        room = self.target_length - len(pre) - len(suf) - n_prompt
-        windows = cover(len(body) - n_prompt, room, min(self.window_overlap, room - 1))
-        owner = most_context(len(body) - n_prompt, windows, causal=self.is_decoder)
-        inputs = [np.concatenate([pre, body[:n_prompt], body[n_prompt + a: n_prompt + b], suf]) for a, b in windows]
-        states = torch.empty(n, self.dim, dtype=torch.float32, device=self.device)
-        first = len(pre) + n_prompt  # index of the text's first token in ``e.ids``
-        for w, (a, b) in enumerate(windows):
-            hidden, _, _ = hidden_states(self.model, [inputs[w]], self.device, self._pad_id, self.is_decoder)
-            mine = np.flatnonzero(owner[a:b] == w)
-            idx = torch.as_tensor(mine, device=self.device)
-            states[first + a + idx] = hidden[0, first + idx]
-            if w == 0:  # special / prompt tokens: from the first window
-                states[:first] = hidden[0, :first]
-        states[n - len(suf):] = hidden[0, hidden.shape[1] - len(suf):]
-        return states, e.starts
+        and each token's first character in ``text`` (-1 for special and prompt tokens); see
+        :func:`longctx_plugins.embedding.late_chunking.token_states`."""
+        return late_chunking.token_states(self, text, prompt)
 
     def encode_spans(self, text: str, spans: Sequence[tuple[int, int]], prompt: str | None = None) -> np.ndarray:
         """Late chunking: one vector per character span ``[start, end)`` of ``text`` (``[len(spans), dim]`` float32),
         the mean of the final hidden states of the span's tokens after reading the whole text once (with the
-        document prompt). A token belongs to the span that contains its first character; special and prompt tokens
-        belong to none. L2-normalised when ``normalize``."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}.")
-        arr = _check_spans(text, spans)
-        if not len(arr):
-            return np.zeros((0, self.dim), dtype=np.float32)
-        states, starts = self.token_states(text, prompt)
-        lo, hi = span_token_ranges(starts, arr)
-        empty = np.flatnonzero(hi <= lo)
-        if len(empty):
-            k = int(empty[0])
-            raise ValueError(f"spans[{k}] = ({arr[k, 0]}, {arr[k, 1]}) holds no token (text: "
-                             f"{text[arr[k, 0]:arr[k, 1]]!r}); a token belongs to the span with its first character.")
-        vectors = span_means(states, lo, hi).cpu().numpy()
-        if self.normalize:
-            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
-        return vectors.astype(np.float32)
+        document prompt; beyond ``target_length`` in overlapping windows). A token belongs to the span that contains
+        its first character; special and prompt tokens belong to none. L2-normalised when ``normalize``."""
+        return late_chunking.encode_spans(self, text, spans, prompt)
 
     def late_chunk(self, texts: Sequence[str], chunk_size: int = 256, chunk_overlap: int = 0,
                    prompt: str | None = None) -> list[dict]:
         """Split each text into sentence-aware chunks of at most ``chunk_size`` tokens (consecutive chunks sharing up
         to ``chunk_overlap`` tokens of whole sentences) and embed them by late chunking. Returns, per text,
         ``{"spans": [(start, end), ...], "texts": [...], "embeddings": ndarray [k, dim]}``."""
-        out = []
-        for text in _check_texts(texts):
-            starts = self._tokenize([text], "", offsets=True)[0].starts
-            spans = chunk_spans(text, starts[starts >= 0], positive_int("chunk_size", chunk_size), chunk_overlap)
-            out.append({"spans": spans, "texts": [text[a:b] for a, b in spans],
-                        "embeddings": self.encode_spans(text, spans, prompt)})
-        return out
+        return late_chunking.late_chunk(self, _check_texts(texts), chunk_size, chunk_overlap, prompt)
 
 
-def _check_spans(text: str, spans) -> np.ndarray:
-    arr = []
-    for k, span in enumerate(spans):
-        try:
-            start, end = span
-        except (TypeError, ValueError):
-            raise ValueError(f"spans[{k}] = {span!r} is not a (start, end) pair of character offsets.") from None
-        if isinstance(start, bool) or isinstance(end, bool) or not all(isinstance(v, (int, np.integer))
-                                                                      for v in (start, end)):
-            raise ValueError(f"spans[{k}] = {span!r}: offsets must be integers.")
-        if not 0 <= start <= len(text) or not 0 <= end <= len(text):
-            raise ValueError(f"spans[{k}] = ({start}, {end}) lies outside the text [0, {len(text)}].")
-        if start >= end:
-            raise ValueError(f"spans[{k}] = ({start}, {end}) is empty or reversed (start must be < end).")
-        arr.append((int(start), int(end)))
-    return np.asarray(arr, dtype=np.int64).reshape(-1, 2)
-
-
-# ------------------------------------------------------------------------------------------------- sharing
-SHARED_MAX = 4  # embedders kept by get_embedder (least recently used dropped first)
-_SHARED: OrderedDict = OrderedDict()
-_SHARED_LOCK = threading.Lock()
-
-
-def get_embedder(model_name_or_path: str = DEFAULT_MODEL, method: str = "auto", target_length: int = 8192,
-                 device: str | None = None, **kwargs) -> LongContextEmbedder:
-    """A shared :class:`LongContextEmbedder`: one model load per (path, method, target length, device, other
-    options, model kwargs), as the framework wrappers use it. At most ``SHARED_MAX`` are kept (least recently used
-    dropped); :func:`clear_shared` drops them all."""
-    key = (str(model_name_or_path), method, target_length, device, repr(sorted(kwargs.items(), key=lambda kv: kv[0])))
-    with _SHARED_LOCK:
-        emb = _SHARED.get(key)
-        if emb is None:
-            emb = LongContextEmbedder(model_name_or_path, method=method, target_length=target_length, device=device,
-                                      **kwargs)
-            _SHARED[key] = emb
-            while len(_SHARED) > SHARED_MAX:
-                _SHARED.popitem(last=False)
-        _SHARED.move_to_end(key)
-        return emb
-
-
-def clear_shared() -> None:
-    with _SHARED_LOCK:
-        _SHARED.clear()
+from .embedding.sharing import SHARED_MAX, clear_shared, get_embedder  # noqa: E402  (re-exported)

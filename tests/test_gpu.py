@@ -247,3 +247,91 @@ def test_flash_training_path_stays_close_to_float32(model_type, monkeypatch):
     for n in grads_ref:
         rel = (grads[n] - grads_ref[n]).norm() / grads_ref[n].norm().clamp(min=1e-6)
         assert rel < 5e-2, (n, rel.item())
+
+
+def _method_case(method, seq_len, keep, H=4, Hkv=2, D=128, dtype=torch.bfloat16, grad=False):
+    from longctx_plugins import position_methods
+
+    trained = 4096
+    p = position_methods.METHODS[method].defaults(trained, seq_len, {})
+    params = {"rope_type": method, **p, "rope_theta": 10000.0, "keep_trained_window": keep,
+              "original_max_position_embeddings": trained}
+    mod = Mod(True, params)
+    mod.config._attn_implementation = method
+    setattr(mod.config, f"{method}_backend", "flex")
+    mod.config.head_dim = D
+    torch.manual_seed(0)
+    pos = torch.arange(seq_len, device="cuda")[None]
+    inv = rope_ops.default_inv_freq(D, 10000.0, "cuda")
+    q = rope_ops.rotate(torch.randn(1, H, seq_len, D, device="cuda"), pos, inv).to(dtype).requires_grad_(grad)
+    k = rope_ops.rotate(torch.randn(1, Hkv, seq_len, D, device="cuda"), pos, inv).to(dtype).requires_grad_(grad)
+    v = torch.randn(1, Hkv, seq_len, D, device="cuda", dtype=dtype).requires_grad_(grad)
+    return mod, params, q, k, v, pos, inv
+
+
+@pytest.mark.parametrize("method", ["dca", "string", "self_extend"])
+@pytest.mark.parametrize("seq_len", [8192, 32768])
+@pytest.mark.parametrize("keep", [True, False])
+def test_position_method_fast_path_equals_exact_path(method, seq_len, keep):
+    """The CUDA fast path (flex passes, fused-kernel passes, LSE merges; no gradients) against the exact dense path
+    on a sample of query blocks, bf16."""
+    from transformers.masking_utils import causal_mask_function
+
+    from longctx_plugins.attention import positional
+    from longctx_plugins.ops import passes as P
+
+    mod, params, q, k, v, pos, inv = _method_case(method, seq_len, keep)
+    mask = positional.MASK_FUNCTIONS[method](1, seq_len, seq_len, config=mod.config, device="cuda",
+                                             mask_function=causal_mask_function)
+    with torch.no_grad():
+        out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=128 ** -0.5, position_ids=pos)
+        assert mask.backend == "flex"
+        passes = positional._passes(mask, mod, params, True, pos)
+        for a in range(0, seq_len, 4096):  # dense rows of every 4096th block of 1024 queries
+            sl = slice(a, a + 1024)
+            dense = (torch.arange(seq_len, device="cuda")[None, :] <= torch.arange(a, a + 1024, device="cuda")[:, None])
+            ref = P.dense_attention(q[:, :, sl], k, v, pos[:, sl], pos, passes, inv, mask=dense[None, None],
+                                    scale=128 ** -0.5)
+            torch.testing.assert_close(out[:, sl].float(), ref.transpose(1, 2), **BF16_TOL)
+
+
+@pytest.mark.parametrize("method", ["dca", "string"])
+def test_position_method_flex_gradients_match_exact_path(method):
+    from transformers.masking_utils import causal_mask_function
+
+    from longctx_plugins.attention import positional
+    from longctx_plugins.ops import passes as P
+
+    T = 6144
+    mod, params, q, k, v, pos, inv = _method_case(method, T, True, D=64, dtype=torch.float32, grad=True)
+    mask = positional.MASK_FUNCTIONS[method](1, T, T, config=mod.config, device="cuda",
+                                             mask_function=causal_mask_function)
+    out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=64 ** -0.5, position_ids=pos)
+    passes = positional._passes(mask, mod, params, True, pos)
+    dense = torch.ones(T, T, dtype=torch.bool, device="cuda").tril()[None, None]
+    ref = P.dense_attention(q, k, v, pos, pos, passes, inv, mask=dense, scale=64 ** -0.5)
+    torch.testing.assert_close(out.float(), ref.transpose(1, 2), atol=2e-3, rtol=2e-3)
+    w = torch.randn_like(ref)
+    ga = torch.autograd.grad((out.float() * w.transpose(1, 2)).sum(), (q, k, v))
+    gb = torch.autograd.grad((ref * w).sum(), (q, k, v))
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3)
+
+
+@pytest.mark.parametrize("method", ["dca", "string", "self_extend"])
+def test_decode_with_cache_matches_prefill_on_gpu(method):
+    """bf16 model at 12k tokens (trained 4k): the first decode step's logits equal the last row of a prefill."""
+    from longctx_plugins import extend
+
+    from .conftest import tiny_model
+
+    model = tiny_model("llama", max_position_embeddings=4096, head_dim=64, num_attention_heads=4,
+                       hidden_size=256).to("cuda", torch.bfloat16)
+    extend(model, method, 16384)
+    ids = torch.randint(3, 100, (2, 12000), device="cuda")
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True)
+        nxt = out.logits[:, -1:].argmax(-1)
+        step = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True).logits[:, -1].float()
+        full = model(input_ids=torch.cat([ids, nxt], 1), use_cache=False).logits[:, -1].float()
+    assert (step - full).abs().max() / full.abs().max() < 3e-2

@@ -139,15 +139,23 @@ def test_flex_path_equals_exact_path_with_left_padding(method, keep):
 
 
 @pytest.mark.parametrize("method", ["dca", "string", "self_extend"])
-def test_generate_with_kv_cache_equals_full_recompute(method):
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_generate_with_kv_cache_equals_full_recompute(method, cache):
+    """Greedy generation with a KV cache (dynamic or static, batch 2 with left padding) gives exactly the tokens of
+    recomputing the whole sequence at every step."""
     _, ext = method_model("llama", method)
     prompt = torch.randint(3, 100, (2, 40))
+    am = torch.ones_like(prompt)
+    am[1, :5] = 0
+    kw = {"cache_implementation": "static"} if cache == "static" else {}
     with torch.no_grad():
-        gen = ext.generate(prompt, max_new_tokens=12, do_sample=False, min_new_tokens=12)
-        seq = prompt
+        gen = ext.generate(prompt, attention_mask=am, max_new_tokens=12, do_sample=False, min_new_tokens=12, **kw)
+        seq, mask = prompt, am
         for _ in range(12):  # greedy, recomputing the whole sequence every step
-            nxt = outputs(ext, input_ids=seq, use_cache=False)[:, -1].argmax(-1, keepdim=True)
-            seq = torch.cat([seq, nxt], 1)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = outputs(ext, input_ids=seq, attention_mask=mask, position_ids=pos, use_cache=False)
+            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], 1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
     assert torch.equal(gen, seq)
 
 

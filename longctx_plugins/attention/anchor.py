@@ -27,7 +27,7 @@ anchor_mask = plans.mask_function("anchor")
 
 
 def _read_boundaries(batch: int, q_len: int, kv_len: int, device):
-    def read(kwargs: dict) -> dict:
+    def read(kwargs: dict, plan=None) -> dict:
         cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
         if cu_q is None and cu_k is None:
             return {"doc_ids": None}

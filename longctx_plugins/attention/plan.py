@@ -46,15 +46,15 @@ class AttentionPlan:
     # ------------------------------------------------------------------------------------------------ binding
     def bind(self, module, query, kwargs: dict, dropout: float, causal: bool, inputs: Callable[[dict], dict],
              flash_reason: Callable[[], str | None]):
-        """Decide this forward's backend from the first layer's call (later calls return at once). ``inputs(kwargs)``
-        reads what the attention needs from the call's keyword arguments (boundaries, positions) into
+        """Decide this forward's backend from the first layer's call (later calls return at once). ``inputs(kwargs,
+        plan)`` reads what the attention needs from the call's keyword arguments (boundaries, positions) into
         ``self.inputs``; ``flash_reason()`` says why the flash kernel cannot express this forward (None: it can) and
         is called only when that matters."""
         if self.bound:
             return self
         self.options = opts.options_for(module, self.name)
         self.causal, self.dropout = causal, dropout
-        self.inputs = inputs(kwargs)
+        self.inputs = inputs(kwargs, self)
         self.backend = choose_backend(self, query, flash_reason)
         self.kernel_options = None
         if self.backend == "flex":
@@ -196,10 +196,18 @@ def plan_for(name: str, attention_mask, query, key, identity: tuple, causal: boo
 
 
 def mask_function(name: str) -> Callable:
-    """The function registered in ``AttentionMaskInterface`` under ``name``: a fresh plan per forward and mask type."""
+    """The function registered in ``AttentionMaskInterface`` under ``name``: a fresh plan per forward and mask type;
+    with a KV cache (fewer queries than keys) transformers' own rule as a ``[B, 1, Q, K]`` bool tensor, which
+    generation may also build ahead of the forward (static caches) and which the attention adopts (:func:`plan_for`)."""
     def make(batch_size, q_length, kv_length, *args, **kwargs):
         if args:
             raise TypeError("plugin mask functions take keyword arguments only (as transformers calls them)")
+        if q_length != kv_length:
+            from transformers.masking_utils import sdpa_mask
+
+            kwargs.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
+            kwargs.pop("config", None)
+            return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, **kwargs)
         return AttentionPlan(name, batch_size, q_length, kv_length, **kwargs)
 
     make.__name__ = f"{name}_mask"

@@ -55,16 +55,24 @@ def _inv_freq(config, params, device):
 
 
 def _read_positions(batch: int, q_len: int, kv_len: int, device):
-    def read(kwargs: dict) -> dict:
+    def read(kwargs: dict, plan) -> dict:
         q_pos = kwargs.get("position_ids")
         if q_pos is None:
             q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[None]
         q_pos = q_pos.to(device=device, dtype=torch.long).expand(batch, -1)
         if q_len == kv_len:
             return {"q_pos": q_pos, "k_pos": q_pos}
-        # KV cache: cached keys are the contiguous tokens before the current ones (DynamicCache layout).
-        k_pos = q_pos[:, -1:] - (kv_len - 1 - torch.arange(kv_len, device=device))[None]
-        return {"q_pos": q_pos, "k_pos": k_pos}
+        # KV cache: key slot s holds position s - offset, the offset fixed per row by the last query's own slot, the
+        # last key its mask lets it see (a dynamic cache ends there, a static one has empty slots after it; left
+        # padding shifts positions against slots). One host sync per forward.
+        mask = plan.dense_mask()
+        if mask is None:
+            own_slot = torch.full((batch, 1), kv_len - 1, device=device)
+        else:
+            seen = mask[:, 0, -1, :]
+            own_slot = (kv_len - 1 - seen.flip(-1).to(torch.int8).argmax(-1, keepdim=True)).to(device)
+        offset = own_slot - q_pos[:, -1:]
+        return {"q_pos": q_pos, "k_pos": torch.arange(kv_len, device=device)[None] - offset}
 
     return read
 
