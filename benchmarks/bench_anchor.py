@@ -63,9 +63,9 @@ def case(seq_len, n_docs, lo, hi, kernel_sweep):
     err = (out.float() - ref).abs().max().item()
     assert err < 5e-2, f"flex anchor differs from the reference by {err}"
 
-    def fwd(opts=None):
-        mod.config.anchor_flex_kernel_options = opts
-        return anchor_attention_forward(mod, q, k, v, base, scaling=D ** -0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)[0]
+    def fwd(opts=None, mask=None):
+        return anchor_attention_forward(mod, q, k, v, base if mask is None else mask, scaling=D ** -0.5,
+                                        cu_seq_lens_q=cu, cu_seq_lens_k=cu)[0]
 
     def fwd_bwd():
         fwd().backward(torch.ones_like(q).transpose(1, 2))
@@ -78,11 +78,13 @@ def case(seq_len, n_docs, lo, hi, kernel_sweep):
     sweep = {}
     best_opts, best_ms = None, float("inf")
     for name, opts in kernel_sweep.items():
+        mod.config.anchor_flex_kernel_options = opts  # options are read once per forward, when its plan is bound
+        plan = make_mask()
         try:
             with torch.no_grad():
-                variant_err = (fwd(opts).float() - ref).abs().max().item()
+                variant_err = (fwd(mask=plan).float() - ref).abs().max().item()
                 assert variant_err < 5e-2, f"kernel options {name}: differs from the reference by {variant_err}"
-                ms = cuda_time_ms(lambda: fwd(opts))
+                ms = cuda_time_ms(lambda: fwd(mask=plan))
         except Exception as exc:  # a config the compiler rejects
             sweep[name] = f"failed: {type(exc).__name__}: {exc}"[:300]
             continue
@@ -91,6 +93,7 @@ def case(seq_len, n_docs, lo, hi, kernel_sweep):
             best_opts, best_ms = opts, ms
     del ref
     mod.config.anchor_flex_kernel_options = None  # headline figures: what the anchor attention uses by default
+    base = make_mask()
     default_ms = sweep["package_default"]
     anchor_fwd_bwd = cuda_time_ms(fwd_bwd)
     anchor_fwd_bwd_mask = cuda_time_ms(fwd_bwd_with_mask_build, warmup=2, iters=5)
@@ -120,7 +123,7 @@ def flash_case(seq_len, n_docs):
     """anchor_backend='flash' (flash-attn-4 varlen over per-document anchor copies): the same inputs as case(), plus
     the kernel alone (inputs already in varlen form) and q/k/v laid out [B, T, H, D] in memory as transformers'
     projections leave them (no transpose copy)."""
-    from longctx_plugins.attention import _flash
+    from longctx_plugins.attention.kernels import flash4 as _flash
     from longctx_plugins.ops import varlen
     from transformers.masking_utils import causal_mask_function
 
@@ -154,7 +157,7 @@ def flash_case(seq_len, n_docs):
     kv_, vv = (x.detach().transpose(1, 2).reshape(seq_len, H, D)[lay.kv_index].requires_grad_() for x in (k, v))
 
     def kern():
-        return _flash.kernel(qv, kv_, vv, lay.cu_q, lay.cu_k, lay.max_q, lay.max_k, D ** -0.5, True)
+        return _flash.varlen(qv, kv_, vv, lay.cu_q, lay.cu_k, lay.max_q, lay.max_k, D ** -0.5, True)
 
     with torch.no_grad():
         kernel_fwd_ms = cuda_time_ms(kern)
@@ -204,25 +207,23 @@ def packed_batch(seq_len):
 def _count_flash_calls():
     """Count flash-attn-4 kernel calls and collect the plugin's fallback warnings (a silent fallback to flex would
     otherwise make 'flash' timings flex timings)."""
-    import logging
+    import warnings
 
-    from longctx_plugins.attention import _flash
+    from longctx_plugins.attention import plan as plans
+    from longctx_plugins.attention.kernels import flash4
 
-    calls, logs, kernel = [0], [], _flash.kernel
+    calls, kernel = [0], flash4.varlen
     if not getattr(kernel, "_counted", False):
         def counted(*args, **kwargs):
             counted.calls[0] += 1
             return kernel(*args, **kwargs)
 
-        counted._counted, _flash.kernel = True, counted
-    _flash.kernel.calls = calls
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            logs.append(record.getMessage())
-
-    logging.getLogger("longctx_plugins").addHandler(Keep())
-    _flash._fallback_logged.clear()
+        counted._counted, flash4.varlen = True, counted
+    flash4.varlen.calls = calls
+    plans._fallbacks_warned.clear()
+    caught = warnings.catch_warnings(record=True)
+    logs = caught.__enter__()
+    warnings.simplefilter("always")
     return calls, logs
 
 
@@ -262,8 +263,8 @@ def trainer_step(seq_len, steps=3, profile_path=None, impls=("anchor", "sdpa"), 
             step()
             torch.cuda.synchronize()
             result["flash_kernel_calls_per_step"] = calls[0]
-            result["fallback_log"] = logs
-            print("flash kernel calls in one step:", calls[0], "fallbacks:", logs, flush=True)
+            result["fallback_log"] = [str(w.message) for w in logs]
+            print("flash kernel calls in one step:", calls[0], "fallbacks:", result["fallback_log"], flush=True)
         ms = cuda_time_ms(step, warmup=2, iters=steps)
         if profile_path:
             from torch.profiler import ProfilerActivity, profile
@@ -292,7 +293,7 @@ def main():
     parser.add_argument("--flash", action="store_true",
                         help="only anchor_backend='flash' (flash-attn-4): kernel cases and trainer step (anchor_flash.json)")
     args = parser.parse_args()
-    from longctx_plugins.attention._common import SM90_FWD_OPTIONS
+    from longctx_plugins.attention.kernels.flex import SM90_FWD_OPTIONS
 
     if args.flash:
         from importlib.metadata import version

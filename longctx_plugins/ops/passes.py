@@ -103,11 +103,15 @@ def rotated(x: torch.Tensor, pos: torch.Tensor, to: Positions, inv_freq: torch.T
 
 
 def matmul_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b`` in float32. Half-precision ``b`` (keys, values) is read as it is, with float32 accumulation and output
-    where the backend offers it (CUDA), instead of being copied to float32."""
+    """``a @ b`` in float32 (``[..., n, k] @ [..., k, m]``). Half-precision ``b`` (keys, values) is read as it is,
+    with float32 accumulation and output (``torch.bmm(..., out_dtype=)`` on CUDA), instead of being copied to
+    float32."""
     if b.is_cuda and b.dtype in (torch.float16, torch.bfloat16) and _OUT_DTYPE[0]:
+        lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        a3 = a.to(b.dtype).expand(*lead, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
+        b3 = b.expand(*lead, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
         try:
-            return torch.matmul(a.to(b.dtype), b, out_dtype=torch.float32)
+            return torch.bmm(a3, b3, out_dtype=torch.float32).view(*lead, a.shape[-2], b.shape[-1])
         except (TypeError, RuntimeError):
             _OUT_DTYPE[0] = False
     return torch.matmul(a.to(torch.float32), b.to(torch.float32))
