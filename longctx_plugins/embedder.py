@@ -280,6 +280,12 @@ class LongContextEmbedder:
         its first character; special and prompt tokens belong to none. L2-normalised when ``normalize``."""
         return late_chunking.encode_spans(self, text, spans, prompt)
 
+    def encode_spans_many(self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]],
+                          prompt: str | None = None, batch_size: int | None = None) -> list[np.ndarray]:
+        """:meth:`encode_spans` for many texts in batched forward passes: one ``[len(spans_i), dim]`` array per
+        text, the same vectors as one call per text."""
+        return late_chunking.encode_spans_many(self, _check_texts(texts), spans, prompt, batch_size)
+
     def late_chunk(self, texts: Sequence[str], chunk_size: int = 256, chunk_overlap: int = 0,
                    prompt: str | None = None) -> list[dict]:
         """Split each text into sentence-aware chunks of at most ``chunk_size`` tokens (consecutive chunks sharing up

@@ -174,3 +174,34 @@ def test_devices_are_validated_with_a_clear_message(emb):
         emb.encode(["x"], devices=["gpu0"])
     with pytest.raises(ValueError, match="devices is empty"):
         emb.encode(["x"], devices=[])
+
+
+def test_encode_spans_many_equals_one_call_per_text(emb, doc):
+    texts = [doc, doc[:1500], "Short one. Two sentences.", doc[2000:7000]]
+    spans = [[(0, 300), (300, 9000)], [(10, 200)], [(0, 10), (11, 25)], [(0, 5000)]]
+    many = emb.encode_spans_many(texts, spans)
+    for t, s, v in zip(texts, spans, many):
+        np.testing.assert_allclose(v, emb.encode_spans(t, s), atol=2e-5)
+    assert many[2].shape == (2, 384)
+    with pytest.raises(ValueError, match="one list of spans per text"):
+        emb.encode_spans_many(texts, spans[:2])
+    with pytest.raises(ValueError, match=r"spans\[0\] = \(0, 99999\) lies outside"):
+        emb.encode_spans_many(["abc"], [[(0, 99999)]])
+
+
+def test_encode_spans_many_with_a_left_padded_decoder(tmp_path, doc):
+    """Decoders pad on the left: batched late chunking shifts each row's token ranges accordingly."""
+    from transformers import AutoTokenizer
+
+    from .conftest import tiny_model
+
+    tok = AutoTokenizer.from_pretrained(LongContextEmbedder("default", method="none").model_name_or_path)
+    model = tiny_model("llama", vocab_size=len(tok), max_position_embeddings=4096)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    dec = LongContextEmbedder(str(tmp_path), method="none")
+    assert dec.is_decoder
+    texts = [doc[:3000], "A short text. And more.", doc[:900]]
+    spans = [[(0, 1000), (1000, 3000)], [(0, 13)], [(100, 900)]]
+    for t, s_, v in zip(texts, spans, dec.encode_spans_many(texts, spans)):
+        np.testing.assert_allclose(v, dec.encode_spans(t, s_), atol=2e-5)
