@@ -15,12 +15,10 @@ from typing import Any
 from . import _warn, position_methods
 from .methods import DECODER_MODEL_TYPES
 from .ops import rope as rope_ops
-from .rope_config import layer_parameters
+from .rope_config import SCALING_TYPES, layer_parameters
 
 logger = logging.getLogger(__name__)
 
-SCALING_TYPES = ("pi", "ntk")
-PLUGIN_ROPE_TYPES = SCALING_TYPES + tuple(position_methods.METHODS)
 # Optional keys understood by the scaling types (transformers adds ``partial_rotary_factor`` itself).
 _SCALING_OPTIONAL = {"rope_theta", "original_max_position_embeddings"}
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import _warn
+from . import _warn, position_methods
 from ._compat import nested_rope_keys
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,9 @@ GLOBAL_LAYER = "full_attention"
 # Fields of a checkpoint's RoPE dict that describe the model itself rather than a scaling method: they are kept when
 # a plugin type replaces the dict and the user did not give them.
 KEPT_FIELDS = ("rope_theta", "partial_rotary_factor", "original_max_position_embeddings")
-PLUGIN_TYPES = ("pi", "ntk", "self_extend")
+# The plugin's RoPE types, in one place (rope.py registers exactly these): scaling types and position methods.
+SCALING_TYPES = ("pi", "ntk")
+PLUGIN_TYPES = SCALING_TYPES + tuple(position_methods.METHODS)
 
 
 def nested_keys(config) -> list[str]:

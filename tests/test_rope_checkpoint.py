@@ -57,10 +57,25 @@ def test_flat_override_keeps_checkpoint_theta(tmp_path, override):
     assert cfg["rope_parameters"]["rope_theta"] == THETA["llama"]
 
 
-def test_self_extend_override_inside_window_equals_checkpoint(tmp_path):
+POSITION_OVERRIDES = {
+    "self_extend": {"group_size": 4, "window": 32},
+    "dca": {"chunk_size": 32, "local_window": 8},
+    "string": {"shift": 16, "local_window": 4},
+}
+
+
+def test_every_plugin_rope_type_is_covered():
+    from longctx_plugins.rope import INIT_FUNCTIONS
+    from longctx_plugins.rope_config import PLUGIN_TYPES
+
+    assert set(PLUGIN_TYPES) == set(INIT_FUNCTIONS) == {"pi", "ntk"} | set(POSITION_OVERRIDES)
+
+
+@pytest.mark.parametrize("method", sorted(POSITION_OVERRIDES))
+def test_position_method_override_inside_window_equals_checkpoint(tmp_path, method):
     original, path = saved(tmp_path, "llama")
-    model = load(path, "llama", attn_implementation="self_extend",
-                 rope_parameters={"rope_type": "self_extend", "group_size": 4, "window": 32})
+    model = load(path, "llama", attn_implementation=method,
+                 rope_parameters={"rope_type": method, **POSITION_OVERRIDES[method]})
     assert global_params(model.config)["rope_theta"] == THETA["llama"]
     ids = torch.randint(3, 100, (1, 20))  # inside the window: unextended attention
     with torch.no_grad():
