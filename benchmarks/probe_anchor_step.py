@@ -5,20 +5,18 @@ forward, grad forward, gradient-checkpointed train step), captures the first cal
 strides, the block mask) and replays them alone: no-grad forward, grad forward, forward+backward, kernel options.
 Writes results/anchor_step_probe.json.
 
-    PYTHONPATH=. python benchmarks/probe_anchor_step.py [--seq 32768]
+    python -m benchmarks.probe_anchor_step [--seq 32768]
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 
 from benchmarks._util import cuda_time_ms, environment, write_json
 from benchmarks.bench_anchor import llama_1b_config, packed_batch
 
-from longctx_plugins.attention import _common
+from longctx_plugins.attention.kernels import flex as flex_kernel
 
 OPTION_SWEEP = {
     "default": None,
@@ -32,7 +30,7 @@ OPTION_SWEEP = {
 
 class Recorder:
     def __init__(self):
-        self.real = _common.compiled_flex
+        self.real = flex_kernel._flex
         self.events, self.captured = [], None
 
     def __call__(self, device=None):
@@ -68,7 +66,7 @@ def main():
     from transformers import LlamaForCausalLM
 
     rec = Recorder()
-    _common.compiled_flex = rec
+    flex_kernel._flex = rec  # every flex call of the model goes through it
     cfg = llama_1b_config(args.seq)
     batch = packed_batch(args.seq)
     torch.manual_seed(0)

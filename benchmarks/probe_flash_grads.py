@@ -1,8 +1,8 @@
 """Probe: flash-attn-4 varlen anchor path vs the float32 varlen reference on the GPU, per head dim, with and without
 collator padding, batch 2, GQA and MHA, causal and not (values, and gradients with the loss on real tokens).
-Prints max/relative errors; writes results/flash_grad_probe[_DIMS].json. Decides _flash.VERIFIED_HEAD_DIMS.
+Prints max/relative errors; writes results/flash_grad_probe[_DIMS].json. Decides flash4.VERIFIED_HEAD_DIMS.
 
-    PYTHONPATH=.:<flash-attn-4 site> python benchmarks/probe_flash_grads.py [16,64,128]
+    python -m benchmarks.probe_flash_grads [16,64,128]   (flash-attn-4 installed)
 """
 import sys
 
@@ -11,7 +11,7 @@ import torch
 from benchmarks._util import environment, write_json
 
 from longctx_plugins import AnchorPackingCollator
-from longctx_plugins.attention import _flash
+from longctx_plugins.attention.kernels import flash4 as _flash
 from longctx_plugins.ops import varlen
 from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens
 
@@ -28,7 +28,7 @@ def run(dim, heads, kv_heads, pad, causal, lens):
     x = [torch.randn(B, h, T, dim, generator=g).cuda().to(torch.bfloat16).requires_grad_() for h in (heads, kv_heads, kv_heads)]
     w = torch.randn(B, T, heads, dim, generator=g).cuda() * valid[:, :, None, None]
     res = {}
-    for name, kern in (("flash", _flash.kernel), ("reference", varlen.varlen_attention_reference)):
+    for name, kern in (("flash", _flash.varlen), ("reference", varlen.varlen_attention_reference)):
         xs = [t.detach().float().requires_grad_() if name == "reference" else t for t in x]
         out = varlen.anchor_varlen_attention(*xs, lay, dim ** -0.5, causal, kern)
         grads = torch.autograd.grad((out.float() * w).sum(), xs)

@@ -6,14 +6,13 @@ model produces: contiguous [B,H,S,D], transposed views of [B,S,H,D] projections 
 """
 from __future__ import annotations
 
-import os
-import sys
 
 import torch
 
 from benchmarks._util import cuda_time_ms, environment, write_json
 
-from longctx_plugins.attention import _common
+from longctx_plugins.attention.kernels import flex as flex_kernel
+from longctx_plugins.attention.plan import BLOCK
 from longctx_plugins.ops import blocks, masks
 
 
@@ -26,9 +25,9 @@ def main(seq=32768):
         total += n
     cu = torch.tensor([0, 1] + [1 + sum(lens[:i + 1]) for i in range(len(lens))], dtype=torch.int32, device="cuda")
     doc = masks.doc_ids_from_cu_seqlens(cu, 1, seq)
-    any_, full = blocks.anchor_blocks(doc, _common.BLOCK, True)
-    bm = blocks.to_block_mask(any_, full, masks.anchor_mod(doc, True), seq, seq, _common.BLOCK)
-    flex = _common.compiled_flex("cuda")
+    any_, full = blocks.anchor_blocks(doc, BLOCK, True)
+    bm = blocks.to_block_mask(any_, full, masks.anchor_mod(doc, True), seq, seq, BLOCK)
+    flex = flex_kernel._flex("cuda")
     out = {**environment(), "seq_len": seq, "num_docs": len(lens), "cases": []}
     for name, h, hkv, d, layout in [("mha_d128_contig", 32, 32, 128, "contig"),
                                     ("mha_d64_contig", 32, 32, 64, "contig"),

@@ -5,7 +5,7 @@
 
 Documents are State of the Union addresses (public domain, bundled). Packing: AnchorPackingCollator puts one anchor
 (BOS, else EOS) at the start of each window, keeps positions continuous and passes document boundaries as
-cu_seq_lens_*; the "anchor" attention keeps documents apart (SPEC §4). On CUDA the attention runs on FlexAttention.
+cu_seq_lens_*; the "anchor" attention keeps documents apart. On CUDA the attention runs on FlexAttention.
 """
 import argparse
 

@@ -294,4 +294,4 @@ class LongContextEmbedder:
         return late_chunking.late_chunk(self, _check_texts(texts), chunk_size, chunk_overlap, prompt)
 
 
-from .embedding.sharing import SHARED_MAX, clear_shared, get_embedder  # noqa: E402  (re-exported)
+from .embedding.sharing import SHARED_MAX, clear_shared, get_embedder  # noqa: E402, F401  (re-exported)

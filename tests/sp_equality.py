@@ -76,7 +76,7 @@ def main():
     with torch.no_grad():  # control: the boundaries matter for this batch (else equality below would prove little)
         plain = model(**{k: v for k, v in full.items() if not k.startswith(("cu_seq_lens", "max_length"))}).logits
     real_all = batch["attention_mask"].to(device).bool()
-    boundary_effect = float((plain.float() - ref_logits.float()).abs().max(-1).values[real_all].max())
+    boundary_effect = float((plain.detach().float() - ref_logits.detach().float()).abs().max(-1).values[real_all].max())
     shift = F.pad(batch["labels"], (0, 1), value=-100)[:, 1:].to(device)
     ref_loss = token_loss_sum(ref_logits, shift) / (shift != -100).sum()
     ref_loss.backward()

@@ -13,7 +13,7 @@ TOL = {torch.float32: (2e-5, 1e-5), torch.bfloat16: (3e-2, 3e-2), torch.float16:
 
 
 def python_anchor_mask(doc, causal, pad=None):
-    """Independent loop-based mask of SPEC §4 (True = attend)."""
+    """Independent loop-based anchor mask (True = attend): own document causally, plus the row's anchor."""
     B, T = doc.shape
     m = torch.zeros(B, 1, T, T, dtype=torch.bool)
     for b in range(B):

@@ -5,7 +5,6 @@ import torch
 from longctx_plugins.attention.anchor import anchor_attention_forward, anchor_mask
 from longctx_plugins.attention.positional import positional_attention_forward, self_extend_mask
 from longctx_plugins.ops import rope as rope_ops
-from longctx_plugins.ops import self_extend as se
 from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens
 
 from .conftest import gpu

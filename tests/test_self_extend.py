@@ -80,7 +80,7 @@ def test_reference_equals_straightforward_pairwise_implementation(causal, heads,
         mask = mask.tril()
     mask[1, :, :, length - 5:] = False  # padding keys in row 1
     out = self_extend_reference(q, k, v, pos, pos, inv, G, W, causal=causal, mask=mask, scale=D ** -0.5)
-    # straightforward: logit(i, j) = <rot(q0, d(i, j)), k0> for the SPEC distance d, one softmax
+    # straightforward: logit(i, j) = <rot(q0, d(i, j)), k0> for the SelfExtend distance d, one softmax
     rep = heads // kv_heads
     logits = torch.empty(B, heads, length, length)
     for i in range(length):

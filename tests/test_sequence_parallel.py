@@ -1,4 +1,4 @@
-"""Sequence parallelism (DeepSpeed Ulysses) with anchor attention: two CPU processes (gloo) == one process.
+"""Sequence parallelism (DeepSpeed Ulysses) with anchor attention: 2 and 4 CPU processes (gloo) == one process.
 
 Runs tests/sp_equality.py under torch's own launcher; DeepSpeed's UlyssesSPAttentionHF wraps "anchor" and its
 UlyssesSPDataLoaderAdapter shards the collator's batch. The same script runs on GPUs
@@ -32,16 +32,18 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("world", [2, 4])
 @pytest.mark.parametrize("case", ["llama", "llama_mqa"])
-def test_ulysses_two_processes_equal_one(tmp_path, case):
+def test_ulysses_processes_equal_one(tmp_path, case, world):
+    """N gloo processes (KV heads 2 and 1: fewer than the SP degree 4 in both cases) == one process."""
     out = tmp_path / "r.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           SCRIPT, "--out", str(out), "--case", case]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
+           "--master_port", str(_free_port()), SCRIPT, "--out", str(out), "--case", case]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
-    assert r["world_size"] == 2 and r["documents"] > 4
+    assert r["world_size"] == world and r["documents"] > 4
     assert r["boundary_effect_on_logits"] > 1e-2  # the anchor rule changes this batch
     tol = TOL[r["dtype"]]
     assert r["max_abs_diff_logits"] <= tol

@@ -1,4 +1,4 @@
-"""Absolute-position-embedding (APE) extension math (LongEmbed §4): table interpolation and position maps.
+"""Absolute-position-embedding (APE) extension math (as in LongEmbed, Zhu et al. 2024): table interpolation and position maps.
 
 Every map keeps inputs no longer than the trained window ``L`` on their original positions, so their embeddings
 are exactly those of the unextended model.

@@ -1,4 +1,4 @@
-"""AnchorAttention in varlen form (SPEC §4): every document gets its own copy of its row's anchor as key 0, then
+"""AnchorAttention in varlen form: every document gets its own copy of its row's anchor as key 0, then
 plain intra-document attention, causal with the bottom-right alignment of varlen kernels (query i of a document of
 length n sees keys 0..i+1 of its n+1 keys: the anchor and the document up to itself). Pure torch.
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 
-import torch
 import torch.nn.functional as F
 
 # The dense path is the exact reference, so on CUDA it keeps masked SDPA off the cuDNN backend (which torch prefers on
