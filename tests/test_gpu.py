@@ -180,12 +180,7 @@ def test_self_extend_flex_gradients_match_reference():
     out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, position_ids=pos)
     dense = torch.ones(T, T, dtype=torch.bool, device="cuda").tril()[None, None]
     ref = self_extend_reference(q, k, v, pos, pos, inv, G, W, causal=True, mask=dense, scale=D ** -0.5)
-    torch.testing.assert_close(out.float(), ref.transpose(1, 2), atol=2e-3, rtol=2e-3)
-    w = torch.randn_like(ref)
-    ga = torch.autograd.grad((out.float() * w.transpose(1, 2)).sum(), (q, k, v))
-    gb = torch.autograd.grad((ref * w).sum(), (q, k, v))
-    for a, b in zip(ga, gb):
-        torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3)
+    _assert_values_and_grads(out, ref, (q, k, v))
 
 
 class FlashCfg(Cfg):
@@ -309,12 +304,7 @@ def test_position_method_flex_gradients_match_exact_path(method):
     passes = positional._passes(mask, mod, params, True, pos)
     dense = torch.ones(T, T, dtype=torch.bool, device="cuda").tril()[None, None]
     ref = P.dense_attention(q, k, v, pos, pos, passes, inv, mask=dense, scale=64 ** -0.5)
-    torch.testing.assert_close(out.float(), ref.transpose(1, 2), atol=2e-3, rtol=2e-3)
-    w = torch.randn_like(ref)
-    ga = torch.autograd.grad((out.float() * w.transpose(1, 2)).sum(), (q, k, v))
-    gb = torch.autograd.grad((ref * w).sum(), (q, k, v))
-    for a, b in zip(ga, gb):
-        torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3)
+    _assert_values_and_grads(out, ref, (q, k, v))
 
 
 @pytest.mark.parametrize("method", ["dca", "string", "self_extend"])
@@ -334,3 +324,13 @@ def test_decode_with_cache_matches_prefill_on_gpu(method):
         step = model(input_ids=nxt, past_key_values=out.past_key_values, use_cache=True).logits[:, -1].float()
         full = model(input_ids=torch.cat([ids, nxt], 1), use_cache=False).logits[:, -1].float()
     assert (step - full).abs().max() / full.abs().max() < 3e-2
+
+
+def _assert_values_and_grads(out, ref, inputs):
+    """``out`` ``[B, T, H, D]`` (fast path) against ``ref`` ``[B, H, T, D]`` (float32 reference), values and gradients."""
+    torch.testing.assert_close(out.float(), ref.transpose(1, 2), atol=2e-3, rtol=2e-3)
+    w = torch.randn_like(ref)
+    ga = torch.autograd.grad((out.float() * w.transpose(1, 2)).sum(), inputs)
+    gb = torch.autograd.grad((ref * w).sum(), inputs)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3)

@@ -6,7 +6,7 @@ import torch
 
 from longctx_plugins import LongContextEmbedder
 from longctx_plugins.embedding import batching
-from longctx_plugins.embedding.chunking import chunk_spans, sentence_spans
+from longctx_plugins.embedding.chunking import chunk_spans, locate_chunks, sentence_spans
 from longctx_plugins.embedding.tokenization import Tokenization
 from longctx_plugins.embedding.windows import cover, most_context
 from longctx_plugins.longembed.synthetic import sotu_documents
@@ -205,3 +205,15 @@ def test_encode_spans_many_with_a_left_padded_decoder(tmp_path, doc):
     spans = [[(0, 1000), (1000, 3000)], [(0, 13)], [(100, 900)]]
     for t, s_, v in zip(texts, spans, dec.encode_spans_many(texts, spans)):
         np.testing.assert_allclose(v, dec.encode_spans(t, s_), atol=2e-5)
+
+
+def test_locate_chunks():
+    # no overlap: a repeated chunk goes right after the previous one, not into it
+    assert locate_chunks("ab ab ab ab", ["ab ab", "ab ab"], "S") == [(0, 5), (6, 11)]
+    # overlap: found after the previous chunk's start
+    assert locate_chunks("one two three four", ["one two three", "three four"], "S") == [(0, 13), (8, 18)]
+    # out of order (e.g. parent chunks before child chunks)
+    assert locate_chunks("one two three", ["two three", "one"], "S") == [(4, 13), (0, 3)]
+    with pytest.raises(ValueError, match="MySplitter returned a chunk that is not part of the document text "
+                                         r"\(chunk 1: 'TWO'\)"):
+        locate_chunks("one two", ["one", "TWO"], "MySplitter")

@@ -16,17 +16,10 @@ from longctx_plugins.longembed.cache import folder_fingerprint
 from longctx_plugins.longembed.cli import INTERRUPTED, build_scorer, main
 from longctx_plugins.longembed.model_source import looks_like_path, resolve_model
 
+from .test_longembed import write_task
+
 SMALL = ["--tasks", "passkey", "--method", "none", "--lengths", "64,128", "--n-queries", "2", "--n-docs", "4",
          "--baseline", "none", "--no-progress"]
-
-
-def write_task(root, name, docs, queries, qrels):
-    d = root / name
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "corpus.jsonl").write_text("".join(json.dumps({"doc_id": k, "text": v}) + "\n" for k, v in docs.items()))
-    (d / "queries.jsonl").write_text("".join(json.dumps({"qid": k, "text": v}) + "\n" for k, v in queries.items()))
-    (d / "qrels.jsonl").write_text("".join(json.dumps({"qid": q, "doc_id": x}) + "\n" for q, x in qrels))
-    return d
 
 
 DOCS = {"d1": "Paris is the capital of France. " * 30, "d2": "Bananas are yellow fruits. " * 30}

@@ -4,10 +4,13 @@ Sentences end at ``.``, ``!`` or ``?`` followed by whitespace, and at blank line
 sentences holding at most ``chunk_size`` tokens; consecutive chunks share whole trailing sentences of up to
 ``chunk_overlap`` tokens; a sentence longer than ``chunk_size`` tokens is cut at token boundaries. Spans never
 include the whitespace around them, so ``text[start:end]`` is the chunk's text.
+
+:func:`locate_chunks` finds where another splitter's chunks (LlamaIndex, LangChain) lie in their document.
 """
 from __future__ import annotations
 
 import re
+from typing import Sequence
 
 import numpy as np
 
@@ -63,3 +66,33 @@ def chunk_spans(text: str, token_starts: np.ndarray, chunk_size: int, chunk_over
             k -= 1
         i = k
     return chunks
+
+
+def locate_chunks(text: str, chunks: Sequence[str], splitter: str) -> list[tuple[int, int]]:
+    """The character span ``[start, end)`` of each chunk in ``text``, chunks taken in order.
+
+    Each chunk is looked for first right after the previous one (only whitespace between: splitters without
+    overlap), then anywhere after the previous chunk's start (overlapping chunks), then anywhere (splitters that
+    return chunks out of order). A chunk that is not a substring of ``text`` raises ``ValueError`` naming
+    ``splitter``: late chunking embeds spans of the document, so the chunks must be its exact text.
+    """
+    spans: list[tuple[int, int]] = []
+    prev_start, prev_end = -1, 0
+    for k, chunk in enumerate(chunks):
+        if not chunk:
+            raise ValueError(f"{splitter} returned an empty chunk (chunk {k}).")
+        start = text.find(chunk, prev_end)
+        if start < 0 or text[prev_end:start].strip():
+            start = text.find(chunk, prev_start + 1)
+        if start < 0:
+            start = text.find(chunk)
+        if start < 0:
+            raise ValueError(
+                f"{splitter} returned a chunk that is not part of the document text (chunk {k}: "
+                f"{chunk[:80]!r}{'...' if len(chunk) > 80 else ''}). Late chunking embeds spans of the document, so "
+                f"the splitter must return exact substrings of it; {splitter} changed the text (normalised "
+                "whitespace, joined pieces with another separator, added metadata, ...). Use a splitter that keeps "
+                "the text as it is.")
+        spans.append((start, start + len(chunk)))
+        prev_start, prev_end = start, start + len(chunk)
+    return spans

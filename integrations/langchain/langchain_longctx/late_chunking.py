@@ -8,7 +8,7 @@ from langchain_core.documents import Document
 from langchain_core.vectorstores import VectorStore
 
 from langchain_longctx.embeddings import LongContextEmbeddings
-from langchain_longctx.spans import locate_chunks
+from longctx_plugins.embedding.chunking import locate_chunks
 
 
 def late_chunk_documents(documents: list[Document], text_splitter: Any,

@@ -12,7 +12,6 @@ from llama_index.core.schema import NodeRelationship, TextNode
 from longctx_plugins.longembed.synthetic import sotu_documents
 
 from llama_index.embeddings.longctx import LateChunkingNodeParser, LongContextEmbedding, ModelTokens
-from llama_index.embeddings.longctx.spans import locate_chunks
 
 # one model load for every test here (and the LangChain ones: same configuration, same shared embedder)
 CONFIG = dict(target_length=512, overlength="windows", window_overlap=64, model_kwargs={"hidden_dropout_prob": 0.0})
@@ -117,18 +116,6 @@ def test_user_splitter_overlap_and_repeated_text(embed_model):
                                rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="chunk_size configure the default splitter; set them on your TokenText"):
         LateChunkingNodeParser(embed_model=embed_model, splitter=splitter, chunk_size=64)
-
-
-def test_locate_chunks():
-    # no overlap: a repeated chunk goes right after the previous one, not into it
-    assert locate_chunks("ab ab ab ab", ["ab ab", "ab ab"], "S") == [(0, 5), (6, 11)]
-    # overlap: found after the previous chunk's start
-    assert locate_chunks("one two three four", ["one two three", "three four"], "S") == [(0, 13), (8, 18)]
-    # out of order (e.g. parent chunks before child chunks)
-    assert locate_chunks("one two three", ["two three", "one"], "S") == [(4, 13), (0, 3)]
-    with pytest.raises(ValueError, match="MySplitter returned a chunk that is not part of the document text "
-                                         r"\(chunk 1: 'TWO'\)"):
-        locate_chunks("one two", ["one", "TWO"], "MySplitter")
 
 
 class Shouting(TextSplitter):

@@ -10,7 +10,7 @@ from llama_index.core.schema import BaseNode, Document, MetadataMode
 from llama_index.core.utils import get_tqdm_iterable
 
 from llama_index.embeddings.longctx.base import LongContextEmbedding
-from llama_index.embeddings.longctx.spans import locate_chunks
+from longctx_plugins.embedding.chunking import locate_chunks
 
 
 class ModelTokens:
