@@ -1,6 +1,6 @@
 """AnchorAttention on the H200: correctness first, then timings (writes results/anchor_attention.json).
 
-    PYTHONPATH=. python benchmarks/bench_anchor.py [--quick]
+    python -m benchmarks.bench_anchor [--quick] [--flash] [--no-trainer]
 """
 from __future__ import annotations
 

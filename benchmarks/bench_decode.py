@@ -52,6 +52,7 @@ def run(model, kind, context, steps, device, profile=False):
     # correctness: the same tokens in one prefill
     full = model(input_ids=gen.sequences, use_cache=False, logits_to_keep=1).logits[0, -1].float()
     err = float((first - full).abs().max() / full.abs().max())
+    assert err < 0.05, f"{kind} cache at {context}: first decode step differs from the prefill by {err:.3f} (relative)"
     tok = first.argmax().view(1, 1)
     times = []
     for _ in range(steps):

@@ -71,7 +71,8 @@ def extended(base, method, target):
             params["original_max_position_embeddings"] = trained
         rope_config.set_global_parameters(model.config, params)
         _rebuild_rotary(model)
-        model.config.max_position_embeddings = max(model.config.max_position_embeddings, target)
+        if method != "dynamic":  # dynamic NTK reads max_position_embeddings as the trained length: raising it would
+            model.config.max_position_embeddings = max(model.config.max_position_embeddings, target)  # switch it off
         return model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # reach notes (string past twice the window): in the JSON

@@ -1,6 +1,6 @@
 """Multi-GPU figures -> results/multi_gpu.json (run on a machine with >= 2 GPUs; see run_multi_gpu.sh).
 
-    PYTHONPATH=. python benchmarks/bench_multi_gpu.py --embed --model PATH --runs DIR
+    python -m benchmarks.bench_multi_gpu --embed --model PATH --runs DIR
 
 ``--embed``: LongContextEmbedder.encode of a 1,000-document corpus (256-32k tokens, log-uniform) on one GPU and on
 all GPUs (``devices=[...]``); checks the embeddings are equal first, then reports tokens/s and the speed-up.

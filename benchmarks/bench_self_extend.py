@@ -4,7 +4,8 @@ SDPA causal attention of the same shape (results/self_extend.json, ``cases``: me
     python -m benchmarks.bench_self_extend [--methods self_extend,dca,string] [--lengths 32768,131072]
 
 32 heads x 128, bf16, one sequence; q/k rotated at their true positions as a model hands them over. The trained
-length is 4096 (the methods' parameters follow from it as ``extend`` picks them for each length); the default keeps
+length is 4096 (the methods' parameters follow from it as ``extend`` picks them for each length, except self_extend's
+window, fixed at 2048 where ``extend`` would pick 1024); the default keeps
 inputs inside the trained window exact (``keep_trained_window``), and each case also runs the methods everywhere
 (``keep_trained_window=False``). Correctness: the last and the first 1024 query rows against the exact dense path.
 """

@@ -33,4 +33,4 @@ if [[ $PART == all || $PART == train128 ]]; then
 fi
 EMBED=()
 [[ $PART == all || $PART == embed ]] && EMBED=(--embed --model "$MODEL")
-run python3 benchmarks/bench_multi_gpu.py --runs "$RUNS" "${EMBED[@]}"
+run python3 -m benchmarks.bench_multi_gpu --runs "$RUNS" "${EMBED[@]}"

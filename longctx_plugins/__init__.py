@@ -1,7 +1,7 @@
 """longctx_plugins: long context for the Hugging Face ecosystem.
 
-Importing the package registers, additively, the attention implementations ``anchor`` and ``self_extend`` and
-the RoPE types ``pi``, ``ntk`` and ``self_extend`` into transformers (set ``LONGCTX_PLUGINS_DISABLE=1`` to skip).
+Importing the package registers, additively, the attention implementations ``anchor``, ``self_extend``, ``dca`` and
+``string`` and the RoPE types ``pi``, ``ntk``, ``self_extend``, ``dca`` and ``string`` into transformers (set ``LONGCTX_PLUGINS_DISABLE=1`` to skip).
 Each entry is added as soon as the transformers module that holds its registry is imported (at once when it
 already is), so ``import longctx_plugins`` itself stays light: it loads neither torch nor transformers.
 """

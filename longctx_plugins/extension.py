@@ -30,12 +30,11 @@ def position_type(model_or_config) -> str:
         return "rope"
     if getattr(config, "rope_parameters", None):  # structural fallback
         return "rope"
-    model = model_or_config if hasattr(model_or_config, "config") else None
-    if model is not None and hasattr(getattr(getattr(model, "base_model", model), "embeddings", None),
-                                     "position_embeddings"):
-        return "ape"
-    raise ValueError(f"cannot tell the position-embedding type of model_type={mt!r} (neither an absolute table "
-                     "nor RoPE parameters were found).")
+    raise ValueError(
+        f"model_type={mt!r} is not one longctx_plugins knows how to extend: neither RoPE parameters in its config nor "
+        f"a known absolute-position model ({', '.join(sorted(APE_MODEL_TYPES))}). Absolute tables are only extended "
+        "for model types whose position-id rule (offsets, relative biases) is known; use method='none' for this "
+        "model, or a supported one.")
 
 
 def resolve_method(model_or_config, method: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 APE_MODEL_TYPES: dict[str, str | None] = {
     "bert": None, "electra": None, "ernie": None, "roformer": None,
     "xlm-roberta": "padding_idx", "roberta": "padding_idx", "camembert": "padding_idx", "xlm-roberta-xl": "padding_idx",
+    "mpnet": "padding_idx",  # plus a bucketed relative bias, which needs no change
 }
 ROPE_MODEL_TYPES = frozenset({
     "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "modernbert_decoder",
@@ -20,7 +21,8 @@ DECODER_MODEL_TYPES = frozenset({
     "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "modernbert_decoder",
 })
 
-# Methods per position type ("none" = unextended). "pcw" works at encode time (LongContextEmbedder).
+# Methods per position type ("none" = unextended). "pcw" works at encode time (LongContextEmbedder). The RoPE row
+# lists position_methods.METHODS by name (kept here so that this table imports nothing; a test checks they agree).
 METHODS = {
     "ape": ("none", "pi", "gp", "rp", "pcw"),
     "rope": ("none", "pi", "ntk", "self_extend", "dca", "string"),

@@ -1,8 +1,8 @@
 """Additive, idempotent, reversible registration into transformers' official hooks.
 
-``register()`` adds the attention names ``anchor`` / ``self_extend`` (``AttentionInterface`` and
-``AttentionMaskInterface``, both through their ``register`` classmethods), the RoPE init functions ``pi`` /
-``ntk`` / ``self_extend`` (``ROPE_INIT_FUNCTIONS``) and their validators (methods
+``register()`` adds the attention names ``anchor``, ``self_extend``, ``dca``, ``string`` (``AttentionInterface``
+and ``AttentionMaskInterface``, both through their ``register`` classmethods), the RoPE init functions ``pi``,
+``ntk``, ``self_extend``, ``dca``, ``string`` (``ROPE_INIT_FUNCTIONS``) and their validators (methods
 ``_validate_<type>_rope_parameters`` of ``RotaryEmbeddingConfigMixin``). A name that transformers already
 defines itself is never overwritten. ``unregister()`` restores exactly the state before ``register()``.
 

@@ -96,14 +96,18 @@ def test_pi_extended_model_saves_and_reloads(tmp_path):
     np.testing.assert_allclose(e1, e2, atol=1e-5)
 
 
-def test_xlm_roberta_offset():
-    from transformers import XLMRobertaConfig, XLMRobertaModel
+@pytest.mark.parametrize("model_type", ["xlm-roberta", "mpnet"])
+def test_padding_offset_models(model_type):
+    """XLM-R and MPNet start real positions at pad_id + 1 (MPNet adds a relative bias that needs no change)."""
+    import transformers
 
-    cfg = XLMRobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=66, pad_token_id=1)
+    config_cls, model_cls = {"xlm-roberta": ("XLMRobertaConfig", "XLMRobertaModel"),
+                             "mpnet": ("MPNetConfig", "MPNetModel")}[model_type]
+    cfg = getattr(transformers, config_cls)(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                            intermediate_size=64, max_position_embeddings=66, pad_token_id=1)
     torch.manual_seed(0)
-    base = XLMRobertaModel(cfg).eval()
-    ext = XLMRobertaModel(cfg).eval()
+    base = getattr(transformers, model_cls)(cfg).eval()
+    ext = getattr(transformers, model_cls)(cfg).eval()
     ext.load_state_dict(base.state_dict())
     extend(ext, "pi", target_length=256)
     assert ext.config.longctx_ape["original_max_position_embeddings"] == 64  # 66 - (pad + 1)
@@ -115,6 +119,16 @@ def test_xlm_roberta_offset():
         torch.testing.assert_close(ext(short).last_hidden_state[:, :5], base(short).last_hidden_state[:, :5])
         long = torch.randint(3, 100, (1, 200))
         assert torch.isfinite(ext(long).last_hidden_state).all()
+
+
+def test_unknown_position_rules_are_refused():
+    """DeBERTa-v2 (relative positions, no RoPE parameters): nothing the plugin knows how to extend."""
+    from transformers import DebertaV2Config, DebertaV2Model
+
+    model = DebertaV2Model(DebertaV2Config(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                           intermediate_size=64))
+    with pytest.raises(ValueError, match=r"model_type='deberta-v2' is not one longctx_plugins knows how to extend"):
+        extend(model, "pi", target_length=2048)
 
 
 def test_rope_models_extend():

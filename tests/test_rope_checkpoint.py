@@ -68,7 +68,11 @@ def test_every_plugin_rope_type_is_covered():
     from longctx_plugins.rope import INIT_FUNCTIONS
     from longctx_plugins.rope_config import PLUGIN_TYPES
 
+    from longctx_plugins import methods, position_methods
+
     assert set(PLUGIN_TYPES) == set(INIT_FUNCTIONS) == {"pi", "ntk"} | set(POSITION_OVERRIDES)
+    # the light method table (no torch import) names the same RoPE methods
+    assert set(methods.METHODS["rope"]) == {"none", *PLUGIN_TYPES} and set(position_methods.METHODS) <= set(PLUGIN_TYPES)
 
 
 @pytest.mark.parametrize("method", sorted(POSITION_OVERRIDES))

@@ -65,7 +65,9 @@ def make_options(name: str, backend: str = "auto", flex_kernel_options: dict | N
 
 def configure(model, name: str | None = None, **options) -> None:
     """Set the plugin attention options of ``model`` (all plugin attentions, or only ``name``), validated now."""
-    names = [name] if name else ["anchor", "self_extend", "dca", "string"]
+    from .. import position_methods
+
+    names = [name] if name else ["anchor", *position_methods.METHODS]
     made = {n: make_options(n, **{k: v for k, v in options.items() if not (k == "backend" and v == "flash"
                                                                           and n != "anchor")})
             for n in names}
