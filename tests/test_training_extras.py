@@ -1,10 +1,12 @@
 import numpy as np
+import pytest
 import torch
 from transformers import AutoModel
 
 from longctx_plugins import LongContextEmbedder, diagnostics, extend
 from longctx_plugins.embedder import default_model_path
 from longctx_plugins.training.position_tuning import prepare_position_tuning
+from longctx_plugins.training.position_tuning_data import pairs, pose_positions, pose_shifts
 
 from .conftest import outputs, tiny_model
 
@@ -63,20 +65,8 @@ def test_diagnostics_plot(tmp_path):
     assert (tmp_path / "d.png").stat().st_size > 1000 and path.endswith("d.png")
 
 
-def _position_tuning_example():
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(__file__), "..", "examples", "position_tuning.py")
-    spec = importlib.util.spec_from_file_location("position_tuning_example", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    return example
-
-
-def test_position_tuning_example_hard_negatives_differ_only_in_the_query_sentence():
-    example = _position_tuning_example()
-    rows = example.pairs(None, 6, 2048, seed=3, deep_query=True, hard_negatives=True)
+def test_position_tuning_hard_negatives_differ_only_in_the_query_sentence():
+    rows = pairs(None, 6, 2048, seed=3, deep_query=True, hard_negatives=True)
     assert len(rows) == 6
     for r in rows:
         assert r["query"] in r["passage"] and r["query"] not in r["negative"]
@@ -85,14 +75,13 @@ def test_position_tuning_example_hard_negatives_differ_only_in_the_query_sentenc
         assert len(r["passage"][:head].split()) >= 380  # deep: past the first ~512 tokens
 
 
-def test_position_tuning_example_pose_positions():
-    example = _position_tuning_example()
+def test_position_tuning_pose_positions():
     mask = torch.tensor([[1] * 6 + [0] * 2, [1] * 8])
     gen = torch.Generator().manual_seed(0)
     seen = set()
     for _ in range(200):
-        shift = example.pose_shifts(mask, 16, gen)
-        pos = example.pose_positions(mask, shift, 16)
+        shift = pose_shifts(mask, 16, gen)
+        pos = pose_positions(mask, shift, 16)
         assert pos[:, 0].tolist() == [0, 0]  # [CLS] keeps row 0
         for row, n in ((0, 6), (1, 8)):
             real = pos[row, 1:n]
@@ -101,7 +90,30 @@ def test_position_tuning_example_pose_positions():
         seen.update(shift.tolist())
     assert seen == set(range(0, 11))  # every shift 0 .. 16 - 6 occurs (row 1: 0 .. 8)
     # a longer hard negative with the same shift is clamped to fit the table
-    pos = example.pose_positions(torch.ones(1, 12, dtype=torch.long), torch.tensor([10]), 16)
+    pos = pose_positions(torch.ones(1, 12, dtype=torch.long), torch.tensor([10]), 16)
     assert int(pos.max()) == 15
-    rows = example.pairs(None, 4, 4096, seed=1, deep_query=True, hard_negatives=True, pose=True)
+    rows = pairs(None, 4, 4096, seed=1, deep_query=True, hard_negatives=True, pose=True)
     assert all(150 <= len(r["passage"].split()) <= 350 and r["query"] in r["passage"] for r in rows)
+
+
+@pytest.mark.slow
+def test_position_tuning_example_runs_as_a_script(tmp_path):
+    """examples/position_tuning.py end to end: two training steps, passkey before and after, original rows kept."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "..", "examples", "position_tuning.py")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, script, "--steps", "2", "--batch", "2", "--target-length", "1024",
+                           "--eval-lengths", "256,1024", "--eval-queries", "2", "--eval-docs", "4", "--output", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "position_tuning.json").read_text())
+    assert result["steps_done"] == 2 and result["target_length"] == 1024
+    for when in ("before", "after"):
+        scores = result[when]["passkey"]
+        assert set(scores) >= {"test_256", "test_1024", "avg"} and all(0 <= v <= 100 for v in scores.values())
+    # inputs inside the trained window use only the original rows, which tuning keeps: same score at 256
+    assert result["before"]["passkey"]["test_256"] == result["after"]["passkey"]["test_256"]
