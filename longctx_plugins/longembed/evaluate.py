@@ -39,9 +39,13 @@ class BM25:
 
 
 def _split_key(task: Task, split: str) -> str:
-    """Hash of the split's data (corpus, queries, qrels) and the task's main metric."""
+    """Hash of the split's data (corpus, queries, qrels; for a chunk task also its documents and chunk spans) and the
+    task's main metric."""
     h = hashlib.sha1(task.main_score.encode())
-    for part in (task.corpus[split], task.queries[split], task.qrels[split]):
+    parts = [task.corpus[split], task.queries[split], task.qrels[split]]
+    if task.chunks:
+        parts += [task.documents[split], task.chunks[split]]
+    for part in parts:
         h.update(json.dumps(part, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -61,7 +65,14 @@ def _score_split(embedder, task: Task, split: str) -> tuple[dict, dict]:
         results = embedder.results(corpus, queries)
     else:
         dids, qids = list(corpus), list(queries)
-        d_emb = embedder.encode_documents([corpus[d] for d in dids])
+        chunk_vectors = getattr(embedder, "chunk_vectors", None)
+        if chunk_vectors is not None and not task.chunks:
+            raise ValueError(f"{type(embedder).__name__} embeds the chunks of a chunk task; task {task.name!r} has "
+                             "no chunks")
+        if chunk_vectors is not None:  # late chunking / whole-document vectors, from the documents
+            d_emb = chunk_vectors(task.documents[split], task.chunks[split], dids)
+        else:  # each text of the corpus on its own (for a chunk task: naive chunking)
+            d_emb = embedder.encode_documents([corpus[d] for d in dids])
         q_emb = embedder.encode_queries([queries[q] for q in qids])
         results = dense_results(q_emb, d_emb, qids, dids)
     per_query = per_query_scores(results, qrels)
@@ -86,8 +97,9 @@ def _warnings_above(bar):
 
 def evaluate(embedder, tasks, cache_dir: str | None = None, progress: bool = True, run_name: str | None = None,
              cache_log: dict | None = None):
-    """Score ``embedder`` (anything with ``encode_queries`` / ``encode_documents``, or :class:`BM25`) on ``tasks``
-    (names or :class:`Task`). Returns ``{task: {"main_score", "main_metric", "splits": {split: {metric: value}},
+    """Score ``embedder`` (anything with ``encode_queries`` / ``encode_documents``, or :class:`BM25`, or a chunk
+    scorer of :mod:`.strategies` with ``encode_queries`` / ``chunk_vectors``) on ``tasks`` (names or :class:`Task`;
+    a chunk task's corpus is its chunks, so a plain embedder chunks naively). Returns ``{task: {"main_score", "main_metric", "splits": {split: {metric: value}},
     "per_query": {split: {query_id: main-metric value}}}}``.
 
     With ``cache_dir``, each split's scores are stored as soon as they exist and reused on the next run, so an
