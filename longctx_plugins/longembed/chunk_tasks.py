@@ -39,21 +39,26 @@ class Chunker:
         return self._spans(text, starts, self.chunk_size, self.chunk_overlap)
 
 
-def _contextual(tokenizer, length: int, n_queries: int, n_docs: int, seed: int, chunker: Chunker):
+def contextual_split(tokenizer, length: int, n_queries: int, n_docs: int, seed: int, chunker: Chunker):
+    """The ``contextual`` documents of one length (:class:`.contextual.ContextualDoc`, ``text`` filled in) and the
+    indices of the documents that get a query."""
     from .contextual import build_document, make_subjects_and_facts
     from .synthetic import _Counter, sotu_sentences
 
     rng = random.Random(f"contextual:{seed}:{length}")
     count, sentences = _Counter(tokenizer), sotu_sentences()
+    docs = make_subjects_and_facts(rng, n_docs)
+    for d in docs:
+        d.text = build_document(rng, sentences, d, length, count, chunker)
+    return docs, rng.sample(range(n_docs), n_queries)
+
+
+def _contextual(tokenizer, length: int, n_queries: int, n_docs: int, seed: int, chunker: Chunker):
     split = f"test_{length}"
-    docs, keys, questions = {}, {}, {}
-    for i, d in enumerate(make_subjects_and_facts(rng, n_docs)):
-        doc_id = f"{split}_doc{i}"
-        docs[doc_id] = build_document(rng, sentences, d, length, count, chunker)
-        keys[doc_id], questions[doc_id] = d.fact, d.query
-    picked = rng.sample(range(n_docs), n_queries)
-    queries = {f"{split}_q{i}": questions[f"{split}_doc{i}"] for i in picked}
-    return docs, keys, queries, {f"{split}_q{i}": f"{split}_doc{i}" for i in picked}
+    docs, picked = contextual_split(tokenizer, length, n_queries, n_docs, seed, chunker)
+    ids = [f"{split}_doc{i}" for i in range(n_docs)]
+    return ({i: d.text for i, d in zip(ids, docs)}, {i: d.fact for i, d in zip(ids, docs)},
+            {f"{split}_q{i}": docs[i].query for i in picked}, {f"{split}_q{i}": ids[i] for i in picked})
 
 
 def generate(name: str, tokenizer, lengths, n_queries: int, n_docs: int, seed: int,

@@ -138,7 +138,13 @@ def _chunk_notes(args, chunked, say) -> None:
             f"{' (default)' if 'chunk_size' in args.chunk_defaults else ''}, consecutive chunks sharing up to "
             f"{args.chunk_overlap} tokens{' (default)' if 'chunk_overlap' in args.chunk_defaults else ''}; runs "
             f"{', '.join(args.runs)}; main score nDCG@10")
-        if args.window_overlap is not None and not any(parse_run(r)[0] == "late" for r in args.runs):
+        late = [r for r in args.runs if parse_run(r)[0] == "late"]
+        if late:
+            overlap = (f"{args.window_overlap} tokens" if args.window_overlap is not None else
+                       "a quarter of the window (--window-overlap not given: the embedder's default)")
+            say(f"{', '.join(late)}: documents longer than the window (none: the model's trained length; other "
+                f"methods: --target-length {args.target_length}) are read in windows overlapping by {overlap}")
+        elif args.window_overlap is not None:
             unused.append("window_overlap")
     if unused:
         say(f"note: {', '.join('--' + o.replace('_', '-') for o in unused)} only apply to "

@@ -58,9 +58,10 @@ def _check_split(task: Task, split: str):
         raise ValueError(f"task {task.name!r}, split {split!r}: {what}; nothing to score.")
 
 
-def _score_split(embedder, task: Task, split: str) -> tuple[dict, dict]:
-    corpus, queries, qrels = task.corpus[split], task.queries[split], task.qrels[split]
-    start = time.perf_counter()
+def split_results(embedder, task: Task, split: str) -> dict[str, dict[str, float]]:
+    """``{query_id: {doc_id: score}}`` of ``embedder`` on one split: every query scored against every text of the
+    corpus (for a chunk task: every chunk, whatever the strategy)."""
+    corpus, queries = task.corpus[split], task.queries[split]
     if isinstance(embedder, BM25):
         results = embedder.results(corpus, queries)
     else:
@@ -75,7 +76,13 @@ def _score_split(embedder, task: Task, split: str) -> tuple[dict, dict]:
             d_emb = embedder.encode_documents([corpus[d] for d in dids])
         q_emb = embedder.encode_queries([queries[q] for q in qids])
         results = dense_results(q_emb, d_emb, qids, dids)
-    per_query = per_query_scores(results, qrels)
+    return results
+
+
+def _score_split(embedder, task: Task, split: str) -> tuple[dict, dict]:
+    start = time.perf_counter()
+    results = split_results(embedder, task, split)
+    per_query = per_query_scores(results, task.qrels[split])
     scores = {key: float(np.mean([m[key] for m in per_query.values()])) for key in metric_names()}
     scores["main_score"] = scores[task.main_score]
     scores["evaluation_time"] = round(time.perf_counter() - start, 3)
