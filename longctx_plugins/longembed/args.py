@@ -26,9 +26,13 @@ _NEGATIVE = re.compile(r"^-[\d.,]")
 def _profiles_epilog() -> str:
     import textwrap
 
+    from .chunk_tasks import CHUNK_TASKS
+
     lines = ["profiles (an option given on the command line overrides its profile value):"]
     for name, p in PROFILES.items():
-        lines.append(f"  {name:6s} tasks {p['tasks']}; methods {p['methods']}; strategies {p['strategies']};")
+        chunked = any(t in CHUNK_TASKS for t in p["tasks"].split(","))
+        lines.append(f"  {name:6s} tasks {p['tasks']}; methods {p['methods']};"
+                     + (f" strategies {p['strategies']};" if chunked else ""))
         lines.append(f"         lengths {p['lengths']};")
         lines.append(f"         {p['n_queries']} queries and {p['n_docs']} documents per length; "
                      f"target length {p['target_length']}")
