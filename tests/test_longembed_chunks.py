@@ -142,6 +142,13 @@ def test_strategies_score_the_same_chunks(tasks, late):
     mine = [i for i, c in enumerate(ids) if chunks[c][0] == doc_id]
     np.testing.assert_array_equal(late_vecs[mine], late.encode_spans(docs[doc_id], [chunks[ids[i]][1:] for i in mine]))
     np.testing.assert_array_equal(whole_vecs[mine], np.repeat(late.encode_documents([docs[doc_id]]), len(mine), 0))
+    # whole: a document's chunks share its score up to offsets below 1e-6, in an order that is not the id order
+    res = split_results(WholeDocument(late), task, split)
+    q = next(iter(res))
+    scores = [res[q][ids[i]] for i in mine]
+    assert max(scores) - min(scores) < 1e-6 and len(set(scores)) == len(mine)
+    order = sorted(range(len(mine)), key=lambda k: -scores[k])
+    assert order not in (list(range(len(mine))), list(range(len(mine)))[::-1])
     # late chunking mixes in the rest of the document: same chunks, other vectors than embedding each alone
     cos = np.sum(late_vecs * naive_vecs, axis=1)
     assert 0.3 < cos.mean() < 0.99

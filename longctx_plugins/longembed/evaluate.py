@@ -76,6 +76,10 @@ def split_results(embedder, task: Task, split: str) -> dict[str, dict[str, float
             d_emb = embedder.encode_documents([corpus[d] for d in dids])
         q_emb = embedder.encode_queries([queries[q] for q in qids])
         results = dense_results(q_emb, d_emb, qids, dids)
+        tie_offsets = getattr(embedder, "tie_offsets", None) if chunk_vectors is not None else None
+        if tie_offsets is not None:  # whole-document vectors: chunks of one document ordered by a hash, not by id
+            offsets = dict(zip(dids, tie_offsets(dids)))
+            results = {q: {d: s + offsets[d] for d, s in r.items()} for q, r in results.items()}
     return results
 
 

@@ -10,8 +10,10 @@ Runs on chunk tasks (every strategy ranks the task's identical chunks):
   overlapping by ``--window-overlap`` tokens, each token taking its state from the window where it has the most
   context;
 * ``whole:<method>``: every chunk gets its document's vector (``encode_documents(documents)``; beyond the target
-  length the document is truncated, with a warning). The chunks of one document tie; ties are ranked as everywhere
-  in the evaluator (by id, descending: later chunks of a document first);
+  length the document is truncated, with a warning). The chunks of one document would tie, and the evaluator breaks
+  ties by id (later chunks first), which would favour relevant chunks late in a document; instead each chunk's score
+  gets an offset below 1e-6 from a hash of its id (:meth:`WholeDocument.tie_offsets`): a fixed order within a
+  document that is unrelated to where the relevant chunk sits;
 * ``bm25`` (the baseline): BM25 over the chunk texts.
 
 Runs on document tasks are the methods themselves (``none``, ``pi``, ...). Importing this module loads no torch.
@@ -126,6 +128,15 @@ class WholeDocument:
         vectors = self.embedder.encode_documents([documents[d] for d in doc_ids])
         row = {d: i for i, d in enumerate(doc_ids)}
         return vectors[[row[chunks[c][0]] for c in chunk_ids]]
+
+    @staticmethod
+    def tie_offsets(chunk_ids: list[str]) -> np.ndarray:
+        """Offsets in [0, 1e-6) added to the chunks' scores: a fixed pseudo-random order among chunks that share
+        their document's vector (sha1 of the chunk id), far below any difference between two documents' scores."""
+        import hashlib
+
+        return np.asarray([int.from_bytes(hashlib.sha1(c.encode()).digest()[:6], "big") / 2**48 * 1e-6
+                           for c in chunk_ids])
 
 
 def wrap(run: str, embedder, overlap_given: bool = True):

@@ -25,24 +25,26 @@ for exp in "$@"; do
     contextual) ev contextual --tasks contextual --lengths 256,512,1024,2048,4096,8192 --method none,pi,gp,rp \
                   --strategies naive,late,whole:pi --target-length 8192 ;;
     # the context-free controls
-    context_free) ev context_free --tasks passkey_chunks,needle_chunks --lengths 256,1024,4096 --method none,pi,gp \
+    context_free) ev context_free --tasks passkey_chunks,needle_chunks --lengths 256,1024,4096 --method none,pi,gp,rp \
                     --strategies naive,late,whole:pi --target-length 8192 ;;
-    # (d) PI's interpolation scale: the target length equal to the document length (scale ceil(L/512)) instead of 8192
-    pi_target) for n in 1024 2048 4096; do
-                 ev "pi_target_$n" --tasks contextual --lengths $n --method pi --strategies late --target-length $n
+    # (d) PI's target length: the interpolation scale ceil(T/512) and, for longer documents, the window size T
+    pi_window) for t in 1024 2048 4096; do
+                 ev "pi_target_$t" --tasks contextual --lengths 1024,2048,4096 --method pi --strategies late \
+                   --target-length $t --baseline none
                done ;;
     # (d) overlap of the trained-size windows of late:none
     overlap) for w in 0 256 448; do
-               ev "overlap_$w" --tasks contextual --lengths 1024,2048,4096 --strategies late:none --window-overlap $w
+               ev "overlap_$w" --tasks contextual --lengths 1024,2048,4096 --strategies late:none --window-overlap $w \
+                 --baseline none
              done ;;
     # (d) chunk size (new chunks, so new documents: the fact is kept out of the first chunk)
     chunk_size) for c in 64 256; do
-                  ev "chunk_$c" --tasks contextual --lengths 512,2048,8192 --method none,pi --strategies naive,late \
-                    --target-length 8192 --chunk-size $c --baseline none
+                  ev "chunk_$c" --tasks contextual --lengths 512,1024,2048 --method none,pi --strategies naive,late \
+                    --target-length 8192 --chunk-size $c
                 done ;;
-    # the headline's main runs over three seeds
-    seeds) ev contextual_seeds --tasks contextual --lengths 256,512,1024,2048,4096,8192 --method none,pi \
-             --strategies naive,late --target-length 8192 --seeds 3 ;;
+    # the headline's main runs over three seeds (seed 0 comes from the cache of the headline)
+    seeds) ev contextual_seeds --tasks contextual --lengths 256,512,1024,2048,4096,8192 --method none,gp \
+             --strategies naive,late,whole:pi --target-length 8192 --seeds 3 ;;
     *) echo "unknown experiment $exp"; exit 2 ;;
   esac
 done
