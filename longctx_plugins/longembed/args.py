@@ -8,22 +8,31 @@ import re
 PROFILES = {
     # the README's main job: about 2 minutes on 2 CPU cores
     "quick": dict(tasks="passkey,needle", lengths="256,512,1024,2048", methods="none,pi",
-                  n_queries=10, n_docs=20, target_length=2048),
+                  n_queries=10, n_docs=20, target_length=2048, strategies="naive,late,whole"),
     # the LongEmbed paper protocol for the synthetic tasks (real tasks join when --data-dir is given)
     "full": dict(tasks="passkey,needle", lengths="256,512,1024,2048,4096,8192,16384,32768",
-                 methods="none,pi,gp,rp,pcw", n_queries=50, n_docs=100, target_length=32768),
+                 methods="none,pi,gp,rp,pcw", n_queries=50, n_docs=100, target_length=32768,
+                 strategies="naive,late,whole"),
+    # chunk-level retrieval: naive vs late chunking vs whole-document vectors (about 5 minutes on 2 CPU cores)
+    "chunks": dict(tasks="contextual,passkey_chunks,needle_chunks", lengths="256,512,1024,2048", methods="none,pi",
+                   n_queries=20, n_docs=20, target_length=2048, strategies="naive,late,whole"),
 }
 # options whose value may look like a negative number list ("-5,256"): argparse would take it for an option
-_VALUE_OPTIONS = ("--lengths", "--target-length", "--n-queries", "--n-docs", "--batch-size", "--seed", "--seeds")
+_VALUE_OPTIONS = ("--lengths", "--target-length", "--n-queries", "--n-docs", "--batch-size", "--seed", "--seeds",
+                  "--chunk-size", "--chunk-overlap", "--window-overlap")
 _NEGATIVE = re.compile(r"^-[\d.,]")
 
 
 def _profiles_epilog() -> str:
     import textwrap
 
+    from .chunk_tasks import CHUNK_TASKS
+
     lines = ["profiles (an option given on the command line overrides its profile value):"]
     for name, p in PROFILES.items():
-        lines.append(f"  {name:6s} tasks {p['tasks']}; methods {p['methods']};")
+        chunked = any(t in CHUNK_TASKS for t in p["tasks"].split(","))
+        lines.append(f"  {name:6s} tasks {p['tasks']}; methods {p['methods']};"
+                     + (f" strategies {p['strategies']};" if chunked else ""))
         lines.append(f"         lengths {p['lengths']};")
         lines.append(f"         {p['n_queries']} queries and {p['n_docs']} documents per length; "
                      f"target length {p['target_length']}")
@@ -33,13 +42,19 @@ def _profiles_epilog() -> str:
         "queries; with several seeds, mean ± std over seeds (the real tasks are one fixed dataset: scored once).",
         "Generated data and per-split scores are cached under <output>/data and <output>/cache, keyed by everything "
         "that produced them (task files or generation parameters, the model's files, method and settings, versions); "
-        "the run says what came from the cache, and an interrupted run resumes when rerun."):
+        "the run says what came from the cache, and an interrupted run resumes when rerun.",
+        "Chunk tasks (contextual, passkey_chunks, needle_chunks): each document is split into chunks of --chunk-size "
+        "tokens by one sentence-aware chunker, and every strategy ranks those chunks (main score nDCG@10): naive "
+        "(each chunk embedded alone), late:<method> (late chunking: the document read whole by the extended model, "
+        "each chunk the mean of its tokens; none = windows of the trained length), whole:<method> (each chunk gets "
+        "its document's vector) and bm25 over the chunks. Runs are folders <output>/naive, <output>/late-pi, ..."):
         lines += [""] + textwrap.wrap(text, 100)
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from ..methods import ALL_METHODS
+    from .chunk_tasks import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
     from .tasks import TASKS
 
     p = argparse.ArgumentParser(
@@ -80,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="queries per length for passkey/needle (default: the profile's)")
     p.add_argument("--n-docs", default=None,
                    help="candidate documents per length for passkey/needle (default: the profile's)")
+    p.add_argument("--strategies", default=None,
+                   help="for the chunk tasks: comma list of naive, late, whole (late and whole run once per "
+                        "--method) or late:<method> / whole:<method> for one method (default: the profile's)")
+    p.add_argument("--chunk-size", default=None,
+                   help=f"chunk tasks: most tokens of a chunk (default: {DEFAULT_CHUNK_SIZE})")
+    p.add_argument("--chunk-overlap", default=None,
+                   help=f"chunk tasks: tokens of whole sentences consecutive chunks share (default: "
+                        f"{DEFAULT_CHUNK_OVERLAP})")
+    p.add_argument("--window-overlap", default=None,
+                   help="late runs: tokens shared by consecutive windows over documents longer than the window "
+                        "(default: the embedder's, a quarter of the window)")
     p.add_argument("--no-progress", action="store_true", help="turn progress bars off (default: on)")
     return p
 
@@ -102,13 +128,14 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
-def _positive_int(parser, name: str, value) -> int:
+def _positive_int(parser, name: str, value, least: int = 1) -> int:
+    kind = "a positive" if least == 1 else "a non-negative"
     try:
         n = int(str(value).strip())
     except ValueError:
-        parser.error(f"--{name} must be a positive integer, got {value!r}")
-    if n <= 0:
-        parser.error(f"--{name} must be a positive integer, got {value!r}")
+        parser.error(f"--{name} must be {kind} integer, got {value!r}")
+    if n < least:
+        parser.error(f"--{name} must be {kind} integer, got {value!r}")
     return n
 
 
@@ -154,6 +181,39 @@ def _seeds(parser, args) -> list[int]:
     return values
 
 
+def _chunk_options(parser, args, prof, all_methods) -> None:
+    """--strategies (expanded into ``args.runs``), --chunk-size, --chunk-overlap, --window-overlap. For a run with
+    chunk tasks the profile's strategies join ``args.from_profile`` and the chunk sizes left out ``args.chunk_defaults``
+    (both said at the start of the run); options given for chunk tasks the run leaves out: ``args.chunk_options_unused``."""
+    from .chunk_tasks import CHUNK_TASKS, DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
+    from .strategies import expand
+
+    chunked = any(t in CHUNK_TASKS for t in args.tasks)
+    given = [o for o in ("strategies", "chunk_size", "chunk_overlap", "window_overlap") if getattr(args, o) is not None]
+    args.chunk_options_unused = given if not chunked else []
+    args.chunk_defaults = {}
+    if chunked:
+        if args.strategies is None:
+            args.from_profile["strategies"] = prof["strategies"]
+        args.chunk_defaults = {k: v for k, v in (("chunk_size", DEFAULT_CHUNK_SIZE),
+                                                 ("chunk_overlap", DEFAULT_CHUNK_OVERLAP)) if getattr(args, k) is None}
+    items = _list(parser, "strategies", prof["strategies"] if args.strategies is None else args.strategies,
+                  args.strategies is not None)
+    try:
+        args.runs = expand(items, args.methods, all_methods)
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.strategies = items
+    args.chunk_size = _positive_int(parser, "chunk-size",
+                                    DEFAULT_CHUNK_SIZE if args.chunk_size is None else args.chunk_size)
+    args.chunk_overlap = _positive_int(parser, "chunk-overlap", DEFAULT_CHUNK_OVERLAP if args.chunk_overlap is None
+                                       else args.chunk_overlap, least=0)
+    if args.chunk_overlap >= args.chunk_size:
+        parser.error(f"--chunk-overlap ({args.chunk_overlap}) must be smaller than --chunk-size ({args.chunk_size})")
+    if args.window_overlap is not None:
+        args.window_overlap = _positive_int(parser, "window-overlap", args.window_overlap, least=0)
+
+
 def parse(argv=None) -> argparse.Namespace:
     """Parse and check ``argv``; errors exit 2 (argparse's ``SystemExit``) with a message naming the fix."""
     import sys
@@ -195,6 +255,7 @@ def parse(argv=None) -> argparse.Namespace:
                      "its own relevant document")
     args.seeds = _seeds(parser, args)
     args.seed = args.seeds[0]
+    _chunk_options(parser, args, prof, ALL_METHODS)
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         parser.error(f"--data-dir {args.data_dir!r} is not a folder")
     try:

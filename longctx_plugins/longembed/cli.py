@@ -22,18 +22,24 @@ INTERRUPTED = "longctx-eval: interrupted; rerun the same command to resume from 
 
 
 def build_scorer(run_name: str, args, source):
-    """The scorer of one run: BM25, or the model extended with method ``run_name``."""
+    """The scorer of one run: BM25, the model extended with method ``run_name``, or (chunk tasks) a strategy's
+    scorer around its embedder (:mod:`.strategies`: ``naive``, ``late:<method>``, ``whole:<method>``)."""
     from .evaluate import BM25
+    from .strategies import parse_run, wrap
 
     if run_name == "bm25":
         return BM25()
     from ..embedder import LongContextEmbedder
 
+    strategy, method = parse_run(run_name)
+    overlap = getattr(args, "window_overlap", None) if strategy == "late" else None
     try:
-        return LongContextEmbedder(source.name_or_path, method=run_name, target_length=args.target_length,
-                                   device=args.device, batch_size=args.batch_size, show_progress_bar=False)
+        embedder = LongContextEmbedder(source.name_or_path, method=method, target_length=args.target_length,
+                                       device=args.device, batch_size=args.batch_size, show_progress_bar=False,
+                                       window_overlap=overlap)
     except OSError as exc:
         raise ValueError(f"cannot load model {source.arg!r}: {exc}") from exc
+    return wrap(run_name, embedder, overlap_given=overlap is not None)
 
 
 def score_key(run_name: str, args, source) -> dict | None:
@@ -43,16 +49,20 @@ def score_key(run_name: str, args, source) -> dict | None:
     The batch size is part of it: padding changes float rounding, which can flip near-ties. None when the model's
     files cannot be found to identify it: then nothing is cached."""
     from .cache import code_fingerprint, folder_fingerprint, versions
+    from .strategies import key_fields, parse_run
 
     if run_name == "bm25":
         return {"scorer": "bm25", "versions": versions("bm25s", "numpy"), "code": code_fingerprint()}
     folder = source.folder()
     if folder is None:
         return None
-    return {"model": folder_fingerprint(folder), "revision": os.path.basename(folder) if source.kind == "hub" else None,
-            "method": run_name, "target_length": args.target_length, "batch_size": args.batch_size,
-            "device": _device(args), "versions": versions("torch", "transformers", "tokenizers", "numpy"),
-            "code": code_fingerprint()}
+    key = {"model": folder_fingerprint(folder), "revision": os.path.basename(folder) if source.kind == "hub" else None,
+           "method": run_name, "target_length": args.target_length, "batch_size": args.batch_size,
+           "device": _device(args), "versions": versions("torch", "transformers", "tokenizers", "numpy"),
+           "code": code_fingerprint()}
+    if parse_run(run_name)[0] is not None:  # a chunk run: its strategy, method and window settings
+        key.update(key_fields(run_name, args))
+    return key
 
 
 def _device(args) -> str:
@@ -93,11 +103,14 @@ def run(args, make_scorer=None, say=print) -> dict:
     start = time.time()
     source = resolve_model(args.model)
     _device(args)  # a bad --device fails before anything loads
-    from .synthetic import SYNTHETIC_TASKS
+    from .chunk_tasks import CHUNK_TASKS
+    from .tasks import GENERATED_TASKS
 
-    real = [t for t in args.tasks if t not in SYNTHETIC_TASKS]
+    real = [t for t in args.tasks if t not in GENERATED_TASKS]
+    chunked = [t for t in args.tasks if t in CHUNK_TASKS]
+    generated = "passkey/needle" + (f" and {'/'.join(chunked)}" if chunked else "")
     if real and len(args.seeds) > 1:
-        say(f"note: --seeds applies to passkey/needle; {', '.join(real)} (one fixed dataset) is scored once, with a "
+        say(f"note: --seeds applies to {generated}; {', '.join(real)} (one fixed dataset) is scored once, with a "
             "bootstrap interval over its queries")
     if len(real) == len(args.tasks):
         given = args.explicit
@@ -107,6 +120,7 @@ def run(args, make_scorer=None, say=print) -> dict:
     if args.from_profile:
         say(f"profile {args.profile} fills in: " + "; ".join(f"{k.replace('_', '-')} {v}"
                                                              for k, v in args.from_profile.items()))
+    _chunk_notes(args, chunked, say)
     bars = _progress_bars(not args.no_progress)
     try:
         return _run(args, source, make_scorer, say, start)
@@ -114,13 +128,38 @@ def run(args, make_scorer=None, say=print) -> dict:
         _progress_bars(bars)
 
 
+def _chunk_notes(args, chunked, say) -> None:
+    """Say the chunk settings a run with chunk tasks uses (defaults included), and chunk options that do not apply."""
+    from .strategies import parse_run
+
+    unused = list(getattr(args, "chunk_options_unused", []))
+    if chunked:
+        say(f"chunk tasks {', '.join(chunked)}: chunks of at most {args.chunk_size} tokens"
+            f"{' (default)' if 'chunk_size' in args.chunk_defaults else ''}, consecutive chunks sharing up to "
+            f"{args.chunk_overlap} tokens{' (default)' if 'chunk_overlap' in args.chunk_defaults else ''}; runs "
+            f"{', '.join(args.runs)}; main score nDCG@10")
+        late = [r for r in args.runs if parse_run(r)[0] == "late"]
+        if late:
+            overlap = (f"{args.window_overlap} tokens" if args.window_overlap is not None else
+                       "a quarter of the window (--window-overlap not given: the embedder's default)")
+            say(f"{', '.join(late)}: documents longer than the window (none: the model's trained length; other "
+                f"methods: --target-length {args.target_length}) are read in windows overlapping by {overlap}")
+        elif args.window_overlap is not None:
+            unused.append("window_overlap")
+    if unused:
+        say(f"note: {', '.join('--' + o.replace('_', '-') for o in unused)} only apply to "
+            f"{'late runs' if unused == ['window_overlap'] else 'the chunk tasks'}, which this run leaves out")
+
+
 def _run(args, source, make_scorer, say, start) -> dict:
     from transformers import AutoTokenizer
 
     from .cache import digest, folder_fingerprint, versions, write_json
+    from .chunk_tasks import CHUNK_TASKS
     from .evaluate import evaluate
-    from .report import format_table, plot, write_mteb_json
+    from .report import format_table, plot, scores_note, write_mteb_json
     from .stats import summarize
+    from .strategies import folder_name, plan
     from .taskdata import load_tasks
 
     try:
@@ -134,36 +173,39 @@ def _run(args, source, make_scorer, say, start) -> dict:
                                             if folder else None, say)
     mteb_version = versions("mteb")["mteb"]
     results, score_record = {}, {}
-    runs = list(args.methods) + (["bm25"] if args.baseline == "bm25" else [])
-    for run_name in runs:
+    for run_name, run_tasks in plan(args, CHUNK_TASKS):
         t0 = time.time()
         build = make_scorer or build_scorer
         scorer = build(run_name, args, source) if run_name == "bm25" else _Lazy(
             lambda run_name=run_name: build(run_name, args, source))
         key = score_key(run_name, args, source)
-        cache_dir = os.path.join(args.output, "cache", f"{run_name}-{digest(key)}") if key else None
+        cache_dir = os.path.join(args.output, "cache", f"{folder_name(run_name)}-{digest(key)}") if key else None
         if cache_dir:
             write_json(os.path.join(cache_dir, "key.json"), key)
         cache_log, per_task = {}, {}
         for seed, tasks in tasks_by_seed.items():
+            tasks = [t for t in tasks if t.name in run_tasks]
+            if not tasks:
+                continue
             res = evaluate(scorer, tasks, cache_dir=cache_dir, progress=not args.no_progress, run_name=run_name,
                            cache_log=cache_log)
             for name, r in res.items():
                 per_task.setdefault(name, {})[seed] = r
-        results[run_name] = {name: summarize(per_task[name]) for name in args.tasks}
+        results[run_name] = {name: summarize(per_task[name]) for name in run_tasks}
         score_record[run_name] = cache_log
         for name, info in cache_log.items():
             if info["from_cache"]:
                 say(f"{name} / {run_name}: {info['from_cache']} of {info['from_cache'] + info['computed']} splits "
                     f"from cache {info['dir']}")
         elapsed = round(time.time() - t0, 2)
-        for name in args.tasks:
-            write_mteb_json(os.path.join(args.output, run_name, f"{_mteb_name(name)}.json"), name,
-                            results[run_name][name], elapsed, mteb_version)
+        folder = os.path.join(args.output, folder_name(run_name))
+        for name in run_tasks:
+            write_mteb_json(os.path.join(folder, f"{_mteb_name(name)}.json"), name, results[run_name][name], elapsed,
+                            mteb_version)
             if len(per_task[name]) > 1:  # one mteb file per seed as well
                 for seed, r in per_task[name].items():
-                    write_mteb_json(os.path.join(args.output, run_name, f"seed_{seed}", f"{_mteb_name(name)}.json"),
-                                    name, r, elapsed, mteb_version)
+                    write_mteb_json(os.path.join(folder, f"seed_{seed}", f"{_mteb_name(name)}.json"), name, r,
+                                    elapsed, mteb_version)
         log.info("%s done in %.1fs", run_name, time.time() - t0)
     say(format_table(results))
     config = {k: v for k, v in vars(args).items()}
@@ -176,7 +218,7 @@ def _run(args, source, make_scorer, say, start) -> dict:
         f", {len(args.seeds)} seeds" if len(args.seeds) > 1 else "")
     seeds_note = (f" Cells: mean ± std over seeds {','.join(map(str, args.seeds))}." if len(args.seeds) > 1 else "")
     _write_text(os.path.join(args.output, "results.md"),
-                f"# LongEmbed results ({title})\n\nScores: main score x100 (nDCG@1 for passkey/needle).{seeds_note}\n\n"
+                f"# LongEmbed results ({title})\n\n{scores_note(results)}{seeds_note}\n\n"
                 + format_table(results, markdown=True))
     png = plot(results, os.path.join(args.output, "results.png"), title)
     _write_text(os.path.join(args.output, "results.json"), json.dumps(results, indent=2))

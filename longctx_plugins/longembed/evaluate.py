@@ -39,9 +39,13 @@ class BM25:
 
 
 def _split_key(task: Task, split: str) -> str:
-    """Hash of the split's data (corpus, queries, qrels) and the task's main metric."""
+    """Hash of the split's data (corpus, queries, qrels; for a chunk task also its documents and chunk spans) and the
+    task's main metric."""
     h = hashlib.sha1(task.main_score.encode())
-    for part in (task.corpus[split], task.queries[split], task.qrels[split]):
+    parts = [task.corpus[split], task.queries[split], task.qrels[split]]
+    if task.chunks:
+        parts += [task.documents[split], task.chunks[split]]
+    for part in parts:
         h.update(json.dumps(part, sort_keys=True).encode())
     return h.hexdigest()[:16]
 
@@ -54,17 +58,35 @@ def _check_split(task: Task, split: str):
         raise ValueError(f"task {task.name!r}, split {split!r}: {what}; nothing to score.")
 
 
-def _score_split(embedder, task: Task, split: str) -> tuple[dict, dict]:
-    corpus, queries, qrels = task.corpus[split], task.queries[split], task.qrels[split]
-    start = time.perf_counter()
+def split_results(embedder, task: Task, split: str) -> dict[str, dict[str, float]]:
+    """``{query_id: {doc_id: score}}`` of ``embedder`` on one split: every query scored against every text of the
+    corpus (for a chunk task: every chunk, whatever the strategy)."""
+    corpus, queries = task.corpus[split], task.queries[split]
     if isinstance(embedder, BM25):
         results = embedder.results(corpus, queries)
     else:
         dids, qids = list(corpus), list(queries)
-        d_emb = embedder.encode_documents([corpus[d] for d in dids])
+        chunk_vectors = getattr(embedder, "chunk_vectors", None)
+        if chunk_vectors is not None and not task.chunks:
+            raise ValueError(f"{type(embedder).__name__} embeds the chunks of a chunk task; task {task.name!r} has "
+                             "no chunks")
+        if chunk_vectors is not None:  # late chunking / whole-document vectors, from the documents
+            d_emb = chunk_vectors(task.documents[split], task.chunks[split], dids)
+        else:  # each text of the corpus on its own (for a chunk task: naive chunking)
+            d_emb = embedder.encode_documents([corpus[d] for d in dids])
         q_emb = embedder.encode_queries([queries[q] for q in qids])
         results = dense_results(q_emb, d_emb, qids, dids)
-    per_query = per_query_scores(results, qrels)
+        tie_offsets = getattr(embedder, "tie_offsets", None) if chunk_vectors is not None else None
+        if tie_offsets is not None:  # whole-document vectors: chunks of one document ordered by a hash, not by id
+            offsets = dict(zip(dids, tie_offsets(dids)))
+            results = {q: {d: s + offsets[d] for d, s in r.items()} for q, r in results.items()}
+    return results
+
+
+def _score_split(embedder, task: Task, split: str) -> tuple[dict, dict]:
+    start = time.perf_counter()
+    results = split_results(embedder, task, split)
+    per_query = per_query_scores(results, task.qrels[split])
     scores = {key: float(np.mean([m[key] for m in per_query.values()])) for key in metric_names()}
     scores["main_score"] = scores[task.main_score]
     scores["evaluation_time"] = round(time.perf_counter() - start, 3)
@@ -86,8 +108,9 @@ def _warnings_above(bar):
 
 def evaluate(embedder, tasks, cache_dir: str | None = None, progress: bool = True, run_name: str | None = None,
              cache_log: dict | None = None):
-    """Score ``embedder`` (anything with ``encode_queries`` / ``encode_documents``, or :class:`BM25`) on ``tasks``
-    (names or :class:`Task`). Returns ``{task: {"main_score", "main_metric", "splits": {split: {metric: value}},
+    """Score ``embedder`` (anything with ``encode_queries`` / ``encode_documents``, or :class:`BM25`, or a chunk
+    scorer of :mod:`.strategies` with ``encode_queries`` / ``chunk_vectors``) on ``tasks`` (names or :class:`Task`;
+    a chunk task's corpus is its chunks, so a plain embedder chunks naively). Returns ``{task: {"main_score", "main_metric", "splits": {split: {metric: value}},
     "per_query": {split: {query_id: main-metric value}}}}``.
 
     With ``cache_dir``, each split's scores are stored as soon as they exist and reused on the next run, so an

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 
+from .chunk_tasks import CHUNK_TASKS
 from .tasks import MTEB_NAMES
 
 
@@ -41,17 +42,56 @@ def _interval(lo, hi) -> str:
     return "-" if lo is None else f"{100 * lo:.1f}-{100 * hi:.1f}"
 
 
-def table_rows(all_results: dict, intervals: bool = False) -> tuple[list[str], list[list[list[str]]]]:
+METRIC_LABELS = {"ndcg_at_1": "nDCG@1", "ndcg_at_10": "nDCG@10"}
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def _main_metrics(all_results: dict) -> dict[str, str]:
+    """``{task: its main metric}``, in the order the tasks first appear."""
+    out = {}
+    for res in all_results.values():
+        for t, r in res.items():
+            out.setdefault(t, r.get("main_metric", "ndcg_at_1"))
+    return out
+
+
+def scores_note(all_results: dict) -> str:
+    """The line saying which metric each task's scores are, e.g. "Scores: main score x100 (nDCG@1 for passkey,
+    needle; nDCG@10 for contextual)."."""
+    by_metric: dict[str, list[str]] = {}
+    for t, m in _main_metrics(all_results).items():
+        by_metric.setdefault(metric_label(m), []).append(t)
+    parts = "; ".join(f"{m} for {', '.join(ts)}" for m, ts in by_metric.items())
+    return f"Scores: main score x100 ({parts})."
+
+
+def table_rows(all_results: dict, intervals: bool = False, metric: str | None = None
+               ) -> tuple[list[str], list[list[list[str]]]]:
     """One block per task, one row per run; columns: the task's splits then the average main score (x100):
-    ``mean`` or ``mean ± std over seeds``; with ``intervals`` the bootstrap 95% intervals instead."""
+    ``mean`` or ``mean ± std over seeds``; with ``intervals`` the bootstrap 95% intervals instead. With ``metric``:
+    that metric (mean over seeds) for the tasks whose main metric it is not. A chunk task's run column is headed
+    ``strategy`` (its runs are strategies), and every task cell names the metric."""
     layout = _tasks_and_splits(all_results)
+    mains = _main_metrics(all_results)
     blocks = []
     for t, splits in layout:
-        block = [["task", "method"] + [str(_length(s) or s) for s in splits] + ["avg"]]
+        if metric is not None and mains[t] == metric:
+            continue
+        shown = metric or mains[t]
+        block = [["task", "strategy" if t in CHUNK_TASKS else "method"] + [str(_length(s) or s) for s in splits] + ["avg"]]
         for run, res in all_results.items():
             if t not in res:
                 continue
             r = res[t]
+            label = f"{t} [{metric_label(shown)}]"
+            if metric is not None:
+                values = [r["splits"][s][metric] for s in splits if s in r["splits"]]
+                cells = [_score(r["splits"][s][metric]) if s in r["splits"] else "-" for s in splits]
+                block.append([label, run] + cells + [_score(sum(values) / len(values))])
+                continue
             if intervals:
                 if "ci95" not in r:
                     continue
@@ -60,7 +100,7 @@ def table_rows(all_results: dict, intervals: bool = False) -> tuple[list[str], l
             else:
                 cells = [_score(r["splits"][s]["main_score"], r["splits"][s].get("main_score_std"))
                          if s in r["splits"] else "-" for s in splits] + [_score(r["main_score"], r.get("std"))]
-            block.append([t, run] + cells)
+            block.append([label, run] + cells)
         if len(block) > 1:
             blocks.append(block)
     return [t for t, _ in layout], blocks
@@ -92,6 +132,12 @@ def format_table(all_results: dict, markdown: bool = False) -> str:
                    f"{'**' if markdown else ''}")
         out.append("")
         out += _render(ci_blocks, markdown)
+    _, other = table_rows(all_results, metric="ndcg_at_1")
+    if other:
+        out.append(f"{'**' if markdown else ''}nDCG@1 x100 of the tasks scored by another main metric (mean over "
+                   f"seeds){'**' if markdown else ''}")
+        out.append("")
+        out += _render(other, markdown)
     return "\n".join(out)
 
 
@@ -122,6 +168,7 @@ def plot(all_results: dict, path: str, title: str = "") -> str | None:
     import matplotlib.pyplot as plt
 
     synthetic = [(t, s) for t, s in _tasks_and_splits(all_results) if any(_length(x) for x in s)]
+    mains = _main_metrics(all_results)
     if not synthetic:
         return None
     fig, axes = plt.subplots(1, len(synthetic), figsize=(5.5 * len(synthetic), 4), squeeze=False)
@@ -139,7 +186,7 @@ def plot(all_results: dict, path: str, title: str = "") -> str | None:
                                 alpha=0.15, linewidth=0)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("document length (tokens)")
-        ax.set_ylabel("nDCG@1 (x100), band: bootstrap 95%")
+        ax.set_ylabel(f"{metric_label(mains[t])} (x100), band: bootstrap 95%")
         ax.set_ylim(-2, 102)
         ax.set_title(t)
         ax.grid(alpha=0.3)

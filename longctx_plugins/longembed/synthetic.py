@@ -138,12 +138,17 @@ def _document(rng, sentences, needle: str, length: int, count: _Counter) -> str:
 
 def generate(task: str, tokenizer, lengths, n_queries: int = 50, n_docs: int = 100, seed: int = 0):
     """corpus/queries/qrels per split ``test_<L>`` (mteb's layout)."""
+    return generate_with_needles(task, tokenizer, lengths, n_queries, n_docs, seed)[:3]
+
+
+def generate_with_needles(task: str, tokenizer, lengths, n_queries: int = 50, n_docs: int = 100, seed: int = 0):
+    """:func:`generate` plus ``needles``: split -> {doc_id: the needle text inserted verbatim into that document}."""
     if task not in SYNTHETIC_TASKS:
         raise ValueError(f"unknown synthetic task {task!r}; expected one of {SYNTHETIC_TASKS}")
     if n_queries > n_docs:
         raise ValueError("n_queries must not exceed n_docs (each query has one relevant document).")
     count = _Counter(tokenizer)
-    corpus, queries, qrels = {}, {}, {}
+    corpus, queries, qrels, inserted = {}, {}, {}, {}
     for length in lengths:
         rng = random.Random(f"{task}:{seed}:{length}")
         split = f"test_{length}"
@@ -175,6 +180,7 @@ def generate(task: str, tokenizer, lengths, n_queries: int = 50, n_docs: int = 1
             docs[f"{split}_doc{i}"] = _document(rng, sentences, needle, length, count)
         picked = rng.sample(range(n_docs), n_queries)
         corpus[split] = docs
+        inserted[split] = {f"{split}_doc{i}": needle for i, (needle, _) in enumerate(needles)}
         queries[split] = {f"{split}_q{i}": needles[i][1] for i in picked}
         qrels[split] = {f"{split}_q{i}": {f"{split}_doc{i}": 1} for i in picked}
-    return corpus, queries, qrels
+    return corpus, queries, qrels, inserted

@@ -1,19 +1,28 @@
-"""The tasks of a ``longctx-eval`` run: generated passkey/needle data per seed (cached under ``<output>/data``,
-keyed by the generation parameters, the tokenizer's files, the generator's code and the tokenizer libraries) and the
-real tasks (read from their files on every run: reading them costs what hashing them would)."""
+"""The tasks of a ``longctx-eval`` run: generated data per seed (passkey/needle and the chunk tasks; cached under
+``<output>/data``, keyed by the generation parameters, chunk sizes included, the tokenizer's files, the generator's
+code and the tokenizer libraries) and the real tasks (read from their files on every run: reading them costs what
+hashing them would)."""
 from __future__ import annotations
 
 import os
 
 from .cache import code_fingerprint, digest, haystack_source, read_json, versions, write_json
-from .synthetic import SYNTHETIC_TASKS
-from .tasks import Task, get_task
+from .chunk_tasks import CHUNK_TASKS, check_entry
+from .tasks import GENERATED_TASKS, Task, get_task
+
+_GENERATOR = ("longembed/synthetic.py", "longembed/tasks.py")
+_CHUNK_GENERATOR = _GENERATOR + ("longembed/chunk_tasks.py", "longembed/contextual.py", "embedding/chunking.py")
 
 
-def generation_key(name: str, seed: int, lengths, n_queries: int, n_docs: int, tokenizer_id) -> dict:
-    return {"task": name, "seed": seed, "lengths": list(lengths), "n_queries": n_queries, "n_docs": n_docs,
-            "tokenizer": tokenizer_id, "generator": code_fingerprint("longembed/synthetic.py", "longembed/tasks.py"),
-            "haystack": haystack_source(), "versions": versions("transformers", "tokenizers")}
+def generation_key(name: str, seed: int, lengths, n_queries: int, n_docs: int, tokenizer_id,
+                   chunk_size: int | None = None, chunk_overlap: int | None = None) -> dict:
+    key = {"task": name, "seed": seed, "lengths": list(lengths), "n_queries": n_queries, "n_docs": n_docs,
+           "tokenizer": tokenizer_id, "generator": code_fingerprint(*(_CHUNK_GENERATOR if name in CHUNK_TASKS
+                                                                       else _GENERATOR)),
+           "haystack": haystack_source(), "versions": versions("transformers", "tokenizers")}
+    if name in CHUNK_TASKS:
+        key.update(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+    return key
 
 
 def check_task_entry(entry, key: dict, name: str, lengths, n_queries: int, n_docs: int) -> str | None:
@@ -26,6 +35,8 @@ def check_task_entry(entry, key: dict, name: str, lengths, n_queries: int, n_doc
     missing = [k for k in ("name", "corpus", "queries", "qrels", "main_score", "description") if k not in t]
     if missing:
         return f"the task lacks {', '.join(missing)}"
+    if name in CHUNK_TASKS:
+        return check_entry(t, name, lengths, n_queries, n_docs)
     if t["name"] != name or t["main_score"] != "ndcg_at_1":
         return f"it holds task {t['name']!r} scored by {t['main_score']!r}"
     splits = [f"test_{n}" for n in lengths]
@@ -53,14 +64,15 @@ def load_tasks(args, tokenizer, tokenizer_id, say) -> tuple[dict, dict]:
     out: dict = {}
     record = {}
     for name in args.tasks:
-        if name not in SYNTHETIC_TASKS:
+        if name not in GENERATED_TASKS:
             out.setdefault(None, []).append(get_task(name, data_dir=args.data_dir))
             record[name] = {"source": args.data_dir or "hub dataset dwzhu/LongEmbed"}
             continue
         for seed in args.seeds:
             task, path = None, None
             if tokenizer_id is not None:
-                key = generation_key(name, seed, args.lengths, args.n_queries, args.n_docs, tokenizer_id)
+                key = generation_key(name, seed, args.lengths, args.n_queries, args.n_docs, tokenizer_id,
+                                     *((args.chunk_size, args.chunk_overlap) if name in CHUNK_TASKS else ()))
                 path = os.path.join(args.output, "data", f"{name}-seed{seed}-{digest(key)}.json")
                 entry = read_json(path, lambda e: check_task_entry(e, key, name, args.lengths, args.n_queries,
                                                                    args.n_docs))
@@ -70,7 +82,7 @@ def load_tasks(args, tokenizer, tokenizer_id, say) -> tuple[dict, dict]:
             from_cache = task is not None
             if task is None:
                 task = get_task(name, lengths=args.lengths, seed=seed, tokenizer=tokenizer, n_queries=args.n_queries,
-                                n_docs=args.n_docs)
+                                n_docs=args.n_docs, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap)
                 if path:
                     write_json(path, {"key": key, "task": task.to_dict()})
             record[f"{name}/seed{seed}"] = {"from_cache": from_cache, "path": path}

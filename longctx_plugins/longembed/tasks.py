@@ -1,4 +1,5 @@
-"""LongEmbed tasks: synthetic ``passkey`` / ``needle`` (generated) and the four real ones (local files / hub)."""
+"""LongEmbed tasks: synthetic ``passkey`` / ``needle`` (generated), the four real ones (local files / hub) and the
+generated chunk-level tasks ``contextual`` / ``passkey_chunks`` / ``needle_chunks`` (:mod:`.chunk_tasks`)."""
 from __future__ import annotations
 
 import json
@@ -6,14 +7,18 @@ import os
 import warnings
 from dataclasses import dataclass, field
 
-from . import synthetic
+from . import chunk_tasks, synthetic
 
 REAL_TASKS = {"narrativeqa": "narrativeqa", "qmsum": "qmsum", "2wikimqa": "2wikimqa",
               "summscreenfd": "summ_screen_fd"}
-TASKS = synthetic.SYNTHETIC_TASKS + tuple(REAL_TASKS)
+GENERATED_TASKS = synthetic.SYNTHETIC_TASKS + chunk_tasks.CHUNK_TASKS  # built from --seed, sized by --lengths
+TASKS = synthetic.SYNTHETIC_TASKS + tuple(REAL_TASKS) + chunk_tasks.CHUNK_TASKS
 MTEB_NAMES = {"passkey": "LEMBPasskeyRetrieval", "needle": "LEMBNeedleRetrieval",
               "narrativeqa": "LEMBNarrativeQARetrieval", "qmsum": "LEMBQMSumRetrieval",
-              "2wikimqa": "LEMBWikimQARetrieval", "summscreenfd": "LEMBSummScreenFDRetrieval"}
+              "2wikimqa": "LEMBWikimQARetrieval", "summscreenfd": "LEMBSummScreenFDRetrieval",
+              # not LongEmbed tasks: this package's chunk-level tasks, named in the same style
+              "contextual": "ChunkContextualRetrieval", "passkey_chunks": "ChunkPasskeyRetrieval",
+              "needle_chunks": "ChunkNeedleRetrieval"}
 
 
 @dataclass
@@ -24,6 +29,8 @@ class Task:
     qrels: dict = field(default_factory=dict)    # split -> {query_id: {doc_id: relevance}}
     main_score: str = "ndcg_at_1"
     description: str = ""
+    documents: dict = field(default_factory=dict)  # chunk tasks: split -> {doc_id: text}
+    chunks: dict = field(default_factory=dict)     # chunk tasks: split -> {chunk_id: [doc_id, start, end]}
 
     @property
     def splits(self) -> list[str]:
@@ -34,8 +41,11 @@ class Task:
         return MTEB_NAMES.get(self.name, self.name)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "corpus": self.corpus, "queries": self.queries, "qrels": self.qrels,
-                "main_score": self.main_score, "description": self.description}
+        out = {"name": self.name, "corpus": self.corpus, "queries": self.queries, "qrels": self.qrels,
+               "main_score": self.main_score, "description": self.description}
+        if self.chunks:
+            out.update(documents=self.documents, chunks=self.chunks)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "Task":
@@ -58,16 +68,18 @@ def check_lengths(lengths) -> list[int]:
 
 
 def get_task(name: str, lengths=None, seed: int = 0, data_dir: str | None = None, tokenizer=None,
-             n_queries: int = 50, n_docs: int = 100) -> Task:
+             n_queries: int = 50, n_docs: int = 100, chunk_size: int = chunk_tasks.DEFAULT_CHUNK_SIZE,
+             chunk_overlap: int = chunk_tasks.DEFAULT_CHUNK_OVERLAP) -> Task:
     """Build or load a LongEmbed task.
 
     Synthetic tasks are generated deterministically from ``seed`` with lengths counted in ``tokenizer``'s tokens
     (default: the bundled MiniLM tokenizer). Real tasks read ``<data_dir>/<name>/{corpus,queries,qrels}.jsonl``
     (LongEmbed layout) or, when a hub is reachable and no ``data_dir`` is given, the HF dataset ``dwzhu/LongEmbed``.
+    Chunk tasks split their documents into chunks of ``chunk_size`` tokens (``chunk_overlap`` shared).
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}.")
-    if name in synthetic.SYNTHETIC_TASKS:
+    if name in GENERATED_TASKS:
         lengths = check_lengths(lengths or synthetic.DEFAULT_LENGTHS)
         if tokenizer is None:
             from transformers import AutoTokenizer
@@ -75,6 +87,13 @@ def get_task(name: str, lengths=None, seed: int = 0, data_dir: str | None = None
             from ..embedder import default_model_path
 
             tokenizer = AutoTokenizer.from_pretrained(default_model_path())
+    if name in chunk_tasks.CHUNK_TASKS:
+        corpus, queries, qrels, documents, chunks = chunk_tasks.generate(
+            name, tokenizer, lengths, n_queries, n_docs, seed, chunk_size, chunk_overlap)
+        return Task(name, corpus, queries, qrels, chunk_tasks.MAIN_SCORE,
+                    f"chunk-level {name}, seed {seed}, chunks of {chunk_size} tokens, overlap {chunk_overlap}",
+                    documents, chunks)
+    if name in synthetic.SYNTHETIC_TASKS:
         corpus, queries, qrels = synthetic.generate(name, tokenizer, lengths, n_queries, n_docs, seed)
         return Task(name, corpus, queries, qrels, "ndcg_at_1", f"synthetic {name}, seed {seed}")
     return _load_real(name, data_dir)
