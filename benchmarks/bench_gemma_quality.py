@@ -236,7 +236,12 @@ def merge():
             merged = r
         else:
             for method, entry in r["methods"].items():
-                merged["methods"].setdefault(method, {}).update(entry)
+                into = merged["methods"].setdefault(method, {})
+                for key, value in entry.items():  # a later part's passkey lengths join the earlier ones
+                    if key == "passkey":
+                        into.setdefault(key, {}).update(value)
+                    else:
+                        into[key] = value
     write_json(merged, "gemma_quality.json")
     plot(merged, os.path.join(folder, "gemma_quality.png"))
 
