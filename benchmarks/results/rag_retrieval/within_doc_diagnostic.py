@@ -13,7 +13,7 @@ import json
 import sys
 
 import numpy as np
-from langchain_longctx.spans import locate_chunks
+from longctx_plugins.embedding.chunking import locate_chunks
 from longctx_plugins.embedder import get_embedder
 
 HERE = "benchmarks/results/rag_retrieval"
