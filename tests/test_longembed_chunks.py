@@ -280,3 +280,21 @@ def test_chunk_options_without_chunk_tasks_are_said_to_not_apply(capsys, tmp_pat
     assert rc == 0 and "note: --chunk-size only apply to the chunk tasks, which this run leaves out" in out
     rc, out, _ = cli(capsys, "--help")
     assert rc == 0 and all(o in out for o in ("--strategies", "--chunk-size", "--window-overlap", "chunks ", "late:"))
+
+
+def test_profile_strategies_leave_out_what_a_method_cannot_do_and_say_so(capsys, tmp_path):
+    """The profile's strategies cross ``late`` with every method; pcw has no token states, so late:pcw is left out
+    (and said), while ``--strategies late`` given with pcw stays an error (test_bad_chunk_options_exit_2)."""
+    from longctx_plugins.longembed.args import parse
+
+    args = parse(["--profile", "full", "--tasks", "passkey"])  # document tasks only: pcw is a method there
+    assert "pcw" in args.methods and "late:pcw" not in args.runs
+    rc, out, _ = cli(capsys, "--tasks", "contextual", "--lengths", "96", "--chunk-size", "32", "--n-queries", "1",
+                     "--n-docs", "2", "--method", "none,pcw", "--baseline", "none", "--output", str(tmp_path),
+                     "--no-progress")
+    assert rc == 0 and "note: late:pcw left out of the profile's strategies: pcw averages separate windows" in out
+    config = json.loads((tmp_path / "run_config.json").read_text())
+    assert config["runs"] == ["naive", "late:none", "whole:none", "whole:pcw"]
+    rc, _, err = cli(capsys, "--tasks", "contextual", "--strategies", "late", "--method", "none,pcw", "--output",
+                     str(tmp_path / "explicit"))
+    assert rc == 2 and "late chunking with pcw is not available" in err

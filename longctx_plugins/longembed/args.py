@@ -199,8 +199,10 @@ def _chunk_options(parser, args, prof, all_methods) -> None:
                                                  ("chunk_overlap", DEFAULT_CHUNK_OVERLAP)) if getattr(args, k) is None}
     items = _list(parser, "strategies", prof["strategies"] if args.strategies is None else args.strategies,
                   args.strategies is not None)
+    args.skipped_runs = {}  # crossed runs of profile-filled strategies that a method cannot do (said at the start)
     try:
-        args.runs = expand(items, args.methods, all_methods)
+        args.runs = expand(items, args.methods, all_methods,
+                           args.skipped_runs if args.strategies is None else None)
     except ValueError as exc:
         parser.error(str(exc))
     args.strategies = items

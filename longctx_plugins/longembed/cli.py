@@ -138,6 +138,8 @@ def _chunk_notes(args, chunked, say) -> None:
             f"{' (default)' if 'chunk_size' in args.chunk_defaults else ''}, consecutive chunks sharing up to "
             f"{args.chunk_overlap} tokens{' (default)' if 'chunk_overlap' in args.chunk_defaults else ''}; runs "
             f"{', '.join(args.runs)}; main score nDCG@10")
+        for run, why in getattr(args, "skipped_runs", {}).items():
+            say(f"note: {run} left out of the profile's strategies: {why}")
         late = [r for r in args.runs if parse_run(r)[0] == "late"]
         if late:
             overlap = (f"{args.window_overlap} tokens" if args.window_overlap is not None else

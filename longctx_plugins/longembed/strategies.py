@@ -30,9 +30,10 @@ NO_LATE = {"pcw": "pcw averages separate windows into one vector and has no toke
 log = logging.getLogger("longctx_plugins.longembed")
 
 
-def expand(items: list[str], methods: list[str], all_methods) -> list[str]:
+def expand(items: list[str], methods: list[str], all_methods, skipped: dict | None = None) -> list[str]:
     """Run names from ``--strategies`` items (``naive``, ``late``, ``whole``: crossed with ``methods``;
-    ``late:<m>`` / ``whole:<m>``: that method alone). ValueError naming the problem."""
+    ``late:<m>`` / ``whole:<m>``: that method alone). ValueError naming the problem. With ``skipped`` (strategies a
+    profile filled in), a crossed run the method cannot do is left out and recorded there with its reason."""
     runs = []
     for item in items:
         strategy, _, method = item.partition(":")
@@ -49,6 +50,9 @@ def expand(items: list[str], methods: list[str], all_methods) -> list[str]:
                 raise ValueError(f"--strategies {item!r}: unknown method {m!r}; valid methods: "
                                  f"{', '.join(all_methods)}")
             if strategy == "late" and m in NO_LATE:
+                if skipped is not None and not method:
+                    skipped[f"late:{m}"] = NO_LATE[m]
+                    continue
                 raise ValueError(f"late chunking with {m} is not available: {NO_LATE[m]}")
             runs.append(f"{strategy}:{m}")
     twice = sorted({r for r in runs if runs.count(r) > 1})
