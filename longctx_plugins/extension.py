@@ -52,9 +52,9 @@ def resolve_method(model_or_config, method: str) -> str:
     return method
 
 
-def original_length(model) -> int:
-    config = model.config
-    if position_type(model) == "ape":
+def original_length(model_or_config) -> int:
+    config = getattr(model_or_config, "config", model_or_config)
+    if position_type(config) == "ape":
         return trained_length(config)
     flat = rope_config.global_parameters(config)
     # longctx_original_length: what extend() of longctx-plugins 0.1 saved into config.json

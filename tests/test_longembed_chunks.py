@@ -186,8 +186,8 @@ def test_run_names_and_cache_keys():
     for change in (dict(window_overlap=0), dict(target_length=4096)):
         assert score_key("late:pi", SimpleNamespace(**{**base, **change}), source) != key
     assert score_key("whole:pi", SimpleNamespace(**base), source) != key
-    none = score_key("late:none", SimpleNamespace(**base), source)  # none reads its trained window, whatever target
-    assert none == score_key("late:none", SimpleNamespace(**{**base, "target_length": 4096}), source)
+    none = score_key("late:none", SimpleNamespace(**base), source)  # a checkpoint saved extended reads none's windows
+    assert none != score_key("late:none", SimpleNamespace(**{**base, "target_length": 4096}), source)  # at target
     assert score_key("naive", SimpleNamespace(**base), source)["strategy"] == "naive"
     gen = generation_key("contextual", 0, [256], 2, 4, {"vocab.txt": "x"}, 128, 0)
     for other in ((64, 0), (128, 16)):
@@ -215,8 +215,8 @@ def test_cli_end_to_end_and_resume(capsys, caplog, tmp_path):
     assert rc == 0, err
     assert "profile quick fills in" not in out  # every option given
     assert "chunks of at most 32 tokens, consecutive chunks sharing up to 0 tokens (default)" in out
-    assert "late:none, late:pi: documents longer than the window (none: the model's trained length; other methods: " \
-           "--target-length 1024) are read in windows overlapping by 64 tokens" in out
+    assert "late:none, late:pi: documents longer than the window (late:none: 512 tokens, late:pi: 1024 tokens) are " \
+           "read in windows overlapping by 64 tokens" in out
     assert "late:none: documents longer than 512 tokens are read in windows of 512 tokens overlapping by 64" in caplog.text
     res = json.loads((out_dir / "results.json").read_text())
     assert list(res) == ["naive", "late:none", "late:pi", "whole:pi", "bm25"]
@@ -270,7 +270,8 @@ def test_impossible_sizes_exit_2_with_the_fix(capsys, tmp_path):
     rc, _, err = cli(capsys, "--tasks", "contextual", "--lengths", "96", "--n-queries", "1", "--n-docs", "2",
                      "--chunk-size", "32", "--strategies", "late:none", "--window-overlap", "600", "--baseline",
                      "none", "--output", str(tmp_path / "b"), "--no-progress")
-    assert rc == 2 and "window overlap must be >= 0 and smaller than the window (512), got 600" in err
+    assert rc == 2 and "--window-overlap 600 must be smaller than the window of late:none (512 tokens)" in err
+    assert not (tmp_path / "b" / "cache").exists() or not any((tmp_path / "b" / "cache").iterdir())  # before work
 
 
 def test_chunk_options_without_chunk_tasks_are_said_to_not_apply(capsys, tmp_path):
@@ -289,12 +290,52 @@ def test_profile_strategies_leave_out_what_a_method_cannot_do_and_say_so(capsys,
 
     args = parse(["--profile", "full", "--tasks", "passkey"])  # document tasks only: pcw is a method there
     assert "pcw" in args.methods and "late:pcw" not in args.runs
+    args = parse(["--profile", "full", "--tasks", "contextual", "--strategies", "naive,late"])  # profile's methods
+    assert "late:pcw" not in args.runs and "late:pcw" in args.skipped_runs and "late:gp" in args.runs
     rc, out, _ = cli(capsys, "--tasks", "contextual", "--lengths", "96", "--chunk-size", "32", "--n-queries", "1",
                      "--n-docs", "2", "--method", "none,pcw", "--baseline", "none", "--output", str(tmp_path),
                      "--no-progress")
-    assert rc == 0 and "note: late:pcw left out of the profile's strategies: pcw averages separate windows" in out
+    assert rc == 0 and "note: late:pcw left out: pcw averages separate windows" in out
     config = json.loads((tmp_path / "run_config.json").read_text())
     assert config["runs"] == ["naive", "late:none", "whole:none", "whole:pcw"]
     rc, _, err = cli(capsys, "--tasks", "contextual", "--strategies", "late", "--method", "none,pcw", "--output",
                      str(tmp_path / "explicit"))
     assert rc == 2 and "late chunking with pcw is not available" in err
+
+
+def test_late_none_of_a_checkpoint_saved_extended_reads_its_extended_window_and_is_keyed_by_target(capsys, tmp_path):
+    """A checkpoint saved extended (pi to 1024) reads late:none / whole:none with its own method and
+    max(--target-length, 1024): the start says the window, and another --target-length is another cache entry."""
+    from longctx_plugins import extend
+
+    emb = LongContextEmbedder("default", method="none", show_progress_bar=False)
+    model = extend(emb.model, "pi", 1024)
+    model.save_pretrained(tmp_path / "ext")
+    emb.tokenizer.save_pretrained(tmp_path / "ext")
+    base = ["--model", str(tmp_path / "ext"), "--tasks", "contextual", "--strategies", "late:none,whole:none",
+            "--lengths", "96", "--chunk-size", "32", "--n-queries", "1", "--n-docs", "2", "--baseline", "none",
+            "--no-progress", "--output", str(tmp_path / "o")]
+    rc, out, err = cli(capsys, *base, "--target-length", "1024")
+    assert rc == 0, err
+    assert "documents longer than the window (late:none: 1024 tokens)" in out
+    rc, out, err = cli(capsys, *base, "--target-length", "2048")
+    assert rc == 0, err
+    assert "documents longer than the window (late:none: 2048 tokens)" in out
+    assert "generated data from cache" in out and "splits from cache" not in out  # data reused, scores not
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--strategies", "late:"], "--strategies 'late:' names no method; write late:<method>"),
+    (["--n-docs", "300", "--n-queries", "2"], "--n-docs 300: the contextual task invents one subject name per document"),
+])
+def test_more_bad_chunk_options_exit_2(capsys, tmp_path, args, needle):
+    rc, _, err = cli(capsys, "--tasks", "contextual", *args, "--output", str(tmp_path))
+    assert rc == 2 and needle in err and "Traceback" not in err, err
+
+
+def test_unused_explicit_strategies_only_get_a_note(capsys, tmp_path):
+    rc, out, err = cli(capsys, "--tasks", "passkey", "--strategies", "late", "--method", "pcw", "--lengths", "64",
+                       "--n-queries", "1", "--n-docs", "2", "--baseline", "none", "--no-progress", "--output",
+                       str(tmp_path))
+    assert rc == 0, err
+    assert "note: --strategies only apply to the chunk tasks, which this run leaves out" in out

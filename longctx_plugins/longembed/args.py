@@ -37,8 +37,9 @@ def _profiles_epilog() -> str:
         lines.append(f"         {p['n_queries']} queries and {p['n_docs']} documents per length; "
                      f"target length {p['target_length']}")
     for text in (
-        "Results: <output>/results.{md,json,png}, run_config.json and <output>/<method>/LEMB*.json (mteb format; "
-        "with several seeds also <output>/<method>/seed_<k>/). Scores are x100 with a bootstrap 95% interval over "
+        "Results: <output>/results.{md,json,png}, run_config.json and one folder per run in mteb format: "
+        "<output>/<method>/LEMB*.json for the document tasks, <output>/naive|late-<method>|whole-<method>/Chunk*.json "
+        "for the chunk tasks, <output>/bm25/ (with several seeds also <run>/seed_<k>/). Scores are x100 with a bootstrap 95% interval over "
         "queries; with several seeds, mean ± std over seeds (the real tasks are one fixed dataset: scored once).",
         "Generated data and per-split scores are cached under <output>/data and <output>/cache, keyed by everything "
         "that produced them (task files or generation parameters, the model's files, method and settings, versions); "
@@ -46,7 +47,8 @@ def _profiles_epilog() -> str:
         "Chunk tasks (contextual, passkey_chunks, needle_chunks): each document is split into chunks of --chunk-size "
         "tokens by one sentence-aware chunker, and every strategy ranks those chunks (main score nDCG@10): naive "
         "(each chunk embedded alone), late:<method> (late chunking: the document read whole by the extended model, "
-        "each chunk the mean of its tokens; none = windows of the trained length), whole:<method> (each chunk gets "
+        "each chunk the mean of its tokens; none = windows of the trained length, or of the extended length for a "
+        "checkpoint saved extended), whole:<method> (each chunk gets "
         "its document's vector) and bm25 over the chunks. Runs are folders <output>/naive, <output>/late-pi, ..."):
         lines += [""] + textwrap.wrap(text, 100)
     return "\n".join(lines)
@@ -72,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma list of tasks, of: {', '.join(TASKS)} (default: the profile's; the real tasks "
                         "need --data-dir or a reachable hub)")
     p.add_argument("--lengths", default=None,
-                   help="comma list of document lengths in tokens for passkey/needle (default: the profile's)")
+                   help="comma list of document lengths in tokens for the generated tasks (passkey, needle and the "
+                        "chunk tasks; default: the profile's)")
     p.add_argument("--data-dir", default=None,
                    help="folder in the LongEmbed layout (<dir>/<task>/corpus.jsonl, queries.jsonl, qrels.jsonl) "
                         "for the real tasks (default: none; the HF dataset dwzhu/LongEmbed when online)")
@@ -81,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "available, else cpu)")
     p.add_argument("--batch-size", default="4", help="texts per forward pass (default: %(default)s)")
     p.add_argument("--seed", default=None,
-                   help="seed of the generated passkey/needle data (default: 0); for several seeds use --seeds")
+                   help="seed of the generated tasks' data (default: 0); for several seeds use --seeds")
     p.add_argument("--seeds", default=None,
-                   help="repeat passkey/needle over several seeds: a comma list (0,1,2) or a count N meaning 0..N-1; "
+                   help="repeat the generated tasks over several seeds: a comma list (0,1,2) or a count N meaning "
+                        "0..N-1; "
                         "the report gives mean, spread (std over seeds) and a bootstrap 95%% interval (default: "
                         "one seed, --seed)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="quick",
@@ -92,9 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", choices=("bm25", "none"), default="bm25",
                    help="lexical baseline run next to the methods (default: %(default)s)")
     p.add_argument("--n-queries", default=None,
-                   help="queries per length for passkey/needle (default: the profile's)")
+                   help="queries per length for the generated tasks (default: the profile's)")
     p.add_argument("--n-docs", default=None,
-                   help="candidate documents per length for passkey/needle (default: the profile's)")
+                   help="candidate documents per length for the generated tasks (default: the profile's; "
+                        "contextual: at most 288)")
     p.add_argument("--strategies", default=None,
                    help="for the chunk tasks: comma list of naive, late, whole (late and whole run once per "
                         "--method) or late:<method> / whole:<method> for one method (default: the profile's)")
@@ -199,10 +204,12 @@ def _chunk_options(parser, args, prof, all_methods) -> None:
                                                  ("chunk_overlap", DEFAULT_CHUNK_OVERLAP)) if getattr(args, k) is None}
     items = _list(parser, "strategies", prof["strategies"] if args.strategies is None else args.strategies,
                   args.strategies is not None)
-    args.skipped_runs = {}  # crossed runs of profile-filled strategies that a method cannot do (said at the start)
+    # crossed runs a method cannot do: left out (and said at the start) when the profile filled in the strategies or
+    # the methods, or when no chunk task runs; an explicit --strategies late with an explicit --method pcw is an error
+    args.skipped_runs = {}
+    lenient = args.strategies is None or args.method is None or not chunked
     try:
-        args.runs = expand(items, args.methods, all_methods,
-                           args.skipped_runs if args.strategies is None else None)
+        args.runs = expand(items, args.methods, all_methods, args.skipped_runs if lenient else None)
     except ValueError as exc:
         parser.error(str(exc))
     args.strategies = items
@@ -255,6 +262,12 @@ def parse(argv=None) -> argparse.Namespace:
     if args.n_queries > args.n_docs:
         parser.error(f"--n-queries ({args.n_queries}) must not exceed --n-docs ({args.n_docs}): each query has "
                      "its own relevant document")
+    if "contextual" in args.tasks:
+        from .contextual import MAX_DOCS
+
+        if args.n_docs > MAX_DOCS:
+            parser.error(f"--n-docs {args.n_docs}: the contextual task invents one subject name per document and has "
+                         f"{MAX_DOCS}; use --n-docs {MAX_DOCS} or fewer")
     args.seeds = _seeds(parser, args)
     args.seed = args.seeds[0]
     _chunk_options(parser, args, prof, ALL_METHODS)

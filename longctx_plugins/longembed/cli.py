@@ -120,7 +120,8 @@ def run(args, make_scorer=None, say=print) -> dict:
     if args.from_profile:
         say(f"profile {args.profile} fills in: " + "; ".join(f"{k.replace('_', '-')} {v}"
                                                              for k, v in args.from_profile.items()))
-    _chunk_notes(args, chunked, say)
+    windows = late_windows(args, source) if chunked else {}
+    _chunk_notes(args, chunked, say, windows)
     bars = _progress_bars(not args.no_progress)
     try:
         return _run(args, source, make_scorer, say, start)
@@ -128,7 +129,38 @@ def run(args, make_scorer=None, say=print) -> dict:
         _progress_bars(bars)
 
 
-def _chunk_notes(args, chunked, say) -> None:
+def late_windows(args, source) -> dict[str, int]:
+    """``{late run: its window in tokens}``, read from the model's config before any work (as the embedder will
+    choose it: the trained length for none, --target-length otherwise, and for a checkpoint saved extended
+    max(--target-length, its extended length)); ValueError when --window-overlap does not fit a window. Empty when
+    the model's files are not here yet (the embedder checks the overlap when it loads)."""
+    from .strategies import parse_run
+
+    late = [r for r in args.runs if parse_run(r)[0] == "late"]
+    folder = source.folder() if late else None
+    if folder is None:
+        return {}
+    from transformers import AutoConfig
+
+    from ..extension import original_length, resolve_method
+
+    config = AutoConfig.from_pretrained(folder)
+    saved = getattr(config, "longctx_ape", None)
+    windows = {}
+    for run in late:
+        method = parse_run(run)[1]
+        if saved:
+            windows[run] = max(args.target_length, int(saved["target_length"]))
+        else:
+            windows[run] = original_length(config) if resolve_method(config, method) == "none" else args.target_length
+        if args.window_overlap is not None and args.window_overlap >= windows[run]:
+            raise ValueError(f"--window-overlap {args.window_overlap} must be smaller than the window of {run} "
+                             f"({windows[run]} tokens); use a smaller --window-overlap (default: a quarter of the "
+                             "window)")
+    return windows
+
+
+def _chunk_notes(args, chunked, say, windows) -> None:
     """Say the chunk settings a run with chunk tasks uses (defaults included), and chunk options that do not apply."""
     from .strategies import parse_run
 
@@ -139,13 +171,15 @@ def _chunk_notes(args, chunked, say) -> None:
             f"{args.chunk_overlap} tokens{' (default)' if 'chunk_overlap' in args.chunk_defaults else ''}; runs "
             f"{', '.join(args.runs)}; main score nDCG@10")
         for run, why in getattr(args, "skipped_runs", {}).items():
-            say(f"note: {run} left out of the profile's strategies: {why}")
+            say(f"note: {run} left out: {why}")
         late = [r for r in args.runs if parse_run(r)[0] == "late"]
         if late:
             overlap = (f"{args.window_overlap} tokens" if args.window_overlap is not None else
                        "a quarter of the window (--window-overlap not given: the embedder's default)")
-            say(f"{', '.join(late)}: documents longer than the window (none: the model's trained length; other "
-                f"methods: --target-length {args.target_length}) are read in windows overlapping by {overlap}")
+            sizes = (", ".join(f"{r}: {windows[r]} tokens" for r in late) if windows else
+                     f"none: the model's trained length; other methods: --target-length {args.target_length}")
+            say(f"{', '.join(late)}: documents longer than the window ({sizes}) are read in windows overlapping by "
+                f"{overlap}")
         elif args.window_overlap is not None:
             unused.append("window_overlap")
     if unused:

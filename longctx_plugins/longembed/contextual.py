@@ -22,6 +22,7 @@ DOCS_PER_FACT_KIND = 5
 _PRE = ("Har", "Bel", "Cal", "Dun", "Els", "Fen", "Gal", "Hol", "Ives", "Jar", "Kes", "Lock", "Mer", "Nor", "Ott",
         "Pem", "Quar", "Roth", "Sel", "Tre", "Ul", "Van", "Wex", "Yar")
 _SUF = ("wick", "mere", "worth", "ridge", "stead", "combe", "thorpe", "dale", "brook", "holme", "garth", "ness")
+MAX_DOCS = len(_PRE) * len(_SUF)  # one invented name per document of a length
 ORG_KINDS = (("Shipping Company", "company"), ("Glassworks", "glassworks"), ("Savings Bank", "bank"),
              ("Choral Society", "society"), ("Botanical Institute", "institute"), ("Railway Company", "railway"),
              ("Brewery", "brewery"), ("Printing House", "printing house"), ("Observatory", "observatory"),

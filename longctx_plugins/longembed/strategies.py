@@ -32,11 +32,12 @@ log = logging.getLogger("longctx_plugins.longembed")
 
 def expand(items: list[str], methods: list[str], all_methods, skipped: dict | None = None) -> list[str]:
     """Run names from ``--strategies`` items (``naive``, ``late``, ``whole``: crossed with ``methods``;
-    ``late:<m>`` / ``whole:<m>``: that method alone). ValueError naming the problem. With ``skipped`` (strategies a
-    profile filled in), a crossed run the method cannot do is left out and recorded there with its reason."""
+    ``late:<m>`` / ``whole:<m>``: that method alone). ValueError naming the problem. With ``skipped`` (the strategies
+    or the methods came from a profile, or no chunk task runs), a crossed run the method cannot do is left out and
+    recorded there with its reason."""
     runs = []
     for item in items:
-        strategy, _, method = item.partition(":")
+        strategy, colon, method = item.partition(":")
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {item!r}; valid: {', '.join(STRATEGIES)}, or late:<method> / "
                              "whole:<method>")
@@ -45,6 +46,9 @@ def expand(items: list[str], methods: list[str], all_methods, skipped: dict | No
                 raise ValueError(f"--strategies {item!r}: naive embeds each chunk alone and takes no method")
             runs.append("naive")
             continue
+        if colon and not method:
+            raise ValueError(f"--strategies {item!r} names no method; write {strategy}:<method> (e.g. {strategy}:pi), "
+                             f"or {strategy} alone for every --method")
         for m in ([method] if method else methods):
             if m not in all_methods:
                 raise ValueError(f"--strategies {item!r}: unknown method {m!r}; valid methods: "
@@ -90,9 +94,9 @@ def plan(args, chunk_tasks) -> list[tuple[str, list[str]]]:
 def key_fields(run: str, args) -> dict:
     """What a chunk run's scores depend on beyond the model, device, versions and code (:func:`cli.score_key`)."""
     strategy, method = parse_run(run)
-    out = {"strategy": strategy, "method": method,
-           # method none reads windows of the trained length whatever --target-length says
-           "target_length": None if method == "none" else args.target_length}
+    # --target-length stays in the key even for none: a checkpoint saved extended reads windows of
+    # max(--target-length, its own extended length) under every method name
+    out = {"strategy": strategy, "method": method, "target_length": args.target_length}
     if strategy == "late":
         out["window_overlap"] = getattr(args, "window_overlap", None)  # None: the embedder's default
     return out
