@@ -20,8 +20,8 @@ from .embedding.loading import DEFAULT_MODEL, default_model_path, load
 from .embedding import late_chunking
 from .embedding.pooling import POOLING_MODES, pool
 from .embedding.tokenization import Encoded, Tokenization
-from .embedding.windows import cover
-from .extension import extend, original_length, position_type, resolve_method
+from .embedding.windows import cover, reading_window
+from .extension import extend, original_length, position_type
 from .methods import DECODER_MODEL_TYPES
 
 logger = logging.getLogger(__name__)
@@ -97,16 +97,13 @@ class LongContextEmbedder:
         self.is_decoder = bool(getattr(model.config, "is_decoder", False)) or \
             model.config.model_type in DECODER_MODEL_TYPES
         self.trained_length = original_length(model)
-        self.method = resolve_method(model, method)
+        self.method, self.target_length = reading_window(model.config, method, target_length)
         if getattr(model.config, "longctx_ape", None):  # an already-extended checkpoint
             from .ape import attach
 
             attach(model)
-            self.method = model.config.longctx_ape["method"]
-            target_length = max(target_length, model.config.longctx_ape["target_length"])
-        elif self.method not in ("none", "pcw") and target_length > self.trained_length:
-            extend(model, self.method, target_length)
-        self.target_length = target_length if self.method != "none" else self.trained_length
+        elif self.method not in ("none", "pcw") and self.target_length > self.trained_length:
+            extend(model, self.method, self.target_length)
         self.overlength = overlength
         self.window_overlap = self.target_length // 4 if window_overlap is None else int(window_overlap)
         cover(self.target_length + 1, self.target_length, self.window_overlap)  # validates the overlap now

@@ -8,6 +8,20 @@ from __future__ import annotations
 import numpy as np
 
 
+def reading_window(config, method: str, target_length: int) -> tuple[str, int]:
+    """``(method run, tokens read in one pass)`` of an embedder asked for ``method`` and ``target_length`` on a model
+    with ``config``: ``none`` reads the trained length, other methods ``target_length``, and a checkpoint saved
+    extended runs its own method over max(``target_length``, its extended length). ``method`` is checked against
+    the model first (ValueError naming the fix)."""
+    from ..extension import original_length, resolve_method
+
+    method = resolve_method(config, method)
+    saved = getattr(config, "longctx_ape", None)
+    if saved:
+        return saved["method"], max(target_length, int(saved["target_length"]))
+    return method, (original_length(config) if method == "none" else target_length)
+
+
 def cover(n: int, size: int, overlap: int = 0) -> list[tuple[int, int]]:
     """``[a, b)`` windows of ``size`` tokens covering ``range(n)``, consecutive windows sharing ``overlap`` tokens
     (at least); the last window is the last ``size`` tokens. One window when ``n <= size``."""

@@ -130,10 +130,9 @@ def run(args, make_scorer=None, say=print) -> dict:
 
 
 def late_windows(args, source) -> dict[str, int]:
-    """``{late run: its window in tokens}``, read from the model's config before any work (as the embedder will
-    choose it: the trained length for none, --target-length otherwise, and for a checkpoint saved extended
-    max(--target-length, its extended length)); ValueError when --window-overlap does not fit a window. Empty when
-    the model's files are not here yet (the embedder checks the overlap when it loads)."""
+    """``{late run: its window in tokens}``, read from the model's config before any work by the embedder's own
+    rule (:func:`..embedding.windows.reading_window`); ValueError when --window-overlap does not fit a window. Empty
+    when the model's files are not here yet (the embedder checks the overlap when it loads)."""
     from .strategies import parse_run
 
     late = [r for r in args.runs if parse_run(r)[0] == "late"]
@@ -142,17 +141,12 @@ def late_windows(args, source) -> dict[str, int]:
         return {}
     from transformers import AutoConfig
 
-    from ..extension import original_length, resolve_method
+    from ..embedding.windows import reading_window
 
     config = AutoConfig.from_pretrained(folder)
-    saved = getattr(config, "longctx_ape", None)
     windows = {}
     for run in late:
-        method = parse_run(run)[1]
-        if saved:
-            windows[run] = max(args.target_length, int(saved["target_length"]))
-        else:
-            windows[run] = original_length(config) if resolve_method(config, method) == "none" else args.target_length
+        windows[run] = reading_window(config, parse_run(run)[1], args.target_length)[1]
         if args.window_overlap is not None and args.window_overlap >= windows[run]:
             raise ValueError(f"--window-overlap {args.window_overlap} must be smaller than the window of {run} "
                              f"({windows[run]} tokens); use a smaller --window-overlap (default: a quarter of the "

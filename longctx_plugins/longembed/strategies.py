@@ -102,14 +102,18 @@ def key_fields(run: str, args) -> dict:
     return out
 
 
-class LateChunking:
-    """Late-chunking scorer: queries as the embedder encodes them, chunks through ``encode_spans``."""
+class _ChunkScorer:
+    """A chunk run's scorer around its embedder: queries as the embedder encodes them; ``chunk_vectors`` differs."""
 
     def __init__(self, embedder):
         self.embedder = embedder
 
     def encode_queries(self, texts, **kw) -> np.ndarray:
         return self.embedder.encode_queries(texts, **kw)
+
+
+class LateChunking(_ChunkScorer):
+    """Late-chunking scorer: chunks through ``encode_spans``."""
 
     def chunk_vectors(self, documents: dict, chunks: dict, chunk_ids: list[str]) -> np.ndarray:
         by_doc: dict[str, list[str]] = {}
@@ -122,14 +126,8 @@ class LateChunking:
         return np.stack([vectors[c] for c in chunk_ids])
 
 
-class WholeDocument:
+class WholeDocument(_ChunkScorer):
     """Whole-document scorer: every chunk gets the vector of the document it comes from."""
-
-    def __init__(self, embedder):
-        self.embedder = embedder
-
-    def encode_queries(self, texts, **kw) -> np.ndarray:
-        return self.embedder.encode_queries(texts, **kw)
 
     def chunk_vectors(self, documents: dict, chunks: dict, chunk_ids: list[str]) -> np.ndarray:
         doc_ids = list(documents)
