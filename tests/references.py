@@ -5,7 +5,35 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from longctx_plugins.ops.dense import masked_softmax_attention, repeat_kv
+from longctx_plugins.ops.dense import repeat_kv
+
+
+def masked_softmax_attention(logits: torch.Tensor, mask: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    """``softmax(logits masked) @ value`` in float32; rows with no allowed key give 0. Returns ``[B, H, Q, D]``."""
+    logits = logits.to(torch.float32)
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    probs = torch.nan_to_num(probs, nan=0.0)
+    value = repeat_kv(value, logits.shape[1] // value.shape[1])
+    return torch.matmul(probs, value.to(torch.float32))
+
+
+def dca_relative_position(i: int, j: int, chunk_size: int, local_window: int) -> int:
+    """Dual Chunk Attention's rotation distance of pair (i, j), ``j <= i``, written out from the definition."""
+    c, top = chunk_size, chunk_size + local_window
+    a, b, dc = i % c, j % c, i // c - j // c
+    if dc == 0:
+        return a - b
+    if dc == 1:
+        return min(a + c, top) - b
+    return min(2 * c - 1, top) - b
+
+
+def string_relative_position(i: int, j: int, shift: int, local_window: int) -> int:
+    """STRING's rotation distance of pair (i, j), ``j <= i``, written out from the definition."""
+    d = i - j
+    return d if d < shift else d - shift + local_window
 
 
 def eager_attention(query, key, value, mask: torch.Tensor | None, scale: float | None = None) -> torch.Tensor:

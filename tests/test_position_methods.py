@@ -6,9 +6,10 @@ import torch
 
 from longctx_plugins import extend
 from longctx_plugins.ops import dca, passes as P, rope as rope_ops, string
-from longctx_plugins.ops.dense import masked_softmax_attention, repeat_kv
+from longctx_plugins.ops.dense import repeat_kv
 
 from .conftest import outputs, tiny_config, tiny_model
+from .references import dca_relative_position, masked_softmax_attention, string_relative_position
 
 # Worked example (trained length 8, 20 tokens): DCA with the authors' chunk_size C = 6 and local_window 2 has chunks
 # of 4 tokens, i.e. chunk_size=4, local_window=2 here. Rows 0..19, the rotation distance of every causal pair.
@@ -41,11 +42,11 @@ def test_dca_distances_match_the_definition_and_the_worked_example():
     dist = pass_distances(dca.passes(4, 2), 20)
     for i in range(20):
         assert dist[i, : i + 1].tolist() == rows[i], i
-        assert all(dist[i, j] == dca.relative_position(i, j, 4, 2) for j in range(i + 1))
+        assert all(dist[i, j] == dca_relative_position(i, j, 4, 2) for j in range(i + 1))
     assert int(dist.max()) == 6  # chunk_size + local_window: never beyond
     for chunk, local in [(5, 1), (7, 3), (3, 0)]:
         dist = pass_distances(dca.passes(chunk, local), 40)
-        assert all(dist[i, j] == dca.relative_position(i, j, chunk, local) for i in range(40) for j in range(i + 1))
+        assert all(dist[i, j] == dca_relative_position(i, j, chunk, local) for i in range(40) for j in range(i + 1))
 
 
 def test_string_distances_match_the_definition_and_the_worked_example():
@@ -53,7 +54,7 @@ def test_string_distances_match_the_definition_and_the_worked_example():
     assert dist[19].tolist() == STRING_ROW_19
     for shift, window in [(3, 2), (6, 2), (10, 4)]:
         dist = pass_distances(string.passes(shift, window), 30)
-        assert all(dist[i, j] == string.relative_position(i, j, shift, window) for i in range(30) for j in range(i + 1))
+        assert all(dist[i, j] == string_relative_position(i, j, shift, window) for i in range(30) for j in range(i + 1))
 
 
 def pairwise(q, k, v, distance, inv_freq, scale, mask):
@@ -69,8 +70,8 @@ def pairwise(q, k, v, distance, inv_freq, scale, mask):
 
 
 @pytest.mark.parametrize("method,params,dist", [
-    ("dca", (4, 2), lambda i, j: dca.relative_position(i, j, 4, 2)),
-    ("string", (5, 2), lambda i, j: string.relative_position(i, j, 5, 2)),
+    ("dca", (4, 2), lambda i, j: dca_relative_position(i, j, 4, 2)),
+    ("string", (5, 2), lambda i, j: string_relative_position(i, j, 5, 2)),
 ])
 def test_reference_equals_the_pairwise_definition(method, params, dist):
     torch.manual_seed(0)

@@ -31,14 +31,3 @@ def passes(chunk_size: int, local_window: int) -> tuple[P.Pass, ...]:
         P.Pass("successive", P.Band(1, 1, c, c), q=P.Positions(a=1, b=-c, div=c, c=c, max=top), k=key),
         P.Pass("inter", P.Band(lo=2, q_div=c, k_div=c), q=P.Positions(a=0, c=min(2 * c - 1, top)), k=key),
     )
-
-
-def relative_position(i: int, j: int, chunk_size: int, local_window: int) -> int:
-    """The rotation distance of pair (i, j), ``j <= i``, written out from the definition (for tests)."""
-    c, top = chunk_size, chunk_size + local_window
-    a, b, dc = i % c, j % c, i // c - j // c
-    if dc == 0:
-        return a - b
-    if dc == 1:
-        return min(a + c, top) - b
-    return min(2 * c - 1, top) - b

@@ -34,9 +34,3 @@ def max_length(trained_length: int, shift: int, local_window: int) -> int:
 def passes(shift: int, local_window: int) -> tuple[P.Pass, ...]:
     return (P.Pass("window", P.Band(lo=0, hi=shift - 1)),
             P.Pass("shifted", P.Band(lo=shift), q=P.Positions(c=local_window - shift)))
-
-
-def relative_position(i: int, j: int, shift: int, local_window: int) -> int:
-    """The rotation distance of pair (i, j), ``j <= i``, written out from the definition (for tests)."""
-    d = i - j
-    return d if d < shift else d - shift + local_window
