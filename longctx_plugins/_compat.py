@@ -116,3 +116,15 @@ def nested_rope_keys(config, rope_parameters: dict) -> list[str]:
         return list(config.nested_rope_parameter_keys(rope_parameters))
     labels = getattr(config, "_rope_type_labels", None) or getattr(config, "layer_types", None) or ()
     return [key for key in rope_parameters if key in labels]
+
+
+# transformers standardises a legacy ``rope_scaling={"type": ...}`` set after a config is built (what
+# ``from_pretrained(path, rope_scaling=...)`` does) from 5.22 on; before, its rotary modules read ``rope_type`` from
+# the raw dict and fail with ``KeyError: 'rope_type'`` for every RoPE type, built-in ones included.
+MIN_TRANSFORMERS_LEGACY_ROPE_KWARG = (5, 22)
+
+
+def legacy_rope_scaling_kwarg() -> bool:
+    """Whether ``from_pretrained(path, rope_scaling={"type": ...})`` works with the installed transformers."""
+    return _parse(_installed("transformers") or "0") >= MIN_TRANSFORMERS_LEGACY_ROPE_KWARG
+

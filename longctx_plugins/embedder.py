@@ -97,6 +97,7 @@ class LongContextEmbedder:
         self.is_decoder = bool(getattr(model.config, "is_decoder", False)) or \
             model.config.model_type in DECODER_MODEL_TYPES
         self.trained_length = original_length(model)
+        self.asked_target_length = target_length
         self.method, self.target_length = reading_window(model.config, method, target_length)
         if getattr(model.config, "longctx_ape", None):  # an already-extended checkpoint
             from .ape import attach
@@ -187,9 +188,13 @@ class LongContextEmbedder:
             return self._windows(e, self.target_length, self.window_overlap, prompt)
         if not self._warned_truncation:
             self._warned_truncation = True
-            _warn.warn(f"LongContextEmbedder: texts longer than target_length={self.target_length} tokens are "
-                          f"truncated (first: text {index}, {len(e.ids)} tokens). Pass overlength='windows' to read "
-                          "them whole in overlapping windows, or overlength='error' to refuse them.")
+            why = "target_length" if self.target_length == self.asked_target_length else (
+                f"method {self.method!r} reads at most {self.target_length} tokens"
+                f"{' (the trained window)' if self.method == 'none' else ''}; target_length={self.asked_target_length} "
+                "was asked")
+            _warn.warn(f"LongContextEmbedder: texts longer than {self.target_length} tokens ({why}) are truncated "
+                       f"(first: text {index}, {len(e.ids)} tokens). LongContextEmbedder(overlength='windows') reads "
+                       "them whole in overlapping windows; overlength='error' refuses them.")
         pre, body, suf = self._split_specials(e)
         return [np.concatenate([pre, body[: self.target_length - len(pre) - len(suf)], suf])]
 

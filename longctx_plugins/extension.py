@@ -19,6 +19,9 @@ from .ape import apply_ape, trained_length
 from .methods import APE_MODEL_TYPES, AUTO, METHODS, ROPE_MODEL_TYPES, check_method_name
 
 logger = logging.getLogger(__name__)
+# The longest target length accepted (2**24 tokens): far beyond any model's use, and it keeps an interpolated APE
+# table or a mistyped length from allocating memory without bound.
+MAX_TARGET_LENGTH = 2 ** 24
 
 
 def position_type(model_or_config) -> str:
@@ -64,7 +67,15 @@ def original_length(model_or_config) -> int:
 
 def extend(model, method: str = "auto", target_length: int = 32768, **params):
     """Extend ``model`` in place to ``target_length`` tokens and return it. See the module docstring."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"extend() takes a loaded transformers model (a PreTrainedModel), got "
+                        f"{type(model).__name__}; load it first, e.g. AutoModel.from_pretrained(path).")
     target_length = positive_int("target_length", target_length)
+    if target_length > MAX_TARGET_LENGTH:
+        raise ValueError(f"target_length={target_length} is beyond the longest input this package extends to "
+                         f"({MAX_TARGET_LENGTH:,} tokens); pass the length you will actually read.")
     method = resolve_method(model, method)
     if method in ("none", "pcw"):
         return model

@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from ._checks import MissingParameterError
 from .ops import dca, self_extend, string
 
 COMMON_OPTIONAL = frozenset({"keep_trained_window", "original_max_position_embeddings", "base_rope_type", "factor",
@@ -95,12 +96,17 @@ METHODS: dict[str, Method] = {
 
 
 def validate(name: str, params: dict, trained: int | None) -> None:
-    """ValueError naming the bad parameter of method ``name`` (called when a config is built and by ``extend``)."""
+    """ValueError naming the bad parameter of method ``name`` (called when a config is built and by ``extend``); a
+    missing one raises :class:`MissingParameterError`, also a ``KeyError`` as transformers' own types raise."""
     method = METHODS[name]
     for key, minimum in method.integers.items():
         value = params.get(key)
         if value is None:
-            raise ValueError(f"rope_parameters for rope_type={name!r} is missing {key!r} (an integer >= {minimum}).")
+            unknown = sorted(unknown_keys(name, params))
+            hint = f" (it has keys {name!r} does not use: {unknown}; a misspelling?)" if unknown else ""
+            raise MissingParameterError(f"rope_parameters for rope_type={name!r} is missing {key!r} (an integer >= "
+                                        f"{minimum}){hint}; longctx_plugins.extend(model, {name!r}, target_length) "
+                                        "picks it for you.")
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"rope_parameters[{key!r}] for rope_type={name!r} must be an integer >= {minimum}, "
                              f"got {value!r}.")

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from . import _warn, position_methods
+from ._checks import MissingParameterError
 from .methods import DECODER_MODEL_TYPES
 from .ops import rope as rope_ops
 from .rope_config import SCALING_TYPES, layer_parameters
@@ -51,9 +52,22 @@ def inv_freq_for(config, rope_parameters: dict[str, Any], device=None, rope_type
     raise ValueError(f"rope type {rope_type!r} is not computed by longctx_plugins")
 
 
+def checked_parameters(config, layer_type: str | None, rope_type: str) -> dict[str, Any]:
+    """The layer's RoPE dict (:func:`layer_parameters`), validated with the type's validator.
+
+    transformers validates a config when it is built, but ``from_pretrained(path, rope_parameters=...)`` (and legacy
+    ``rope_scaling=``) set the dict on the loaded config afterwards, unvalidated. Every model build calls the init
+    functions, so checking here covers every way parameters arrive: a config built in code, ``from_pretrained``
+    keyword arguments, a saved ``config.json`` and :func:`longctx_plugins.extend`.
+    """
+    params = layer_parameters(config, layer_type)
+    VALIDATORS[rope_type](config, params, getattr(config, "ignore_keys_at_rope_validation", None))
+    return params
+
+
 def _scaling_init(rope_type: str):
     def init(config, device=None, seq_len=None, layer_type=None, **kwargs):
-        return inv_freq_for(config, layer_parameters(config, layer_type), device, rope_type), 1.0
+        return inv_freq_for(config, checked_parameters(config, layer_type, rope_type), device, rope_type), 1.0
 
     init.__name__ = f"_init_{rope_type}"
     return init
@@ -62,7 +76,7 @@ def _scaling_init(rope_type: str):
 def _method_init(name: str):
     """A position method keeps the base frequencies; its attention re-maps the positions per pair."""
     def init(config, device=None, seq_len=None, layer_type=None, **kwargs):
-        params = layer_parameters(config, layer_type)
+        params = checked_parameters(config, layer_type, name)
         impl = getattr(config, "_attn_implementation", None)
         if impl is not None and impl != name:
             # Only the method's own attention honours the re-mapped positions; any other would silently ignore them.
@@ -89,7 +103,8 @@ INIT_FUNCTIONS = {**{t: _scaling_init(t) for t in SCALING_TYPES},
 def _factor(rope_parameters, rope_type):
     value = rope_parameters.get("factor")
     if value is None:
-        raise ValueError(f"rope_parameters for rope_type={rope_type!r} is missing 'factor'; allowed: a number >= 1.0.")
+        raise MissingParameterError(f"rope_parameters for rope_type={rope_type!r} is missing 'factor' (a number >= 1.0)"
+                                    f"; e.g. rope_parameters={{'rope_type': {rope_type!r}, 'factor': 4.0}}.")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
         raise ValueError(f"rope_parameters['factor'] for rope_type={rope_type!r} must be a number >= 1.0, got "
                          f"{value!r} ({type(value).__name__}).")

@@ -141,8 +141,8 @@ def test_log_temperature_only_past_trained_window():
     assert se.temperature(torch.tensor([1000, 10]), 32).tolist() == pytest.approx([expected.item(), 1.0])
 
 
-def _cause(exc):
-    while exc is not None and not isinstance(exc, ValueError):
+def _cause(exc):  # a bad value is a ValueError, a missing key a KeyError (transformers' rule)
+    while exc is not None and not isinstance(exc, (ValueError, KeyError)):
         exc = exc.__cause__
     return exc
 

@@ -25,6 +25,7 @@ from ..ops.lse import merge_pair
 from ..ops.dense import repeat_kv
 from . import plan as plans
 from .kernels import flex, fused_lse, sdpa
+from .support import UnsupportedModelError, position_method_problem
 
 # rope_type -> method (parameters, passes); the attention name a method needs is its rope_type.
 METHODS = position_methods.METHODS
@@ -93,6 +94,9 @@ def positional_attention_forward(module, query, key, value, attention_mask, drop
     plan.bind(module, query, kwargs, dropout, causal, _read_positions(batch, q_len, kv_len, query.device), _no_flash)
     params = layer_parameters(module)
     if params is None:  # not a position-method layer: plain attention under the same plan
+        problem = plan.once("method_check", lambda: position_method_problem(module.config, name))
+        if problem:
+            raise UnsupportedModelError(problem)
         if plan.backend == "flex":
             bm = plan.once("plain_block_mask", plan.transformers_block_mask)
             return flex.attention(query, key, value, bm, scaling, plan.kernel_options).transpose(1, 2).contiguous(), None
@@ -102,38 +106,60 @@ def positional_attention_forward(module, query, key, value, attention_mask, drop
         raise ValueError(f"{params['rope_type']}: attention dropout is not supported; set the model's "
                          "attention_dropout to 0.")
     q_pos, k_pos = plan.inputs["q_pos"], plan.inputs["k_pos"]
-    passes = _passes(plan, module, params, causal, k_pos)
+    passes, plain_rows = _passes(plan, module, params, causal, k_pos)
     inv_freq = _inv_freq(module.config, params, query.device)
     logit_scale = None
     if params.get("temperature") == "log":
         trained = params.get("original_max_position_embeddings") or module.config.max_position_embeddings
         logit_scale = se_ops.temperature(k_pos.max(dim=-1).values + 1, trained)  # true length = last position + 1
-    if plan.backend == "flex":
-        out = _flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, passes, scaling, logit_scale)
-    else:
+
+    def run(ps):
+        if plan.backend == "flex":
+            return _flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, ps, scaling, logit_scale)
         mask = plan.once("method_dense_mask", lambda: _causal_dense(plan))
-        out = _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale)
+        return _dense(query, key, value, q_pos, k_pos, inv_freq, ps, mask, scaling, logit_scale)
+
+    out = run(passes)
+    if plain_rows is not None:  # a padded encoder batch with rows on both sides of the trained window
+        out = torch.where(plain_rows[:, None, None, None], run((_INSIDE,)), out)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
+_INSIDE = P.Pass("inside", P.Band())
+
+
 def _passes(plan, module, params, causal, k_pos):
-    """The layer's passes. With ``keep_trained_window`` (the default) the method acts only past the trained window:
-    for decoders on query rows at positions >= the trained length (earlier rows: plain attention), for encoders only
-    when the sequence is longer than the trained length; inputs inside it get exactly the unextended model's
-    attention."""
+    """The layer's passes, and the batch rows that take plain attention instead (a ``[B]`` bool tensor, or None).
+
+    With ``keep_trained_window`` (the default) the method acts only past the trained window: for decoders on query
+    rows at positions >= the trained length (earlier rows: plain attention), for encoders only on sequences longer
+    than the trained length, decided per row (padding excluded), so a text gets the same vector alone and in any
+    padded batch. Inputs inside the window get exactly the unextended model's attention."""
     method = METHODS[params["rope_type"]]
     if method.causal_only and not causal:
         raise ValueError(f"{method.name} ({method.paper}) is defined for causal attention; this layer is "
                          "bidirectional. Use self_extend for encoders.")
     passes = method.passes(params, causal)
     if not params.get("keep_trained_window", True):
-        return passes
+        return passes, None
     trained = int(params.get("original_max_position_embeddings") or module.config.max_position_embeddings)
     if causal:
-        return P.exact_below(passes, trained)
-    if plan.once("longest_position", lambda: int(k_pos.max()) + 1) <= trained:
-        return (P.Pass("inside", P.Band()),)
-    return passes
+        return P.exact_below(passes, trained), None
+    inside = plan.once("rows_inside", lambda: _rows_inside(plan, k_pos, trained))
+    if inside is True:
+        return (_INSIDE,), None
+    return passes, (None if inside is False else inside)
+
+
+def _rows_inside(plan, k_pos, trained: int):
+    """True when every row of the batch is no longer than ``trained`` (its real keys' last position + 1), False when
+    none is, else the ``[B]`` bool tensor of the rows that are. One host sync per forward."""
+    valid = plan.key_valid()
+    pos = k_pos if valid is None else torch.where(valid, k_pos, torch.full_like(k_pos, -1))
+    inside = pos.max(dim=-1).values + 1 <= trained
+    if bool(inside.all()):
+        return True
+    return inside if bool(inside.any()) else False
 
 
 def _causal_dense(plan):

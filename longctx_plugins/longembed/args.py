@@ -273,12 +273,10 @@ def parse(argv=None) -> argparse.Namespace:
     _chunk_options(parser, args, prof, ALL_METHODS)
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         parser.error(f"--data-dir {args.data_dir!r} is not a folder")
-    try:
-        os.makedirs(args.output, exist_ok=True)
-        probe = os.path.join(args.output, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as exc:
-        parser.error(f"output directory {args.output!r} is not writable ({exc.strerror}); choose another --output")
+    from .files import check_writable_folder
+
+    problem = check_writable_folder(args.output)
+    if problem:
+        parser.error(f"--output {args.output!r} cannot hold the results ({problem}); pass a folder you can write to "
+                     "(it is created if missing)")
     return args

@@ -13,6 +13,8 @@ import os
 import warnings
 from functools import lru_cache
 
+from .files import write_text_atomic
+
 SMALL_FILE = 32 * 2**20  # files up to this size are hashed whole; larger ones by size, mtime and their ends
 _ENDS = 2**20
 # files of a model folder that do not take part in loading it
@@ -116,11 +118,7 @@ def haystack_source() -> str:
 
 # ------------------------------------------------------------------------------------------------- reading, writing
 def write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj))
 
 
 def read_json(path: str, check) -> object | None:

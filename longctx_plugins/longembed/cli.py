@@ -16,6 +16,7 @@ import time
 import warnings
 
 from .args import PROFILES, build_parser, parse  # noqa: F401  (re-exported: the CLI's public names)
+from .files import write_text_atomic
 
 log = logging.getLogger("longctx_plugins.longembed")
 INTERRUPTED = "longctx-eval: interrupted; rerun the same command to resume from the cache"
@@ -243,15 +244,15 @@ def _run(args, source, make_scorer, say, start) -> dict:
                   elapsed_s=round(time.time() - start, 1),
                   versions=versions("torch", "transformers", "tokenizers", "numpy", "bm25s", "mteb"),
                   cache={"data": data_record, "scores": score_record})
-    _write_text(os.path.join(args.output, "run_config.json"), json.dumps(config, indent=2))
+    write_text_atomic(os.path.join(args.output, "run_config.json"), json.dumps(config, indent=2))
     title = f"{source.label}, target length {args.target_length}" + (
         f", {len(args.seeds)} seeds" if len(args.seeds) > 1 else "")
     seeds_note = (f" Cells: mean ± std over seeds {','.join(map(str, args.seeds))}." if len(args.seeds) > 1 else "")
-    _write_text(os.path.join(args.output, "results.md"),
+    write_text_atomic(os.path.join(args.output, "results.md"),
                 f"# LongEmbed results ({title})\n\n{scores_note(results)}{seeds_note}\n\n"
                 + format_table(results, markdown=True))
     png = plot(results, os.path.join(args.output, "results.png"), title)
-    _write_text(os.path.join(args.output, "results.json"), json.dumps(results, indent=2))
+    write_text_atomic(os.path.join(args.output, "results.json"), json.dumps(results, indent=2))
     say(f"wrote {args.output}/results.md, results.json, run_config.json{', results.png' if png else ''} "
         f"({time.time() - start:.0f}s)")
     return results
@@ -261,13 +262,6 @@ def _mteb_name(task: str) -> str:
     from .tasks import MTEB_NAMES
 
     return MTEB_NAMES.get(task, task)
-
-
-def _write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv=None, make_scorer=None) -> int:
@@ -299,7 +293,10 @@ def main(argv=None, make_scorer=None) -> int:
         except KeyboardInterrupt:
             print(INTERRUPTED, file=sys.stderr)
             return 130
-        except (ValueError, RuntimeError, OSError, ImportError) as exc:
+        except OSError as exc:
+            print(f"longctx-eval: error: {_file_problem(exc, args.output)}", file=sys.stderr)
+            return 2
+        except (ValueError, RuntimeError, ImportError) as exc:
             print(f"longctx-eval: error: {exc}", file=sys.stderr)
             return 2
     return 0
@@ -318,3 +315,14 @@ def _progress_bars(on: bool) -> bool:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _file_problem(exc: OSError, output: str) -> str:
+    """An OSError as a sentence that names the path, what went wrong and what to do."""
+    if exc.filename is None:
+        return str(exc)
+    where = os.fspath(exc.filename)
+    return (f"cannot use {where!r}: {exc.strerror or exc}. Check that path (a cache folder replaced by a file, "
+            f"missing permissions, a full disk), or pass another --output than {output!r}; the run resumes from what "
+            "is cached.")
+

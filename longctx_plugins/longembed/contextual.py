@@ -129,7 +129,7 @@ def _assemble(doc: ContextualDoc, body: list[str], depth: int, length: int, coun
     tokens; None when trimming would have to remove the fact's own neighbours down to nothing."""
     body = list(body)
     text = " ".join([doc.intro] + body[:depth] + [doc.fact] + body[depth:])
-    while len(count.tokenizer(text, add_special_tokens=True)["input_ids"]) > length:
+    while count.length(text, special=True) > length:
         if len(body) > depth:
             body.pop()
         elif depth > 0:

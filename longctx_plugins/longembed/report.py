@@ -6,9 +6,9 @@ Results are ``{run: {task: summary}}`` with the summaries of :func:`~longctx_plu
 from __future__ import annotations
 
 import json
-import os
 
 from .chunk_tasks import CHUNK_TASKS
+from .files import write_text_atomic
 from .tasks import MTEB_NAMES
 
 
@@ -153,11 +153,7 @@ def write_mteb_json(path: str, task_name: str, result: dict, evaluation_time: fl
     doc = {"dataset_revision": "longctx-plugins-local", "task_name": MTEB_NAMES.get(task_name, task_name),
            "mteb_version": mteb_version or "n/a", "scores": scores, "evaluation_time": evaluation_time,
            "kg_co2_emissions": None}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(doc, indent=2))
 
 
 def plot(all_results: dict, path: str, title: str = "") -> str | None:

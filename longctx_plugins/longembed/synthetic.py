@@ -85,12 +85,17 @@ class _Counter:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.cache: dict[str, int] = {}
-        self.special = len(tokenizer("", add_special_tokens=True)["input_ids"])
+        self.special = self.length("", special=True)
+
+    def length(self, text: str, special: bool) -> int:
+        """Tokens of ``text`` (uncached). Documents are counted at any length, past the model's limit too, so the
+        tokenizer's "longer than the maximum sequence length" note does not apply (verbose=False)."""
+        return len(self.tokenizer(text, add_special_tokens=special, verbose=False)["input_ids"])
 
     def __call__(self, sentence: str) -> int:
         n = self.cache.get(sentence)
         if n is None:
-            n = len(self.tokenizer(" " + sentence, add_special_tokens=False)["input_ids"])
+            n = self.length(" " + sentence, special=False)
             self.cache[sentence] = n
         return n
 
@@ -110,7 +115,7 @@ def _fill(sentences, start: int, budget: int, count: _Counter) -> list[str]:
     lo, hi = 0, len(words)
     while lo < hi:  # binary search on the prefix length
         mid = (lo + hi + 1) // 2
-        if used + len(count.tokenizer(" " + " ".join(words[:mid]), add_special_tokens=False)["input_ids"]) <= budget:
+        if used + count.length(" " + " ".join(words[:mid]), special=False) <= budget:
             lo = mid
         else:
             hi = mid - 1
@@ -121,12 +126,17 @@ def _fill(sentences, start: int, budget: int, count: _Counter) -> list[str]:
 
 def _document(rng, sentences, needle: str, length: int, count: _Counter) -> str:
     budget = length - count.special - count(needle)
+    if budget < 0:  # the document would be longer than the length its split is named after
+        least = count.length(needle, special=True)
+        raise ValueError(f"length {length} is shorter than one needle sentence of this task ({least} tokens with "
+                         f"this tokenizer, special tokens included: {needle!r}); use lengths of at least "
+                         f"{least} (--lengths).")
     start = rng.randrange(len(sentences))
     body = _fill(sentences, start, budget, count)
     depth = rng.randint(0, len(body))
     doc = " ".join(body[:depth] + [needle] + body[depth:])
     # tokenisation across sentence boundaries can differ by a few tokens: trim to the limit
-    while len(count.tokenizer(doc, add_special_tokens=True)["input_ids"]) > length and body:
+    while count.length(doc, special=True) > length and body:
         if depth < len(body):
             body.pop()
         else:

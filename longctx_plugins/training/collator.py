@@ -95,10 +95,7 @@ class AnchorPackingCollator:
         capacity = self.max_length - 1
         docs: list[list[int]] = []
         for index, feature in enumerate(features):
-            ids = feature["input_ids"] if isinstance(feature, dict) or hasattr(feature, "keys") else feature
-            if isinstance(ids, torch.Tensor):
-                ids = ids.tolist()
-            ids = list(ids)
+            ids = _token_ids(feature, index)
             if self.drop_leading_bos and ids and self.bos_token_id is not None and ids[0] == self.bos_token_id:
                 ids = ids[1:]
             if not ids:
@@ -175,4 +172,22 @@ class AnchorPackingCollator:
             "max_length_q": max_seg,
             "max_length_k": max_seg,
         }
+
+
+def _token_ids(feature: Any, index: int) -> list[int]:
+    """The token ids of one feature (a mapping with ``input_ids``, or a sequence of ids), or a ValueError naming the
+    feature and what it holds."""
+    if isinstance(feature, dict) or hasattr(feature, "keys"):
+        if "input_ids" not in feature:
+            raise ValueError(f"AnchorPackingCollator: feature {index} has no 'input_ids' (keys: {sorted(feature)}). "
+                             "Tokenise the dataset first, e.g. dataset.map(lambda x: tokenizer(x['text'])).")
+        feature = feature["input_ids"]
+    if hasattr(feature, "tolist"):  # torch tensors, numpy arrays
+        feature = feature.tolist()
+    if isinstance(feature, (str, bytes)) or not isinstance(feature, (list, tuple)) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in feature):
+        shown = repr(feature)[:60]
+        raise ValueError(f"AnchorPackingCollator: feature {index} must be token ids (a list of ints, or a mapping with "
+                         f"'input_ids'), got {type(feature).__name__} {shown}. Tokenise the text first.")
+    return list(feature)
 
