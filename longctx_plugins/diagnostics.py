@@ -62,18 +62,18 @@ def _probe(model, recorder: _Recorder):
 
 @torch.no_grad()
 def _record(model, input_ids, shift: int) -> _Recorder:
+    """Attention of every layer at positions ``shift, shift + 1, ...``. Runs the base model only: the measures read
+    attention, and a language-model head (Gemma-3's has 262k rows) would be most of the work."""
     rec = _Recorder()
     pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None] + shift
     with _probe(model, rec):
-        model(input_ids=input_ids, position_ids=pos, attention_mask=torch.ones_like(input_ids), use_cache=False)
+        getattr(model, "base_model", model)(input_ids=input_ids, position_ids=pos,
+                                            attention_mask=torch.ones_like(input_ids), use_cache=False)
     return rec
 
 
-def attention_shift_difference(model, input_ids: torch.Tensor, delta1: int, delta2: int) -> float:
-    """Metric D for one batch of sequences (averaged over the batch)."""
-    a, b = _record(model, input_ids, delta1), _record(model, input_ids, delta2)
-    L = input_ids.shape[1]
-    n = 1.0 / torch.arange(L, 0, -1, dtype=torch.float32, device=input_ids.device)  # (1/L, ..., 1)
+def _shift_difference(a: _Recorder, b: _Recorder, length: int) -> float:
+    n = 1.0 / torch.arange(length, 0, -1, dtype=torch.float32, device=a.probs[0].device)  # (1/L, ..., 1)
     total = 0.0
     for pa, pb in zip(a.probs, b.probs):
         per_row = (pa - pb).abs().sum(-1)  # [B, H, L]; entries j > i are 0 in both
@@ -81,29 +81,60 @@ def attention_shift_difference(model, input_ids: torch.Tensor, delta1: int, delt
     return total
 
 
+def _logit_difference(a: _Recorder, b: _Recorder, length: int) -> float:
+    return sum(float((la - lb).abs().sum(dim=(1, 2)).mean()) for la, lb in zip(a.first_logits, b.first_logits)) / length
+
+
+def attention_shift_difference(model, input_ids: torch.Tensor, delta1: int, delta2: int) -> float:
+    """Metric D for one batch of sequences (averaged over the batch)."""
+    return _shift_difference(_record(model, input_ids, delta1), _record(model, input_ids, delta2), input_ids.shape[1])
+
+
 def first_token_logit_difference(model, input_ids: torch.Tensor, delta1: int = 0, delta2: int = 16) -> float:
-    a, b = _record(model, input_ids, delta1), _record(model, input_ids, delta2)
-    T = input_ids.shape[1]
-    total = sum(float((la - lb).abs().sum(dim=(1, 2)).mean()) for la, lb in zip(a.first_logits, b.first_logits))
-    return total / T
+    return _logit_difference(_record(model, input_ids, delta1), _record(model, input_ids, delta2), input_ids.shape[1])
 
 
 def run(model, input_ids: torch.Tensor, deltas=(0, 2, 4, 8, 32, 64, 128), reference_delta: int = 16,
-        lengths=(64, 128, 256, 512), dtypes=(torch.bfloat16, torch.float32)) -> dict:
-    """Both measures in each dtype: ``{dtype: {"D": {delta: value}, "logit_diff": {length: value}}}``."""
+        lengths=(64, 128, 256, 512), dtypes=(torch.bfloat16, torch.float32),
+        show_progress_bar: bool | None = None) -> dict:
+    """Both measures in each dtype: ``{dtype: {"D": {delta: value}, "logit_diff": {length: value}}}``.
+
+    One forward pass per shift and length (the reference shift's once per dtype and length), with a progress bar
+    (``show_progress_bar``; None: when writing to a terminal)."""
+    from tqdm.auto import tqdm
+
     from .attention.support import check_attention
 
     check_attention(model, "anchor")  # the probe needs a model that honours the attention registry
+    full = input_ids.shape[1]
+    lengths = [L for L in lengths if L <= full]
+    runs = {(full, reference_delta), *((full, d) for d in deltas),
+            *((L, shift) for L in lengths for shift in (0, reference_delta))}
+    work = len(dtypes) * len(runs)
+    bar = tqdm(total=work, desc="bf16 diagnostic", unit="forward",
+               disable=None if show_progress_bar is None else not show_progress_bar)
+
+    def record(m, ids, shift, cache):
+        if (ids.shape[1], shift) not in cache:
+            cache[(ids.shape[1], shift)] = _record(m, ids, shift)
+            bar.update(1)
+        return cache[(ids.shape[1], shift)]
+
     out = {}
-    for dtype in dtypes:
-        m = copy.deepcopy(model).to(dtype).eval()
-        name = str(dtype).replace("torch.", "")
-        out[name] = {
-            "D": {d: attention_shift_difference(m, input_ids, d, reference_delta) for d in deltas},
-            "logit_diff": {L: first_token_logit_difference(m, input_ids[:, :L], 0, reference_delta)
-                           for L in lengths if L <= input_ids.shape[1]},
-        }
-        del m
+    try:
+        for dtype in dtypes:
+            m = copy.deepcopy(model).to(dtype).eval()
+            cache: dict = {}
+            ref = record(m, input_ids, reference_delta, cache)
+            out[str(dtype).replace("torch.", "")] = {
+                "D": {d: _shift_difference(record(m, input_ids, d, cache), ref, full) for d in deltas},
+                "logit_diff": {L: _logit_difference(record(m, input_ids[:, :L], 0, cache),
+                                                    record(m, input_ids[:, :L], reference_delta, cache), L)
+                               for L in lengths},
+            }
+            del m, cache
+    finally:
+        bar.close()
     return out
 
 

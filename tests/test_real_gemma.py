@@ -40,3 +40,21 @@ def test_real_gemma3_self_extend_identity_below_window(gemma):
     ext = extend(copy.deepcopy(gemma), "self_extend", target_length=65536, window=4096)
     with torch.no_grad():
         torch.testing.assert_close(ext(input_ids=ids).logits, base, atol=1e-4, rtol=1e-4)
+
+
+def test_bundled_checkpoint_equals_the_gguf(gemma, tmp_path):
+    """``longctx_plugins.bundled.gemma3_270m()`` (the README's ``path``) saves the GGUF's dequantised weights
+    unchanged: its logits equal the GGUF-loaded model's exactly; a second call reuses the folder."""
+    from transformers import AutoModelForCausalLM
+
+    from longctx_plugins.bundled import gemma3_270m
+
+    path = gemma3_270m()
+    assert gemma3_270m() == path
+    saved = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    ids = torch.randint(3, 1000, (1, 40))
+    with torch.no_grad():
+        assert torch.equal(gemma(ids).logits, saved(ids).logits)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        gemma3_270m(tmp_path / "other", dtype="int8")
+
