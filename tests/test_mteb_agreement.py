@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from longctx_plugins import LongContextEmbedder
 from longctx_plugins.embedder import default_model_path
-from longctx_plugins.longembed import MTEBEncoder, evaluate, get_task
+from longctx_plugins.longembed import MTEBEncoder, evaluate, get_task, mteb_model
 
 KEYS = ("ndcg_at_1", "ndcg_at_3", "ndcg_at_10", "recall_at_1", "recall_at_10", "mrr_at_10", "map_at_10",
         "precision_at_3")
@@ -70,3 +70,21 @@ def test_mteb_encoder_returns_the_embedders_vectors(task_and_vectors):
                        prompt_type=PromptType.query)
     np.testing.assert_allclose(got_docs, emb.encode_documents(docs), atol=1e-6)
     np.testing.assert_allclose(got_q, emb.encode_queries(queries), atol=1e-6)
+
+
+def test_mteb_evaluate_takes_an_extended_embedder_with_its_model_meta(task_and_vectors):
+    """``mteb.evaluate(mteb_model(...), tasks)`` on a retrieval task in mteb's own format: results filed under the
+    model, method and target length, with the model files' revision; scores as our evaluator's on the same model."""
+    task, _, _ = task_and_vectors
+    model = mteb_model("default", method="pi", target_length=1024)
+    meta = model.mteb_model_meta
+    assert meta.name == "sentence-transformers/all-MiniLM-L6-v2-pi-1024", meta.name
+    assert meta.max_tokens == 1024 and meta.embed_dim == 384 and meta.revision not in (None, "local")
+    res = mteb.evaluate(model, tasks=[task.to_mteb()], cache=None, show_progress_bar=False)
+    assert res.task_results[0].scores and res.model_name == meta.name
+    ours = evaluate(model.embedder, [task], progress=False)["passkey"]["splits"]
+    for split in task.splits:
+        assert ours[split]["ndcg_at_1"] == pytest.approx(res.task_results[0].scores[split][0]["ndcg_at_1"], abs=1e-4)
+    with pytest.raises(TypeError, match="takes no embedder arguments"):
+        mteb_model(model.embedder, method="pi")
+

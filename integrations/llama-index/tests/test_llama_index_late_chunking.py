@@ -200,3 +200,32 @@ def test_embedding_fields_reach_the_embedder(embed_model):
         LongContextEmbedding(model_kwargs={"device": "cpu"})
     with pytest.raises(ValueError, match="overlength"):
         LongContextEmbedding(overlength="cut")
+
+
+def test_worker_processes_get_the_settings_not_the_model(embed_model):
+    """``IngestionPipeline(num_workers=N)`` pickles the transformations for each worker: the embedding model goes
+    without its weights (each worker process loads it once) and gives the same vectors there."""
+    import pickle
+
+    parser = LateChunkingNodeParser(embed_model=embed_model, chunk_size=64)
+    blob = pickle.dumps(parser)
+    assert len(blob) < 5_000_000, len(blob)  # the MiniLM weights alone are ~90 MB
+    again = pickle.loads(blob)  # in this process: the shared model again, not a copy
+    assert again.embed_model.embedder is embed_model.embedder
+    text = short_documents()[0].text
+    np.testing.assert_allclose(again.embed_model.get_span_embeddings(text, [(0, 60)]),
+                               embed_model.get_span_embeddings(text, [(0, 60)]), atol=1e-6)
+
+
+def test_ingestion_pipeline_with_two_workers_equals_one(embed_model):
+    parser = LateChunkingNodeParser(embed_model=embed_model, chunk_size=64)
+    docs = short_documents()
+
+    def spans(nodes):
+        return {(n.ref_doc_id, n.start_char_idx, n.end_char_idx): np.asarray(n.embedding) for n in nodes}
+
+    one = spans(IngestionPipeline(transformations=[parser]).run(documents=docs))
+    two = spans(IngestionPipeline(transformations=[parser]).run(documents=docs, num_workers=2))
+    assert one.keys() == two.keys() and len(one) > 2
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], atol=1e-5)

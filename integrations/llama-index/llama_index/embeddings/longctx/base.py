@@ -43,7 +43,7 @@ class LongContextEmbedding(BaseEmbedding):
                                           "attn_implementation, ...); also dtype, max_batch_tokens of the embedder.")
     embed_batch_size: int = Field(default=DEFAULT_EMBED_BATCH_SIZE, gt=0, le=2048)
 
-    _embedder: Any = PrivateAttr()
+    _embedder: Any = PrivateAttr(default=None)
 
     @field_validator("model_kwargs")
     @classmethod
@@ -55,13 +55,26 @@ class LongContextEmbedding(BaseEmbedding):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._embedder = self._load()  # now: bad settings fail here, not at the first call
+
+    def _load(self) -> Any:
         from longctx_plugins.embedder import get_embedder
 
-        self._embedder = get_embedder(self.model_name, method=self.method, target_length=self.target_length,
-                                      device=self.device, pooling=self.pooling, normalize=self.normalize,
-                                      query_prompt=self.query_instruction, document_prompt=self.text_instruction,
-                                      overlength=self.overlength, window_overlap=self.window_overlap,
-                                      **self.model_kwargs)
+        return get_embedder(self.model_name, method=self.method, target_length=self.target_length,
+                            device=self.device, pooling=self.pooling, normalize=self.normalize,
+                            query_prompt=self.query_instruction, document_prompt=self.text_instruction,
+                            overlength=self.overlength, window_overlap=self.window_overlap, **self.model_kwargs)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """Pickled without the model (LlamaIndex would otherwise pickle it whole, 90 MB for MiniLM, for every batch
+        it sends to a worker of ``IngestionPipeline(num_workers=N)``): unpickling re-runs ``__init__`` (LlamaIndex's
+        convention), so each worker process loads the model once from the settings and reuses it for every batch."""
+        saved = self.__pydantic_private__
+        object.__setattr__(self, "__pydantic_private__", {**(saved or {}), "_embedder": None})
+        try:  # a concurrent call meanwhile finds no model and takes the shared one again (embedder property)
+            return super().__getstate__()
+        finally:
+            object.__setattr__(self, "__pydantic_private__", saved)
 
     @classmethod
     def class_name(cls) -> str:
@@ -69,7 +82,10 @@ class LongContextEmbedding(BaseEmbedding):
 
     @property
     def embedder(self) -> Any:
-        """The shared :class:`longctx_plugins.LongContextEmbedder` behind this model."""
+        """The shared :class:`longctx_plugins.LongContextEmbedder` behind this model (loaded in this process on
+        first use after unpickling)."""
+        if self._embedder is None:
+            self._embedder = self._load()
         return self._embedder
 
     # late chunking ----------------------------------------------------------------------------------------
@@ -77,14 +93,14 @@ class LongContextEmbedding(BaseEmbedding):
         """Late chunking: one vector per character span ``[start, end)`` of ``text``, each the mean of its tokens'
         states after one read of the whole text (with the document prompt; texts longer than ``target_length`` are
         read in overlapping windows). Bad spans raise the core's ``ValueError``."""
-        return self._embedder.encode_spans(text, list(spans)).tolist()
+        return self.embedder.encode_spans(text, list(spans)).tolist()
 
     async def aget_span_embeddings(self, text: str, spans: Sequence[Tuple[int, int]]) -> List[List[float]]:
         return await asyncio.to_thread(self.get_span_embeddings, text, spans)
 
     # sync -----------------------------------------------------------------------------------------------
     def _get_query_embedding(self, query: str) -> List[float]:
-        return self._embedder.encode_queries([query], batch_size=self.embed_batch_size)[0].tolist()
+        return self.embedder.encode_queries([query], batch_size=self.embed_batch_size)[0].tolist()
 
     def _get_text_embedding(self, text: str) -> List[float]:
         return self._get_text_embeddings([text])[0]
@@ -92,7 +108,7 @@ class LongContextEmbedding(BaseEmbedding):
     def _get_text_embeddings(self, texts: List[str]) -> List[List[float]]:
         if not texts:
             return []
-        return self._embedder.encode_documents(list(texts), batch_size=self.embed_batch_size).tolist()
+        return self.embedder.encode_documents(list(texts), batch_size=self.embed_batch_size).tolist()
 
     # async: run the blocking model call in a worker thread so the event loop stays free -------------------
     async def _aget_query_embedding(self, query: str) -> List[float]:
