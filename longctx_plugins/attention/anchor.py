@@ -3,8 +3,10 @@
 A packed window is ``[A, doc1 tokens, doc2 tokens, ...]`` with A the anchor (document id 0). Query q may attend key k
 iff ``k <= q`` (decoders) and ``doc(q) == doc(k) or doc(k) == 0``: every token sees its own document causally plus
 the one shared anchor. Document boundaries arrive as ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (what
-:class:`~longctx_plugins.AnchorPackingCollator` emits: int tensors, or tuples of ints for sequence parallelism);
-without them the rule is transformers' own mask, so an ordinary unpacked batch gives exactly what ``sdpa`` gives.
+:class:`~longctx_plugins.AnchorPackingCollator` emits: int tensors, or tuples of ints for sequence parallelism).
+Without them, ``position_ids`` that restart mark documents packed the padding-free way (TRL's ``padding_free=True``):
+each document then attends only to itself, starting at its own BOS. With neither, the rule is transformers' own mask,
+so an ordinary unpacked batch gives exactly what ``sdpa`` gives.
 
 Under DeepSpeed Ulysses sequence parallelism this function runs inside DeepSpeed's wrapper on the whole gathered
 sequence for a slice of the heads; the wrapper drops the per-shard mask (``attention_mask=None``), so the rule is
@@ -30,7 +32,8 @@ def _read_boundaries(batch: int, q_len: int, kv_len: int, device):
     def read(kwargs: dict, plan=None) -> dict:
         cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
         if cu_q is None and cu_k is None:
-            return {"doc_ids": None}
+            return {"doc_ids": _documents_from_positions(kwargs.get("position_ids"), batch, q_len, kv_len, device),
+                    "from_positions": True}
         cu = cu_q if cu_q is not None else cu_k
         if cu_q is not None and cu_k is not None and cu_k is not cu_q and not _same(cu_q, cu_k):
             raise ValueError("anchor attention: cu_seq_lens_q and cu_seq_lens_k differ; packed self-attention needs "
@@ -47,6 +50,22 @@ def _read_boundaries(batch: int, q_len: int, kv_len: int, device):
     return read
 
 
+def _documents_from_positions(position_ids, batch: int, q_len: int, kv_len: int, device):
+    """Document ids ``[B, T]`` of a batch packed the padding-free way (TRL's ``padding_free=True``, transformers'
+    ``DataCollatorWithFlattening`` without ``cu_seq_lens``): positions restart at every document, each document
+    starting with its own BOS, which is its anchor copy. Segments are numbered from 1, so no token is a shared anchor:
+    every token sees its own document causally, exactly as each document run alone. None when positions are
+    contiguous (an ordinary batch: transformers' own rule applies). One host sync per forward."""
+    if position_ids is None or q_len != kv_len or q_len < 2:
+        return None
+    pos = position_ids.to(device).expand(batch, -1)
+    restart = pos[:, 1:] != pos[:, :-1] + 1
+    if not bool(restart.any()):
+        return None
+    first = torch.ones(batch, 1, dtype=torch.long, device=device)
+    return torch.cat([first, 1 + restart.to(torch.long).cumsum(-1)], dim=-1)
+
+
 def _same(a, b) -> bool:
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         return torch.equal(a.cpu(), b.cpu()) if a.device != b.device else torch.equal(a, b)
@@ -59,6 +78,8 @@ def _flash_reason(plan: plans.AttentionPlan) -> str | None:
     doc_ids = plan.inputs["doc_ids"]
     if doc_ids is None:
         return "no packed boundaries (cu_seq_lens_*)"
+    if plan.inputs.get("from_positions"):
+        return "documents read from restarting position_ids (pass cu_seq_lens_q/k for the varlen kernel)"
     if plan.windowed:
         return "a sliding/chunked window layer"
     valid = plan.key_valid()
