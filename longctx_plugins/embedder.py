@@ -25,7 +25,7 @@ from .extension import extend, original_length, position_type
 from .methods import DECODER_MODEL_TYPES
 
 logger = logging.getLogger(__name__)
-__all__ = ["LongContextEmbedder", "default_model_path", "get_embedder", "clear_shared", "DEFAULT_MODEL",
+__all__ = ["LongContextEmbedder", "default_model_path", "DEFAULT_MODEL",
            "OVERLENGTH_POLICIES"]
 
 # What encode() does with a text longer than target_length: cut it (with a warning), refuse, or read it whole in
@@ -296,4 +296,20 @@ class LongContextEmbedder:
         return late_chunking.late_chunk(self, _check_texts(texts), chunk_size, chunk_overlap, prompt)
 
 
-from .embedding.sharing import SHARED_MAX, clear_shared, get_embedder  # noqa: E402, F401  (re-exported)
+
+
+_MOVED = {"get_embedder", "clear_shared", "SHARED_MAX"}
+
+
+def __getattr__(name: str):
+    """``get_embedder``, ``clear_shared`` and ``SHARED_MAX`` live in :mod:`longctx_plugins.shared` (above this module,
+    which they build on); the old names here keep working with a DeprecationWarning."""
+    if name in _MOVED:
+        import warnings
+
+        from . import shared
+
+        warnings.warn(f"longctx_plugins.embedder.{name} moved to longctx_plugins.shared.{name}; import it from there.",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(shared, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

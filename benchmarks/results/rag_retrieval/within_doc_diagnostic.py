@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 from longctx_plugins.embedding.chunking import locate_chunks
-from longctx_plugins.embedder import get_embedder
+from longctx_plugins.shared import get_embedder
 
 HERE = "benchmarks/results/rag_retrieval"
 spec = importlib.util.spec_from_file_location("rag_retrieval_example", "examples/rag_retrieval.py")

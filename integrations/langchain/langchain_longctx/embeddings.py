@@ -99,7 +99,7 @@ class LongContextEmbeddings(BaseModel, Embeddings):
         return value
 
     def model_post_init(self, __context: Any) -> None:
-        from longctx_plugins.embedder import get_embedder
+        from longctx_plugins.shared import get_embedder
 
         self._embedder = get_embedder(self.model_name, method=self.method, target_length=self.target_length,
                                       device=self.device, pooling=self.pooling, normalize=self.normalize,

@@ -58,7 +58,7 @@ class LongContextEmbedding(BaseEmbedding):
         self._embedder = self._load()  # now: bad settings fail here, not at the first call
 
     def _load(self) -> Any:
-        from longctx_plugins.embedder import get_embedder
+        from longctx_plugins.shared import get_embedder
 
         return get_embedder(self.model_name, method=self.method, target_length=self.target_length,
                             device=self.device, pooling=self.pooling, normalize=self.normalize,

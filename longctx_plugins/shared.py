@@ -1,8 +1,13 @@
-"""Sharing loaded embedders between framework wrappers: one model load per configuration, a bounded number kept."""
+"""Sharing loaded embedders between framework wrappers: one model load per configuration, a bounded number kept.
+
+It sits above :mod:`longctx_plugins.embedder` (it builds embedders), so nothing below imports it.
+"""
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+
+from .embedder import LongContextEmbedder
 
 SHARED_MAX = 4  # embedders kept by get_embedder (least recently used dropped first)
 _SHARED: OrderedDict = OrderedDict()
@@ -18,8 +23,6 @@ def get_embedder(model_name_or_path: str = "default", method: str = "auto", targ
     with _SHARED_LOCK:
         emb = _SHARED.get(key)
         if emb is None:
-            from ..embedder import LongContextEmbedder
-
             emb = LongContextEmbedder(model_name_or_path, method=method, target_length=target_length, device=device,
                                       **kwargs)
             _SHARED[key] = emb
