@@ -1,4 +1,5 @@
 """Shared benchmark helpers: environment facts, CUDA-event timing, JSON output."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,14 @@ def environment() -> dict:
     import transformers
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"gpu": gpu, "cpu": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "date": time.strftime("%Y-%m-%d")}
+    return {
+        "gpu": gpu,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def cuda_time_ms(fn, warmup: int = 3, iters: int = 10) -> float:

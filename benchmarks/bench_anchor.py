@@ -1,7 +1,8 @@
 """AnchorAttention on the H200: correctness first, then timings (writes results/anchor_attention.json).
 
-    python -m benchmarks.bench_anchor [--quick] [--flash] [--no-trainer]
+python -m benchmarks.bench_anchor [--quick] [--flash] [--no-trainer]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,8 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from benchmarks._util import cuda_time_ms, environment, write_json
-
 import longctx_plugins  # noqa: F401
+from benchmarks._util import cuda_time_ms, environment, write_json
 from longctx_plugins.attention.anchor import anchor_attention_forward, anchor_mask
 from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens
 from tests.references import anchor_by_documents
@@ -56,15 +56,16 @@ def case(seq_len, n_docs, lo, hi, kernel_sweep):
 
     base = make_mask()
     # correctness first
-    out, _ = anchor_attention_forward(mod, q, k, v, base, scaling=D ** -0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+    out, _ = anchor_attention_forward(mod, q, k, v, base, scaling=D**-0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
     with torch.no_grad():
-        ref = anchor_by_documents(q, k, v, doc_ids_from_cu_seqlens(cu, 1, seq_len), D ** -0.5).transpose(1, 2)
+        ref = anchor_by_documents(q, k, v, doc_ids_from_cu_seqlens(cu, 1, seq_len), D**-0.5).transpose(1, 2)
     err = (out.float() - ref).abs().max().item()
     assert err < 5e-2, f"flex anchor differs from the reference by {err}"
 
     def fwd(opts=None, mask=None):
-        return anchor_attention_forward(mod, q, k, v, base if mask is None else mask, scaling=D ** -0.5,
-                                        cu_seq_lens_q=cu, cu_seq_lens_k=cu)[0]
+        return anchor_attention_forward(
+            mod, q, k, v, base if mask is None else mask, scaling=D**-0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu
+        )[0]
 
     def fwd_bwd():
         fwd().backward(torch.ones_like(q).transpose(1, 2))
@@ -105,15 +106,20 @@ def case(seq_len, n_docs, lo, hi, kernel_sweep):
         sdpa_fwd = cuda_time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))
     pairs = useful_pairs(cu.cpu())
     return {
-        "seq_len": seq_len, "num_docs": n_docs, "max_abs_err_vs_reference": err,
+        "seq_len": seq_len,
+        "num_docs": n_docs,
+        "max_abs_err_vs_reference": err,
         "anchor_fwd_bwd_ms": round(anchor_fwd_bwd, 3),
         "anchor_fwd_bwd_incl_block_mask_ms": round(anchor_fwd_bwd_mask, 3),
-        "sdpa_causal_fwd_bwd_ms": round(sdpa_ms, 3), "sdpa_causal_fwd_ms": round(sdpa_fwd, 3),
-        "anchor_fwd_ms": default_ms, "speedup_fwd_bwd": round(sdpa_ms / anchor_fwd_bwd, 2),
+        "sdpa_causal_fwd_bwd_ms": round(sdpa_ms, 3),
+        "sdpa_causal_fwd_ms": round(sdpa_fwd, 3),
+        "anchor_fwd_ms": default_ms,
+        "speedup_fwd_bwd": round(sdpa_ms / anchor_fwd_bwd, 2),
         "useful_pair_fraction": round(pairs / (seq_len * seq_len), 5),
         "fwd_tflops_on_useful_pairs": round(4 * D * H * pairs / (default_ms * 1e-3) / 1e12, 1),
         "fwd_fraction_of_peak": round(4 * D * H * pairs / (default_ms * 1e-3) / 1e12 / PEAK_TFLOPS, 3),
-        "kernel_options_sweep_fwd_ms": sweep, "fastest_options": best_opts,
+        "kernel_options_sweep_fwd_ms": sweep,
+        "fastest_options": best_opts,
         "fastest_fwd_fraction_of_peak": round(4 * D * H * pairs / (best_ms * 1e-3) / 1e12 / PEAK_TFLOPS, 3),
     }
 
@@ -122,9 +128,10 @@ def flash_case(seq_len, n_docs):
     """anchor_backend='flash' (flash-attn-4 varlen over per-document anchor copies): the same inputs as case(), plus
     the kernel alone (inputs already in varlen form) and q/k/v laid out [B, T, H, D] in memory as transformers'
     projections leave them (no transpose copy)."""
+    from transformers.masking_utils import causal_mask_function
+
     from longctx_plugins.attention.kernels import flash4 as _flash
     from longctx_plugins.ops import varlen
-    from transformers.masking_utils import causal_mask_function
 
     gen = torch.Generator().manual_seed(seq_len)
     cu = documents(seq_len, n_docs, 256, 8192, gen).cuda()
@@ -134,10 +141,10 @@ def flash_case(seq_len, n_docs):
     mask = anchor_mask(1, seq_len, seq_len, config=mod.config, device="cuda", mask_function=causal_mask_function)
 
     def fwd(q=q, k=k, v=v):
-        return anchor_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)[0]
+        return anchor_attention_forward(mod, q, k, v, mask, scaling=D**-0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)[0]
 
     with torch.no_grad():  # correctness first
-        ref = anchor_by_documents(q, k, v, doc_ids_from_cu_seqlens(cu, 1, seq_len), D ** -0.5).transpose(1, 2)
+        ref = anchor_by_documents(q, k, v, doc_ids_from_cu_seqlens(cu, 1, seq_len), D**-0.5).transpose(1, 2)
         err = (fwd().float() - ref).abs().max().item()
     del ref
     assert err < 5e-2, f"flash anchor differs from the reference by {err}"
@@ -156,36 +163,57 @@ def flash_case(seq_len, n_docs):
     kv_, vv = (x.detach().transpose(1, 2).reshape(seq_len, H, D)[lay.kv_index].requires_grad_() for x in (k, v))
 
     def kern():
-        return _flash.varlen(qv, kv_, vv, lay.cu_q, lay.cu_k, lay.max_q, lay.max_k, D ** -0.5, True)
+        return _flash.varlen(qv, kv_, vv, lay.cu_q, lay.cu_k, lay.max_q, lay.max_k, D**-0.5, True)
 
     with torch.no_grad():
         kernel_fwd_ms = cuda_time_ms(kern)
     kernel_fwd_bwd_ms = cuda_time_ms(lambda: kern().backward(grad_out[0]))
-    sdpa_ms = cuda_time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(
-        torch.ones_like(q)), warmup=2, iters=5)
+    sdpa_ms = cuda_time_ms(
+        lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(torch.ones_like(q)), warmup=2, iters=5
+    )
     pairs = useful_pairs(cu.cpu())
 
     def tflops(ms):
         return round(4 * D * H * pairs / (ms * 1e-3) / 1e12, 1)
 
-    return {"seq_len": seq_len, "num_docs": n_docs, "backend": "flash (flash-attn-4 varlen)",
-            "max_abs_err_vs_reference": err, "anchor_fwd_ms": round(fwd_ms, 3),
-            "anchor_fwd_bwd_ms": round(fwd_bwd_ms, 3), "sdpa_causal_fwd_bwd_ms": round(sdpa_ms, 3),
-            "speedup_fwd_bwd": round(sdpa_ms / fwd_bwd_ms, 2), "fwd_tflops_on_useful_pairs": tflops(fwd_ms),
-            "fwd_fraction_of_peak": round(tflops(fwd_ms) / PEAK_TFLOPS, 3),
-            "qkv_bthd_layout": {"anchor_fwd_ms": round(fwd_hf_ms, 3), "anchor_fwd_bwd_ms": round(fwd_bwd_hf_ms, 3),
-                                "speedup_fwd_bwd": round(sdpa_ms / fwd_bwd_hf_ms, 2),
-                                "fwd_fraction_of_peak": round(tflops(fwd_hf_ms) / PEAK_TFLOPS, 3)},
-            "kernel_only": {"fwd_ms": round(kernel_fwd_ms, 3), "fwd_bwd_ms": round(kernel_fwd_bwd_ms, 3),
-                            "fwd_fraction_of_peak": round(tflops(kernel_fwd_ms) / PEAK_TFLOPS, 3)}}
+    return {
+        "seq_len": seq_len,
+        "num_docs": n_docs,
+        "backend": "flash (flash-attn-4 varlen)",
+        "max_abs_err_vs_reference": err,
+        "anchor_fwd_ms": round(fwd_ms, 3),
+        "anchor_fwd_bwd_ms": round(fwd_bwd_ms, 3),
+        "sdpa_causal_fwd_bwd_ms": round(sdpa_ms, 3),
+        "speedup_fwd_bwd": round(sdpa_ms / fwd_bwd_ms, 2),
+        "fwd_tflops_on_useful_pairs": tflops(fwd_ms),
+        "fwd_fraction_of_peak": round(tflops(fwd_ms) / PEAK_TFLOPS, 3),
+        "qkv_bthd_layout": {
+            "anchor_fwd_ms": round(fwd_hf_ms, 3),
+            "anchor_fwd_bwd_ms": round(fwd_bwd_hf_ms, 3),
+            "speedup_fwd_bwd": round(sdpa_ms / fwd_bwd_hf_ms, 2),
+            "fwd_fraction_of_peak": round(tflops(fwd_hf_ms) / PEAK_TFLOPS, 3),
+        },
+        "kernel_only": {
+            "fwd_ms": round(kernel_fwd_ms, 3),
+            "fwd_bwd_ms": round(kernel_fwd_bwd_ms, 3),
+            "fwd_fraction_of_peak": round(tflops(kernel_fwd_ms) / PEAK_TFLOPS, 3),
+        },
+    }
 
 
 def llama_1b_config(seq_len):
     from transformers import LlamaConfig
 
-    return LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                       num_key_value_heads=4, vocab_size=32000, max_position_embeddings=seq_len,
-                       rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+    return LlamaConfig(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        max_position_embeddings=seq_len,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+    )
 
 
 def packed_batch(seq_len):
@@ -213,6 +241,7 @@ def _count_flash_calls():
 
     calls, kernel = [0], flash4.varlen
     if not getattr(kernel, "_counted", False):
+
         def counted(*args, **kwargs):
             counted.calls[0] += 1
             return kernel(*args, **kwargs)
@@ -226,8 +255,9 @@ def _count_flash_calls():
     return calls, logs
 
 
-def trainer_step(seq_len, steps=3, profile_path=None, impls=("anchor", "sdpa"), kernel_options=None,
-                 expand_kv=False, backend="auto"):
+def trainer_step(
+    seq_len, steps=3, profile_path=None, impls=("anchor", "sdpa"), kernel_options=None, expand_kv=False, backend="auto"
+):
     """fwd + bwd + AdamW of a ~1.1B Llama-shaped model (TinyLlama shape) with gradient checkpointing."""
     from transformers import LlamaForCausalLM
 
@@ -236,10 +266,15 @@ def trainer_step(seq_len, steps=3, profile_path=None, impls=("anchor", "sdpa"), 
     cfg.anchor_flex_expand_kv = expand_kv
     cfg.anchor_backend = backend
     batch = packed_batch(seq_len)
-    result = {"model": "llama-1.1B (hidden 2048, 22 layers, 32 heads, 4 kv heads)", "seq_len": seq_len,
-              "gradient_checkpointing": True, "step": "forward + backward + AdamW step, bf16 weights",
-              "anchor_flex_kernel_options": kernel_options, "anchor_flex_expand_kv": expand_kv,
-              "anchor_backend": backend}
+    result = {
+        "model": "llama-1.1B (hidden 2048, 22 layers, 32 heads, 4 kv heads)",
+        "seq_len": seq_len,
+        "gradient_checkpointing": True,
+        "step": "forward + backward + AdamW step, bf16 weights",
+        "anchor_flex_kernel_options": kernel_options,
+        "anchor_flex_expand_kv": expand_kv,
+        "anchor_backend": backend,
+    }
     for impl in impls:
         torch.manual_seed(0)
         with torch.device("cuda"):
@@ -288,19 +323,32 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-trainer", action="store_true")
     parser.add_argument("--profile-trainer", default=None, help="only profile one anchor trainer step into this file")
-    parser.add_argument("--expand-kv-trainer", action="store_true",
-                        help="only the anchor trainer step with anchor_flex_expand_kv off and on (trainer_expand_kv.json)")
-    parser.add_argument("--flash", action="store_true",
-                        help="only anchor_backend='flash' (flash-attn-4): kernel cases and trainer step (anchor_flash.json)")
+    parser.add_argument(
+        "--expand-kv-trainer",
+        action="store_true",
+        help="only the anchor trainer step with anchor_flex_expand_kv off and on (trainer_expand_kv.json)",
+    )
+    parser.add_argument(
+        "--flash",
+        action="store_true",
+        help="only anchor_backend='flash' (flash-attn-4): kernel cases and trainer step (anchor_flash.json)",
+    )
     args = parser.parse_args()
     from longctx_plugins.attention.kernels.flex import SM90_FWD_OPTIONS
 
     if args.flash:
         from importlib.metadata import version
 
-        out = {**environment(), "flash_attn_4": version("flash-attn-4"), "nvidia_cutlass_dsl": version(
-            "nvidia-cutlass-dsl"), "heads": H, "head_dim": D, "dtype": "bfloat16", "cases": []}
-        for seq_len, n_docs in ([(32768, 9)] if args.quick else [(32768, 9), (131072, 30)]):
+        out = {
+            **environment(),
+            "flash_attn_4": version("flash-attn-4"),
+            "nvidia_cutlass_dsl": version("nvidia-cutlass-dsl"),
+            "heads": H,
+            "head_dim": D,
+            "dtype": "bfloat16",
+            "cases": [],
+        }
+        for seq_len, n_docs in [(32768, 9)] if args.quick else [(32768, 9), (131072, 30)]:
             out["cases"].append(flash_case(seq_len, n_docs))
             print(out["cases"][-1], flush=True)
             write_json(out, "anchor_flash.json")
@@ -313,15 +361,19 @@ def main():
             # the flex anchor step in the same process, for a like-for-like comparison
             flex = trainer_step(32768, impls=("anchor",), backend="flex", expand_kv=None)  # flex with its defaults
             out["trainer_step"]["flex_anchor_ms"] = flex["anchor_ms"]
-            out["trainer_step"]["ratio_flex_anchor_over_full"] = round(flex["anchor_ms"] / out["trainer_step"]["full_ms"], 3)
+            out["trainer_step"]["ratio_flex_anchor_over_full"] = round(
+                flex["anchor_ms"] / out["trainer_step"]["full_ms"], 3
+            )
             print(out["trainer_step"], flush=True)
         write_json(out, "anchor_flash.json")
         return
 
-    sweep = {"torch_default": {},  # {} = torch's own configuration
-             "package_default": None,  # None = what the anchor attention uses (tuned forward on sm90)
-             "tuned_rows_safe": {**SM90_FWD_OPTIONS, "ROWS_GUARANTEED_SAFE": True},
-             "fwd_m128_n64_w8_s3": {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 64, "fwd_num_warps": 8, "fwd_num_stages": 3}}
+    sweep = {
+        "torch_default": {},  # {} = torch's own configuration
+        "package_default": None,  # None = what the anchor attention uses (tuned forward on sm90)
+        "tuned_rows_safe": {**SM90_FWD_OPTIONS, "ROWS_GUARANTEED_SAFE": True},
+        "fwd_m128_n64_w8_s3": {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 64, "fwd_num_warps": 8, "fwd_num_stages": 3},
+    }
     if args.expand_kv_trainer:
         out = {**environment(), "runs": [trainer_step(32768, impls=("anchor",), expand_kv=e) for e in (False, True)]}
         print(out["runs"], flush=True)
@@ -331,7 +383,7 @@ def main():
         print(trainer_step(32768, steps=1, profile_path=args.profile_trainer, impls=("anchor",)))
         return
     result = {**environment(), "heads": H, "head_dim": D, "dtype": "bfloat16", "cases": []}
-    for seq_len, n_docs in ([(32768, 9)] if args.quick else [(32768, 9), (131072, 30)]):
+    for seq_len, n_docs in [(32768, 9)] if args.quick else [(32768, 9), (131072, 30)]:
         c = case(seq_len, n_docs, 256, 8192, sweep)
         print(c, flush=True)
         result["cases"].append(c)

@@ -11,6 +11,7 @@ pieces. GPU: one 32k-token document (``encode`` against a bare forward of the sa
 (``encode_spans`` over 128-token sentence chunks) against encoding them whole. Correctness first: the embedder equals
 a bare forward with mean pooling, and late-chunk vectors equal the token means of one whole-document pass.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ def text_of(tokenizer, n_tokens: int, seed: int) -> str:
     pool = _POOL[key]
     n = n_tokens - 2
     start = random.Random(seed).randrange(len(pool) - n)
-    return tokenizer.decode(pool[start:start + n])
+    return tokenizer.decode(pool[start : start + n])
 
 
 def wall(fn, device, repeat=3):
@@ -63,7 +64,7 @@ def st_chunked(st, texts):
     chunks, owner = [], []
     for i, ids in enumerate(tok(texts, add_special_tokens=False)["input_ids"]):
         for j in range(0, len(ids), 510):
-            chunks.append(tok.decode(ids[j:j + 510]))
+            chunks.append(tok.decode(ids[j : j + 510]))
             owner.append(i)
 
     def run():
@@ -79,7 +80,7 @@ def late_chunk_case(emb, texts, device, repeat=3):
     """Late chunking (spans of 128-token sentence chunks, one pass per document) vs encoding the documents whole."""
     spans = []
     for t in texts:
-        starts = emb._tokenize([t], "", offsets=True)[0].starts
+        starts = emb.reader.tokenize([t], "", offsets=True)[0].starts
         spans.append(chunk_spans(t, starts[starts >= 0], 128))
     doc = texts[0]
     with torch.inference_mode():  # correctness: token means of one whole-document pass
@@ -94,8 +95,14 @@ def late_chunk_case(emb, texts, device, repeat=3):
     assert err < 2e-3, f"late-chunk vectors differ from the token means by {err}"
     whole = wall(lambda: emb.encode_documents(texts), device, repeat)
     late = wall(lambda: emb.encode_spans_many(texts, spans), device, repeat)  # what late_chunk runs
-    return {"documents": len(texts), "chunks": sum(map(len, spans)), "max_abs_err_vs_token_means": err,
-            "whole_documents_s": round(whole, 3), "late_chunking_s": round(late, 3), "ratio": round(late / whole, 3)}
+    return {
+        "documents": len(texts),
+        "chunks": sum(map(len, spans)),
+        "max_abs_err_vs_token_means": err,
+        "whole_documents_s": round(whole, 3),
+        "late_chunking_s": round(late, 3),
+        "ratio": round(late / whole, 3),
+    }
 
 
 def cpu_part(model):
@@ -111,10 +118,18 @@ def cpu_part(model):
     st.max_seq_length = 512
     run, n_chunks = st_chunked(st, texts)
     chunked = wall(run, "cpu")
-    out = {"device": "cpu", "threads": torch.get_num_threads(), "documents": len(texts), "tokens": n,
-           "embedder_default_tokens_per_s": round(n / default), "embedder_batch1_tokens_per_s": round(n / one),
-           "st_chunked_512_tokens_per_s": round(n / chunked), "st_chunks": n_chunks,
-           "per_token_time_vs_st": round(default / chunked, 3), "default_vs_batch1": round(default / one, 3)}
+    out = {
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "documents": len(texts),
+        "tokens": n,
+        "embedder_default_tokens_per_s": round(n / default),
+        "embedder_batch1_tokens_per_s": round(n / one),
+        "st_chunked_512_tokens_per_s": round(n / chunked),
+        "st_chunks": n_chunks,
+        "per_token_time_vs_st": round(default / chunked, 3),
+        "default_vs_batch1": round(default / one, 3),
+    }
     print(out, flush=True)
     out["late_chunking"] = late_chunk_case(emb, texts, "cpu")
     print(out["late_chunking"], flush=True)
@@ -124,7 +139,7 @@ def cpu_part(model):
 def gpu_part(model):
     from sentence_transformers import SentenceTransformer
 
-    from longctx_plugins.ape import position_ids_for
+    from longctx_plugins.positions.ape import position_ids_for
 
     out = {"device": torch.cuda.get_device_name(0), "dtype": "float16"}
     emb = LongContextEmbedder(model, method="pi", target_length=32768, device="cuda", dtype=torch.float16)
@@ -141,9 +156,14 @@ def gpu_part(model):
     with torch.inference_mode():
         fwd = wall(lambda: emb.model(input_ids=x, position_ids=pos), "cuda", 5)
     tokenize = wall(lambda: emb.tokenize([text]), "cpu", 5)
-    out["single_32k"] = {"tokens": len(ids), "max_abs_err_vs_bare_forward": err, "encode_ms": round(1e3 * enc, 2),
-                         "bare_forward_ms": round(1e3 * fwd, 2), "tokenize_ms": round(1e3 * tokenize, 2),
-                         "ratio_encode_vs_forward": round(enc / fwd, 3)}
+    out["single_32k"] = {
+        "tokens": len(ids),
+        "max_abs_err_vs_bare_forward": err,
+        "encode_ms": round(1e3 * enc, 2),
+        "bare_forward_ms": round(1e3 * fwd, 2),
+        "tokenize_ms": round(1e3 * tokenize, 2),
+        "ratio_encode_vs_forward": round(enc / fwd, 3),
+    }
     print(out["single_32k"], flush=True)
     rng = random.Random(0)
     lengths = [int(math.exp(rng.uniform(math.log(256), math.log(32768)))) for _ in range(1000)]
@@ -154,10 +174,17 @@ def gpu_part(model):
     st.max_seq_length = 512
     run, n_chunks = st_chunked(st, corpus)
     chunked = wall(run, "cuda", 1)
-    out["corpus_1000"] = {"documents": len(corpus), "tokens": total, "length_range": [256, 32768],
-                          "embedder_pi_tokens_per_s": round(total / ours), "embedder_seconds": round(ours, 2),
-                          "st_chunked_512_tokens_per_s": round(total / chunked), "st_chunked_seconds": round(chunked, 2),
-                          "st_chunks": n_chunks, "ratio_throughput_vs_st": round(chunked / ours, 3)}
+    out["corpus_1000"] = {
+        "documents": len(corpus),
+        "tokens": total,
+        "length_range": [256, 32768],
+        "embedder_pi_tokens_per_s": round(total / ours),
+        "embedder_seconds": round(ours, 2),
+        "st_chunked_512_tokens_per_s": round(total / chunked),
+        "st_chunked_seconds": round(chunked, 2),
+        "st_chunks": n_chunks,
+        "ratio_throughput_vs_st": round(chunked / ours, 3),
+    }
     print(out["corpus_1000"], flush=True)
     out["late_chunking"] = late_chunk_case(emb, corpus[:200], "cuda", repeat=1)
     print(out["late_chunking"], flush=True)

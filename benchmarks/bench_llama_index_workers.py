@@ -5,6 +5,7 @@ have it).
 
     python -m benchmarks.bench_llama_index_workers        # writes benchmarks/results/llama_index_workers.json
 """
+
 from __future__ import annotations
 
 import time
@@ -17,13 +18,12 @@ from ._util import environment, write_json
 def main() -> None:
     from llama_index.core import Document
     from llama_index.core.ingestion import IngestionPipeline
-    from llama_index.embeddings.longctx import LateChunkingNodeParser, LongContextEmbedding
 
+    from llama_index.embeddings.longctx import LateChunkingNodeParser, LongContextEmbedding
     from longctx_plugins.longembed.synthetic import sotu_documents
 
     docs = [Document(text=d["text"], doc_id=d["id"]) for d in sotu_documents()[:20]]
-    parser = LateChunkingNodeParser(embed_model=LongContextEmbedding(method="pi", target_length=2048),
-                                    chunk_size=256)
+    parser = LateChunkingNodeParser(embed_model=LongContextEmbedding(method="pi", target_length=2048), chunk_size=256)
 
     def run(workers: int):
         start = time.perf_counter()
@@ -32,6 +32,7 @@ def main() -> None:
 
     reference, one_s = run(1)
     result = {"environment": environment(), "documents": len(docs), "nodes": len(reference), "seconds": {"1": one_s}}
+
     def by_span(nodes):  # node ids are fresh per run; a chunk is its document and character span
         return {(n.ref_doc_id, n.start_char_idx, n.end_char_idx): np.asarray(n.embedding) for n in nodes}
 

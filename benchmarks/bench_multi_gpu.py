@@ -6,6 +6,7 @@
 all GPUs (``devices=[...]``); checks the embeddings are equal first, then reports tokens/s and the speed-up.
 ``--runs DIR``: collects the JSON files that tests/sp_equality.py and examples/train_anchor_sp.py wrote into DIR.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,6 @@ import torch
 
 from benchmarks._util import environment, write_json
 from benchmarks.bench_embedder import text_of
-
 from longctx_plugins import LongContextEmbedder
 
 
@@ -45,8 +45,12 @@ def embed_scaling(model: str) -> dict:
             torch.cuda.synchronize(d)
         s = time.perf_counter() - t
         ref = got if ref is None else ref
-        run = {"gpus": len(devices), "seconds": round(s, 2), "tokens_per_s": round(tokens / s),
-               "max_abs_diff_vs_one_gpu": float(np.abs(got - ref).max())}
+        run = {
+            "gpus": len(devices),
+            "seconds": round(s, 2),
+            "tokens_per_s": round(tokens / s),
+            "max_abs_diff_vs_one_gpu": float(np.abs(got - ref).max()),
+        }
         out["runs"].append(run)
         print(run, flush=True)
     assert all(r["max_abs_diff_vs_one_gpu"] < 2e-3 for r in out["runs"]), out
@@ -60,8 +64,9 @@ def main():
     ap.add_argument("--model", default="default")
     ap.add_argument("--runs", default=None, help="folder with the JSON of the equality / training runs")
     args = ap.parse_args()
-    path = os.path.join(os.environ.get("BENCH_OUT") or os.path.join(os.path.dirname(__file__), "results"),
-                        "multi_gpu.json")
+    path = os.path.join(
+        os.environ.get("BENCH_OUT") or os.path.join(os.path.dirname(__file__), "results"), "multi_gpu.json"
+    )
     result = json.load(open(path)) if os.path.exists(path) else {}
     result.update(environment())
     for pkg in ("deepspeed", "accelerate"):

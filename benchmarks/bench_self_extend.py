@@ -9,6 +9,7 @@ window, fixed at 2048 where ``extend`` would pick 1024); the default keeps
 inputs inside the trained window exact (``keep_trained_window``), and each case also runs the methods everywhere
 (``keep_trained_window=False``). Correctness: the last and the first 1024 query rows against the exact dense path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,11 @@ import torch.nn.functional as F
 
 import longctx_plugins  # noqa: F401
 from benchmarks._util import environment, time_ms, write_json
-from longctx_plugins import position_methods
 from longctx_plugins.attention import positional
 from longctx_plugins.attention.kernels import fused_lse
 from longctx_plugins.ops import passes as P
 from longctx_plugins.ops import rope as rope_ops
+from longctx_plugins.positions import rope_methods
 
 H, D, TRAINED = 32, 128, 4096
 
@@ -45,10 +46,15 @@ class Mod(torch.nn.Module):
 
 
 def parameters(method: str, seq_len: int, keep: bool) -> dict:
-    spec = position_methods.METHODS[method]
+    spec = rope_methods.ROPE_METHODS[method]
     p = spec.defaults(TRAINED, seq_len, {"window": 2048} if method == "self_extend" else {})
-    return {"rope_type": method, **p, "rope_theta": 10000.0, "keep_trained_window": keep,
-            "original_max_position_embeddings": TRAINED}
+    return {
+        "rope_type": method,
+        **p,
+        "rope_theta": 10000.0,
+        "keep_trained_window": keep,
+        "original_max_position_embeddings": TRAINED,
+    }
 
 
 def inputs(seq_len, device, dtype):
@@ -68,13 +74,14 @@ def case(method, seq_len, keep, q, k, v, pos, inv):
     mod = Mod(params, method)
 
     def plan():
-        return positional.MASK_FUNCTIONS[method](1, seq_len, seq_len, config=mod.config, device=q.device,
-                                                 mask_function=causal_mask_function)
+        return positional.MASK_FUNCTIONS[method](
+            1, seq_len, seq_len, config=mod.config, device=q.device, mask_function=causal_mask_function
+        )
 
     shared = plan()  # one plan serves every layer of a forward: what a layer's call costs once it is built
 
     def run(mask=shared):
-        return positional.positional_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, position_ids=pos)[0]
+        return positional.positional_attention_forward(mod, q, k, v, mask, scaling=D**-0.5, position_ids=pos)[0]
 
     with torch.no_grad():
         out = run()
@@ -82,17 +89,25 @@ def case(method, seq_len, keep, q, k, v, pos, inv):
         err = 0.0
         for lo in (seq_len - 1024, 0):  # the last query block (farthest distances) and the first
             sl = slice(lo, lo + 1024)
-            mask = torch.arange(seq_len, device=q.device)[None, :] <= torch.arange(lo, lo + 1024, device=q.device)[:, None]
-            ref = P.dense_attention(q[:, :8, sl], k[:, :8], v[:, :8], pos[:, sl], pos, passes, inv,
-                                    mask=mask[None, None], scale=D ** -0.5)
+            mask = (
+                torch.arange(seq_len, device=q.device)[None, :] <= torch.arange(lo, lo + 1024, device=q.device)[:, None]
+            )
+            ref = P.dense_attention(
+                q[:, :8, sl], k[:, :8], v[:, :8], pos[:, sl], pos, passes, inv, mask=mask[None, None], scale=D**-0.5
+            )
             err = max(err, float((out[:, sl, :8].float() - ref.transpose(1, 2)).abs().max()))
         assert err < 3e-2, (method, seq_len, err)
         ms = time_ms(run, q.device)
         first = time_ms(lambda: run(plan()), q.device, warmup=1, iters=3)  # a fresh plan: + block masks, layout checks
-    return {"method": method, "keep_trained_window": keep, "seq_len": seq_len,
-            "parameters": {k_: params[k_] for k_ in position_methods.METHODS[method].integers},
-            "max_abs_err_vs_exact": round(err, 5), "fwd_ms": round(ms, 3),
-            "first_layer_with_plan_build_ms": round(first, 3)}
+    return {
+        "method": method,
+        "keep_trained_window": keep,
+        "seq_len": seq_len,
+        "parameters": {k_: params[k_] for k_ in rope_methods.ROPE_METHODS[method].integers},
+        "max_abs_err_vs_exact": round(err, 5),
+        "fwd_ms": round(ms, 3),
+        "first_layer_with_plan_build_ms": round(first, 3),
+    }
 
 
 class _Plan:  # the pass list needs a plan only to memoise the sequence length of encoders
@@ -103,9 +118,15 @@ class _Plan:  # the pass list needs a plan only to memoise the sequence length o
 def sdpa_ms(q, k, v):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with torch.no_grad(), (sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION])
-                           if q.is_cuda else contextlib.nullcontext()):
-        return time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=D ** -0.5), q.device)
+    with (
+        torch.no_grad(),
+        (
+            sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION])
+            if q.is_cuda
+            else contextlib.nullcontext()
+        ),
+    ):
+        return time_ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=D**-0.5), q.device)
 
 
 def main():
@@ -115,8 +136,15 @@ def main():
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the code path (float32, small lengths)")
     args = ap.parse_args()
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    result = {**environment(), "heads": H, "head_dim": D, "dtype": str(dtype).replace("torch.", ""), "trained_length": TRAINED,
-              "fused_kernel": None, "cases": []}
+    result = {
+        **environment(),
+        "heads": H,
+        "head_dim": D,
+        "dtype": str(dtype).replace("torch.", ""),
+        "trained_length": TRAINED,
+        "fused_kernel": None,
+        "cases": [],
+    }
     for seq_len in [int(x) for x in args.lengths.split(",")]:
         q, k, v, pos, inv = inputs(seq_len, args.device, dtype)
         result["fused_kernel"] = fused_lse.choose(("cudnn", "flash"), q)

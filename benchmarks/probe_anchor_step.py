@@ -7,6 +7,7 @@ Writes results/anchor_step_probe.json.
 
     python -m benchmarks.probe_anchor_step [--seq 32768]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,6 @@ import torch
 
 from benchmarks._util import cuda_time_ms, environment, write_json
 from benchmarks.bench_anchor import llama_1b_config, packed_batch
-
 from longctx_plugins.attention.kernels import flex as flex_kernel
 
 OPTION_SWEEP = {
@@ -23,8 +23,14 @@ OPTION_SWEEP = {
     "rows_safe": {"ROWS_GUARANTEED_SAFE": True},
     "tma": {"USE_TMA": True},
     "m128_n128_w8_s2": {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2},
-    "bwd_m64_n128_w8": {"bwd_BLOCK_M1": 64, "bwd_BLOCK_N1": 128, "bwd_BLOCK_M2": 128, "bwd_BLOCK_N2": 64,
-                        "bwd_num_warps": 8, "bwd_num_stages": 3},
+    "bwd_m64_n128_w8": {
+        "bwd_BLOCK_M1": 64,
+        "bwd_BLOCK_N1": 128,
+        "bwd_BLOCK_M2": 128,
+        "bwd_BLOCK_N2": 64,
+        "bwd_num_warps": 8,
+        "bwd_num_stages": 3,
+    },
 }
 
 
@@ -38,10 +44,16 @@ class Recorder:
 
         def timed(q, k, v, **kw):
             if self.captured is None:
-                self.captured = {"q": q.detach().clone(), "k": k.detach().clone(), "v": v.detach().clone(),
-                                 "kw": dict(kw), "grad": torch.is_grad_enabled(),
-                                 "strides": [list(t.stride()) for t in (q, k, v)], "dtype": str(q.dtype),
-                                 "requires_grad": [t.requires_grad for t in (q, k, v)]}
+                self.captured = {
+                    "q": q.detach().clone(),
+                    "k": k.detach().clone(),
+                    "v": v.detach().clone(),
+                    "kw": dict(kw),
+                    "grad": torch.is_grad_enabled(),
+                    "strides": [list(t.stride()) for t in (q, k, v)],
+                    "dtype": str(q.dtype),
+                    "requires_grad": [t.requires_grad for t in (q, k, v)],
+                }
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
             out = flex(q, k, v, **kw)
@@ -55,8 +67,12 @@ class Recorder:
         torch.cuda.synchronize()
         ms = [s.elapsed_time(e) for s, e in self.events]
         self.events = []
-        return {"calls": len(ms), "mean_ms": round(sum(ms) / max(1, len(ms)), 3),
-                "min_ms": round(min(ms), 3) if ms else None, "max_ms": round(max(ms), 3) if ms else None}
+        return {
+            "calls": len(ms),
+            "mean_ms": round(sum(ms) / max(1, len(ms)), 3),
+            "min_ms": round(min(ms), 3) if ms else None,
+            "max_ms": round(max(ms), 3) if ms else None,
+        }
 
 
 def main():
@@ -103,12 +119,16 @@ def main():
     bm = cap["kw"]["block_mask"]
     out["captured"] = {k: cap[k] for k in ("strides", "dtype", "requires_grad", "grad")}
     out["captured"]["shape"] = list(cap["q"].shape) + [cap["k"].shape[1]]
-    out["captured"]["kw"] = {k: (v if isinstance(v, (int, float, bool, type(None), dict)) else type(v).__name__)
-                             for k, v in cap["kw"].items()}
-    out["captured"]["block_mask"] = {"kv_blocks": int(bm.kv_num_blocks.sum()),
-                                     "full_kv_blocks": int(bm.full_kv_num_blocks.sum())
-                                     if bm.full_kv_num_blocks is not None else None,
-                                     "block_size": list(bm.BLOCK_SIZE), "shape": list(bm.shape)}
+    out["captured"]["kw"] = {
+        k: (v if isinstance(v, (int, float, bool, type(None), dict)) else type(v).__name__)
+        for k, v in cap["kw"].items()
+    }
+    out["captured"]["block_mask"] = {
+        "kv_blocks": int(bm.kv_num_blocks.sum()),
+        "full_kv_blocks": int(bm.full_kv_num_blocks.sum()) if bm.full_kv_num_blocks is not None else None,
+        "block_size": list(bm.BLOCK_SIZE),
+        "shape": list(bm.shape),
+    }
     del model
     torch.cuda.empty_cache()
 
@@ -137,9 +157,13 @@ def main():
             del got
             grad_fwd = cuda_time_ms(lambda: fwd().detach())
             both = cuda_time_ms(fwd_bwd, warmup=2, iters=5)
-            replay[name] = {"fwd_no_grad_ms": round(nograd, 3), "fwd_grad_ms": round(grad_fwd, 3),
-                            "fwd_bwd_ms": round(both, 3), "max_abs_diff_grad_vs_no_grad": err,
-                            "max_abs_diff_vs_default_options": err_default}
+            replay[name] = {
+                "fwd_no_grad_ms": round(nograd, 3),
+                "fwd_grad_ms": round(grad_fwd, 3),
+                "fwd_bwd_ms": round(both, 3),
+                "max_abs_diff_grad_vs_no_grad": err,
+                "max_abs_diff_vs_default_options": err_default,
+            }
         except Exception as exc:  # an option the compiler rejects: report it
             replay[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         print(name, replay[name], flush=True)

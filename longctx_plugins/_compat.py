@@ -2,6 +2,7 @@
 
 Checked once, on import of :mod:`longctx_plugins`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -127,4 +128,3 @@ MIN_TRANSFORMERS_LEGACY_ROPE_KWARG = (5, 22)
 def legacy_rope_scaling_kwarg() -> bool:
     """Whether ``from_pretrained(path, rope_scaling={"type": ...})`` works with the installed transformers."""
     return _parse(_installed("transformers") or "0") >= MIN_TRANSFORMERS_LEGACY_ROPE_KWARG
-

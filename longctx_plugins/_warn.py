@@ -1,5 +1,6 @@
 """User-visible warnings: ``warnings.warn`` (shown by default, in scripts and inside framework wrappers alike),
 attributed to the first caller outside this package so the message points at the user's own line."""
+
 from __future__ import annotations
 
 import os

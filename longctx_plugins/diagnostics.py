@@ -10,6 +10,7 @@
 Attention probabilities and logits are read by a probe attention function registered for the duration of the
 measurement under a private name and removed afterwards.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,8 +68,9 @@ def _record(model, input_ids, shift: int) -> _Recorder:
     rec = _Recorder()
     pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None] + shift
     with _probe(model, rec):
-        getattr(model, "base_model", model)(input_ids=input_ids, position_ids=pos,
-                                            attention_mask=torch.ones_like(input_ids), use_cache=False)
+        getattr(model, "base_model", model)(
+            input_ids=input_ids, position_ids=pos, attention_mask=torch.ones_like(input_ids), use_cache=False
+        )
     return rec
 
 
@@ -94,9 +96,15 @@ def first_token_logit_difference(model, input_ids: torch.Tensor, delta1: int = 0
     return _logit_difference(_record(model, input_ids, delta1), _record(model, input_ids, delta2), input_ids.shape[1])
 
 
-def run(model, input_ids: torch.Tensor, deltas=(0, 2, 4, 8, 32, 64, 128), reference_delta: int = 16,
-        lengths=(64, 128, 256, 512), dtypes=(torch.bfloat16, torch.float32),
-        show_progress_bar: bool | None = None) -> dict:
+def run(
+    model,
+    input_ids: torch.Tensor,
+    deltas=(0, 2, 4, 8, 32, 64, 128),
+    reference_delta: int = 16,
+    lengths=(64, 128, 256, 512),
+    dtypes=(torch.bfloat16, torch.float32),
+    show_progress_bar: bool | None = None,
+) -> dict:
     """Both measures in each dtype: ``{dtype: {"D": {delta: value}, "logit_diff": {length: value}}}``.
 
     One forward pass per shift and length (the reference shift's once per dtype and length), with a progress bar
@@ -108,11 +116,18 @@ def run(model, input_ids: torch.Tensor, deltas=(0, 2, 4, 8, 32, 64, 128), refere
     check_attention(model, "anchor")  # the probe needs a model that honours the attention registry
     full = input_ids.shape[1]
     lengths = [L for L in lengths if L <= full]
-    runs = {(full, reference_delta), *((full, d) for d in deltas),
-            *((L, shift) for L in lengths for shift in (0, reference_delta))}
+    runs = {
+        (full, reference_delta),
+        *((full, d) for d in deltas),
+        *((L, shift) for L in lengths for shift in (0, reference_delta)),
+    }
     work = len(dtypes) * len(runs)
-    bar = tqdm(total=work, desc="bf16 diagnostic", unit="forward",
-               disable=None if show_progress_bar is None else not show_progress_bar)
+    bar = tqdm(
+        total=work,
+        desc="bf16 diagnostic",
+        unit="forward",
+        disable=None if show_progress_bar is None else not show_progress_bar,
+    )
 
     def record(m, ids, shift, cache):
         if (ids.shape[1], shift) not in cache:
@@ -128,9 +143,12 @@ def run(model, input_ids: torch.Tensor, deltas=(0, 2, 4, 8, 32, 64, 128), refere
             ref = record(m, input_ids, reference_delta, cache)
             out[str(dtype).replace("torch.", "")] = {
                 "D": {d: _shift_difference(record(m, input_ids, d, cache), ref, full) for d in deltas},
-                "logit_diff": {L: _logit_difference(record(m, input_ids[:, :L], 0, cache),
-                                                    record(m, input_ids[:, :L], reference_delta, cache), L)
-                               for L in lengths},
+                "logit_diff": {
+                    L: _logit_difference(
+                        record(m, input_ids[:, :L], 0, cache), record(m, input_ids[:, :L], reference_delta, cache), L
+                    )
+                    for L in lengths
+                },
             }
             del m, cache
     finally:
@@ -145,6 +163,7 @@ def plot(results: dict, path: str, title: str = "") -> str:
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+
     def positive(d):  # log axes: exact zeros (a shift equal to the reference) are left out
         pts = [(float(k), v) for k, v in d.items() if v > 0]
         return [p[0] for p in pts], [p[1] for p in pts]

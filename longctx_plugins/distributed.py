@@ -13,6 +13,7 @@ address="auto")`` on a node of it): Ray places the ``concurrency`` actors on the
 and embedding every batch it is sent. With ``num_gpus=1`` each actor takes a GPU. :func:`embed_to_parquet` resumes an
 interrupted run: rows whose id is already in the output folder are skipped.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,9 +38,17 @@ class EmbedBatches:
     ``[dim]`` per row) and, with ``late_chunk``, ``chunk_spans`` (``[k, 2]`` character offsets) and
     ``chunk_embeddings`` (``[k, dim]``) to the batch. The other columns pass through unchanged."""
 
-    def __init__(self, model: Any = "default", method: str = "auto", target_length: int = 8192,
-                 text_column: str = "text", late_chunk: bool = False, chunk_size: int = 256, chunk_overlap: int = 0,
-                 **embedder_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: Any = "default",
+        method: str = "auto",
+        target_length: int = 8192,
+        text_column: str = "text",
+        late_chunk: bool = False,
+        chunk_size: int = 256,
+        chunk_overlap: int = 0,
+        **embedder_kwargs: Any,
+    ) -> None:
         from .embedder import LongContextEmbedder
 
         self.embedder = LongContextEmbedder(model, method=method, target_length=target_length, **embedder_kwargs)
@@ -48,8 +57,9 @@ class EmbedBatches:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         if self.text_column not in batch:
-            raise ValueError(f"the dataset has no column {self.text_column!r} (columns: {sorted(batch)}); pass "
-                             "text_column=")
+            raise ValueError(
+                f"the dataset has no column {self.text_column!r} (columns: {sorted(batch)}); pass text_column="
+            )
         texts = [str(t) for t in batch[self.text_column]]
         out: dict[str, Any] = dict(batch)
         out[EMBEDDING] = self.embedder.encode_documents(texts)
@@ -60,9 +70,21 @@ class EmbedBatches:
         return out
 
 
-def embed_dataset(ds, model: Any = "default", method: str = "auto", target_length: int = 8192, *,
-                  text_column: str = "text", late_chunk: bool = False, chunk_size: int = 256, chunk_overlap: int = 0,
-                  concurrency: int = 1, batch_size: int = 16, num_gpus: float = 0, **embedder_kwargs: Any):
+def embed_dataset(
+    ds,
+    model: Any = "default",
+    method: str = "auto",
+    target_length: int = 8192,
+    *,
+    text_column: str = "text",
+    late_chunk: bool = False,
+    chunk_size: int = 256,
+    chunk_overlap: int = 0,
+    concurrency: int = 1,
+    batch_size: int = 16,
+    num_gpus: float = 0,
+    **embedder_kwargs: Any,
+):
     """``ds`` (a ``ray.data.Dataset`` with a text column) with the embedding columns of :class:`EmbedBatches` added,
     computed by ``concurrency`` actors (lazy, as Ray Data is: write or iterate it to run)."""
     _ray()
@@ -70,10 +92,24 @@ def embed_dataset(ds, model: Any = "default", method: str = "auto", target_lengt
 
     positive_int("concurrency", concurrency)
     positive_int("batch_size", batch_size)
-    kwargs = dict(model=model, method=method, target_length=target_length, text_column=text_column,
-                  late_chunk=late_chunk, chunk_size=chunk_size, chunk_overlap=chunk_overlap, **embedder_kwargs)
-    return ds.map_batches(EmbedBatches, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="numpy",
-                          concurrency=concurrency, num_gpus=num_gpus)
+    kwargs = dict(
+        model=model,
+        method=method,
+        target_length=target_length,
+        text_column=text_column,
+        late_chunk=late_chunk,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        **embedder_kwargs,
+    )
+    return ds.map_batches(
+        EmbedBatches,
+        fn_constructor_kwargs=kwargs,
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=concurrency,
+        num_gpus=num_gpus,
+    )
 
 
 def embed_to_parquet(ds, path: str, id_column: str = "id", **kwargs: Any) -> int:

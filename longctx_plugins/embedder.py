@@ -4,29 +4,29 @@ The pieces live in :mod:`longctx_plugins.embedding`: loading (model, tokenizer, 
 tokenisation, batching and the multi-device scheduler, the forward pass, pooling, windows and chunking. This class
 ties them together and holds the user's settings, validated once here.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import _warn
 from ._checks import positive_int
-from .embedding import batching
-from .embedding.forward import hidden_states
+from .embedding import batching, late_chunking
 from .embedding.loading import DEFAULT_MODEL, default_model_path, load
-from .embedding import late_chunking
-from .embedding.pooling import POOLING_MODES, pool
-from .embedding.tokenization import Encoded, Tokenization
+from .embedding.pooling import POOLING_MODES, l2_normalize
+from .embedding.reader import Reader
+from .embedding.tokenization import Encoded
 from .embedding.windows import cover, reading_window
-from .extension import extend, original_length, position_type
-from .methods import DECODER_MODEL_TYPES
+from .extension import check_target_length, extend
+from .positions.catalog import DECODER_MODEL_TYPES
 
 logger = logging.getLogger(__name__)
-__all__ = ["LongContextEmbedder", "default_model_path", "DEFAULT_MODEL",
-           "OVERLENGTH_POLICIES"]
+__all__ = ["LongContextEmbedder", "default_model_path", "DEFAULT_MODEL", "OVERLENGTH_POLICIES"]
 
 # What encode() does with a text longer than target_length: cut it (with a warning), refuse, or read it whole in
 # overlapping windows of target_length tokens and average the window vectors.
@@ -62,29 +62,49 @@ class LongContextEmbedder:
             ``"error"``, or ``"windows"`` (overlapping windows of ``target_length`` tokens, mean of their vectors).
         window_overlap: tokens shared by consecutive windows (default ``target_length // 4``).
         **from_pretrained_kwargs: passed to ``AutoModel.from_pretrained`` (``revision``, ``trust_remote_code``, ...).
+
+    ``reader`` (:class:`~longctx_plugins.embedding.reader.Reader`) is the public token-level API the embedder and late
+    chunking read through: tokenisation with character offsets, forward token states, pooling, batched runs.
     """
 
-    def __init__(self, model_name_or_path: Any = DEFAULT_MODEL, method: str = "auto", target_length: int = 8192,
-                 pooling: str | None = None, normalize: bool | None = True, device: str | None = None,
-                 dtype: torch.dtype | str | None = None, batch_size: int = 8, query_prompt: str | None = None,
-                 document_prompt: str | None = None, overlength: str = "truncate", window_overlap: int | None = None,
-                 max_batch_tokens: int | None = None, show_progress_bar: bool | None = None,
-                 truncate: bool | None = None, **from_pretrained_kwargs):
+    def __init__(
+        self,
+        model_name_or_path: Any = DEFAULT_MODEL,
+        method: str = "auto",
+        target_length: int = 8192,
+        pooling: str | None = None,
+        normalize: bool | None = True,
+        device: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        batch_size: int = 8,
+        query_prompt: str | None = None,
+        document_prompt: str | None = None,
+        overlength: str = "truncate",
+        window_overlap: int | None = None,
+        max_batch_tokens: int | None = None,
+        show_progress_bar: bool | None = None,
+        truncate: bool | None = None,
+        **from_pretrained_kwargs,
+    ):
         from .attention.support import check_attention
 
         self.batch_size = positive_int("batch_size", batch_size)
-        target_length = positive_int("target_length", target_length)
+        target_length = check_target_length(target_length)
         if truncate is not None:  # the earlier spelling: truncate=False == overlength="error"
             overlength = "truncate" if truncate else "error"
         if overlength not in OVERLENGTH_POLICIES:
             raise ValueError(f"overlength must be one of {OVERLENGTH_POLICIES}, got {overlength!r}.")
         if pooling is not None and pooling not in POOLING_MODES:
             raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}.")
-        self.device = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = (
+            torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
         batching.check_devices([self.device])
-        self.max_batch_tokens = positive_int("max_batch_tokens", max_batch_tokens) if max_batch_tokens is not None \
+        self.max_batch_tokens = (
+            positive_int("max_batch_tokens", max_batch_tokens)
+            if max_batch_tokens is not None
             else batching.default_max_tokens(self.device)
+        )
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
@@ -93,37 +113,45 @@ class LongContextEmbedder:
         model, info = loaded.model, loaded.info
         self.model_name_or_path, self.tokenizer = loaded.path, loaded.tokenizer
         check_attention(model)
-        self.position_type = position_type(model)
-        self.is_decoder = bool(getattr(model.config, "is_decoder", False)) or \
-            model.config.model_type in DECODER_MODEL_TYPES
-        self.trained_length = original_length(model)
+        self.is_decoder = (
+            bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in DECODER_MODEL_TYPES
+        )
         self.asked_target_length = target_length
-        self.method, self.target_length = reading_window(model.config, method, target_length)
+        self.extension = reading_window(model.config, method, target_length)
+        self.position_type, self.trained_length = self.extension.position_type, self.extension.trained_length
+        self.method, self.target_length = self.extension.method, self.extension.target_length
         if getattr(model.config, "longctx_ape", None):  # an already-extended checkpoint
-            from .ape import attach
+            from .positions.ape import attach
 
             attach(model)
-        elif self.method not in ("none", "pcw") and self.target_length > self.trained_length:
-            extend(model, self.method, self.target_length)
+        elif self.extension.changes_model:
+            extend(model, self.extension)
         self.overlength = overlength
         self.window_overlap = self.target_length // 4 if window_overlap is None else int(window_overlap)
         cover(self.target_length + 1, self.target_length, self.window_overlap)  # validates the overlap now
         if pooling is None and info.pooling_unreadable:
-            raise ValueError(f"{loaded.path}: its sentence-transformers Pooling module uses a mode this package does "
-                             f"not implement; pass pooling= one of {POOLING_MODES}.")
+            raise ValueError(
+                f"{loaded.path}: its sentence-transformers Pooling module uses a mode this package does "
+                f"not implement; pass pooling= one of {POOLING_MODES}."
+            )
         self.pooling = pooling or info.pooling or ("lasttoken" if self.is_decoder else "mean")
-        self.normalize = bool(info.normalize if normalize is None and info.normalize is not None else
-                              (True if normalize is None else normalize))
+        self.normalize = bool(
+            info.normalize
+            if normalize is None and info.normalize is not None
+            else (True if normalize is None else normalize)
+        )
         self.query_prompt = query_prompt if query_prompt is not None else info.prompts.get("query", "")
-        self.document_prompt = document_prompt if document_prompt is not None else info.prompts.get(
-            "document", info.prompts.get("passage", ""))
+        self.document_prompt = (
+            document_prompt
+            if document_prompt is not None
+            else info.prompts.get("document", info.prompts.get("passage", ""))
+        )
         self.show_progress_bar = show_progress_bar
         self.model = model.to(self.device, self.dtype).eval()
         # lengths are ours to handle (target_length): silence the tokenizer's "longer than model_max_length" note
         self.tokenizer.model_max_length = max(int(getattr(self.tokenizer, "model_max_length", 0) or 0), 10**9)
-        self._tokenize = Tokenization(self.tokenizer)
-        self._pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self._replicas: dict[torch.device, Any] = {}
+        # tokenisation, forward passes, pooling and batching over devices: the public reading API (late chunking)
+        self.reader = Reader(self.model, self.tokenizer, self.device, self.is_decoder)
         self._warned_truncation = False
 
     # ----------------------------------------------------------------------------------------------- properties
@@ -133,11 +161,17 @@ class LongContextEmbedder:
 
     def tokenize(self, texts: list[str], prompt: str = "") -> list[list[int]]:
         """Token ids of ``prompt + text`` for each text, special tokens included (never truncated)."""
-        return [e.ids.tolist() for e in self._tokenize(_check_texts(texts), prompt)]
+        return [e.ids.tolist() for e in self.reader.tokenize(_check_texts(texts), prompt)]
 
     # ------------------------------------------------------------------------------------------------- encode
-    def encode(self, texts: Sequence[str], batch_size: int | None = None, show_progress_bar: bool | None = None,
-               prompt: str = "", devices: Sequence[str] | None = None) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        prompt: str = "",
+        devices: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """Embed ``texts``; returns a float32 array ``[n, dim]`` (L2-normalised when ``normalize``).
 
         Identical texts are embedded once. ``devices`` (e.g. ``["cuda:0", "cuda:1"]``) spreads the batches over one
@@ -147,20 +181,21 @@ class LongContextEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         unique = list(dict.fromkeys(texts))
-        encoded = self._tokenize(unique, prompt)
+        encoded = self.reader.tokenize(unique, prompt)
         pieces, owner = [], []
         for i, e in enumerate(encoded):
             for piece in self._pieces(e, i, prompt):
                 pieces.append(piece)
                 owner.append(i)
-        vectors = self.embed_token_ids(pieces, normalize=False, batch_size=batch_size,
-                                       show_progress_bar=show_progress_bar, devices=devices)
+        vectors = self.embed_token_ids(
+            pieces, normalize=False, batch_size=batch_size, show_progress_bar=show_progress_bar, devices=devices
+        )
         if len(pieces) != len(unique):  # windows: the mean of each text's window vectors
             sums = np.zeros((len(unique), vectors.shape[1]), dtype=np.float64)
             np.add.at(sums, owner, vectors)
             vectors = (sums / np.bincount(owner, minlength=len(unique))[:, None]).astype(np.float32)
         if self.normalize:
-            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+            vectors = l2_normalize(vectors)
         index = {t: i for i, t in enumerate(unique)}
         return vectors[[index[t] for t in texts]].astype(np.float32)
 
@@ -170,10 +205,6 @@ class LongContextEmbedder:
     def encode_documents(self, texts, **kw) -> np.ndarray:
         return self.encode(texts, prompt=self.document_prompt, **kw)
 
-    def _split_specials(self, e: Encoded):
-        n_pre, n_suf = len(self._tokenize.prefix), len(self._tokenize.suffix)
-        return e.ids[:n_pre], e.ids[n_pre: len(e.ids) - n_suf], e.ids[len(e.ids) - n_suf:]
-
     def _pieces(self, e: Encoded, index: int, prompt: str) -> list[np.ndarray]:
         """The inputs one text is embedded from: itself, or (pcw / windows / truncate) parts of it."""
         if self.method == "pcw":  # trained-size windows, averaged (LongEmbed's parallel context windows)
@@ -181,31 +212,36 @@ class LongContextEmbedder:
         if len(e.ids) <= self.target_length:
             return [e.ids]
         if self.overlength == "error":
-            raise ValueError(f"text {index} has {len(e.ids)} tokens, more than target_length={self.target_length}; "
-                             "raise target_length, or pass overlength='windows' (read it whole in overlapping "
-                             "windows) or overlength='truncate'.")
+            raise ValueError(
+                f"text {index} has {len(e.ids)} tokens, more than target_length={self.target_length}; "
+                "raise target_length, or pass overlength='windows' (read it whole in overlapping "
+                "windows) or overlength='truncate'."
+            )
         if self.overlength == "windows":
             return self._windows(e, self.target_length, self.window_overlap, prompt)
         if not self._warned_truncation:
             self._warned_truncation = True
-            why = "target_length" if self.target_length == self.asked_target_length else (
-                f"method {self.method!r} reads at most {self.target_length} tokens"
-                f"{' (the trained window)' if self.method == 'none' else ''}; target_length={self.asked_target_length} "
-                "was asked")
-            _warn.warn(f"LongContextEmbedder: texts longer than {self.target_length} tokens ({why}) are truncated "
-                       f"(first: text {index}, {len(e.ids)} tokens). LongContextEmbedder(overlength='windows') reads "
-                       "them whole in overlapping windows; overlength='error' refuses them.")
-        pre, body, suf = self._split_specials(e)
+            why = (
+                "target_length"
+                if self.target_length == self.asked_target_length
+                else (
+                    f"method {self.method!r} reads at most {self.target_length} tokens"
+                    f"{' (the trained window)' if self.method == 'none' else ''}; "
+                    f"target_length={self.asked_target_length} "
+                    "was asked"
+                )
+            )
+            _warn.warn(
+                f"LongContextEmbedder: texts longer than {self.target_length} tokens ({why}) are truncated "
+                f"(first: text {index}, {len(e.ids)} tokens). LongContextEmbedder(overlength='windows') reads "
+                "them whole in overlapping windows; overlength='error' refuses them."
+            )
+        pre, body, suf = self.reader.split_specials(e)
         return [np.concatenate([pre, body[: self.target_length - len(pre) - len(suf)], suf])]
 
-    def _prompt_tokens(self, e: Encoded, prompt: str) -> int:
-        if not prompt:
-            return 0
-        return len(self._tokenize([""], prompt)[0].ids) - len(self._tokenize.prefix) - len(self._tokenize.suffix)
-
     def _windows(self, e: Encoded, size: int, overlap: int, prompt: str) -> list[np.ndarray]:
-        pre, body, suf = self._split_specials(e)
-        n_prompt = self._prompt_tokens(e, prompt)
+        pre, body, suf = self.reader.split_specials(e)
+        n_prompt = self.reader.prompt_tokens(prompt)
         head, rest = body[:n_prompt], body[n_prompt:]
         room = size - len(pre) - len(suf) - len(head)
         if room < 1:
@@ -213,60 +249,35 @@ class LongContextEmbedder:
         return [np.concatenate([pre, head, rest[a:b], suf]) for a, b in cover(len(rest), room, min(overlap, room - 1))]
 
     # -------------------------------------------------------------------------------------------- forward runs
-    def embed_token_ids(self, ids: Sequence[Sequence[int]], normalize: bool | None = None,
-                        batch_size: int | None = None, show_progress_bar: bool | None = None,
-                        devices: Sequence[str] | None = None) -> np.ndarray:
+    def embed_token_ids(
+        self,
+        ids: Sequence[Sequence[int]] | Sequence[np.ndarray],
+        normalize: bool | None = None,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        devices: Sequence[str] | None = None,
+    ) -> np.ndarray:
         """Pooled vectors ``[n, dim]`` of already tokenised inputs (special tokens included, used as given)."""
-        ids = [np.asarray(x, dtype=np.int64) for x in ids]
-        out: list[torch.Tensor | None] = [None] * len(ids)
+        arrays = [np.asarray(x, dtype=np.int64) for x in ids]
+        out: list[torch.Tensor] = [torch.empty(0)] * len(arrays)  # every slot is filled by its batch
 
         def step(model, device, batch):
-            hidden, mask, _ = hidden_states(model, [ids[i] for i in batch], device, self._pad_id, self.is_decoder)
-            vec = pool(hidden, mask, self.pooling, left_padded=self.is_decoder)
+            hidden, mask = self.reader.states([arrays[i] for i in batch], model, device)
+            vec = self.reader.pool(hidden, mask, self.pooling)
             for row, i in enumerate(batch):
                 out[i] = vec[row]
 
-        self._run(ids, step, batch_size, show_progress_bar, devices)
-        vectors = np.zeros((len(ids), self.dim), dtype=np.float32)
+        show = self.show_progress_bar if show_progress_bar is None else show_progress_bar
+        if show is None:
+            show = len(arrays) > 256 and logger.getEffectiveLevel() <= logging.INFO
+        self.reader.run(arrays, step, batch_size or self.batch_size, self.max_batch_tokens, devices, progress=show)
+        vectors = np.zeros((len(arrays), self.dim), dtype=np.float32)
         for device in {v.device for v in out}:  # one copy per device, after all its batches were queued
             rows = [i for i, v in enumerate(out) if v.device == device]
             vectors[rows] = torch.stack([out[i] for i in rows]).cpu().numpy()
         if self.normalize if normalize is None else normalize:
-            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+            vectors = l2_normalize(vectors)
         return vectors.astype(np.float32)
-
-    def _replica(self, device: torch.device):
-        """The model on ``device``: the main model for its own device, else a copy made once per device."""
-        if device == self.device:
-            return self.model
-        if device not in self._replicas:
-            import copy
-
-            self._replicas[device] = copy.deepcopy(self.model).to(device)
-        return self._replicas[device]
-
-    def _run(self, ids: list[np.ndarray], step, batch_size, show_progress_bar, devices) -> None:
-        devs = batching.check_devices(devices) if devices is not None else [self.device]
-        lengths = [len(x) for x in ids]
-        batches = batching.plan(lengths, positive_int("batch_size", batch_size or self.batch_size),
-                                self.max_batch_tokens)
-        work = batching.assign(batches, lengths, len(devs))
-        show = self.show_progress_bar if show_progress_bar is None else show_progress_bar
-        if show is None:
-            show = len(ids) > 256 and logger.getEffectiveLevel() <= logging.INFO
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(ids), disable=not show, desc="encode", unit="text")
-        models = [self._replica(d) for d in devs]
-
-        def run_one(d, batch):
-            step(models[d], devs[d], batch)
-            bar.update(len(batch))
-
-        try:
-            batching.run(work, run_one)
-        finally:
-            bar.close()
 
     # ------------------------------------------------------------------------------------------- late chunking
     def token_states(self, text: str, prompt: str | None = None):
@@ -282,20 +293,24 @@ class LongContextEmbedder:
         its first character; special and prompt tokens belong to none. L2-normalised when ``normalize``."""
         return late_chunking.encode_spans(self, text, spans, prompt)
 
-    def encode_spans_many(self, texts: Sequence[str], spans: Sequence[Sequence[tuple[int, int]]],
-                          prompt: str | None = None, batch_size: int | None = None) -> list[np.ndarray]:
+    def encode_spans_many(
+        self,
+        texts: Sequence[str],
+        spans: Sequence[Sequence[tuple[int, int]]],
+        prompt: str | None = None,
+        batch_size: int | None = None,
+    ) -> list[np.ndarray]:
         """:meth:`encode_spans` for many texts in batched forward passes: one ``[len(spans_i), dim]`` array per
         text, the same vectors as one call per text."""
         return late_chunking.encode_spans_many(self, _check_texts(texts), spans, prompt, batch_size)
 
-    def late_chunk(self, texts: Sequence[str], chunk_size: int = 256, chunk_overlap: int = 0,
-                   prompt: str | None = None) -> list[dict]:
+    def late_chunk(
+        self, texts: Sequence[str], chunk_size: int = 256, chunk_overlap: int = 0, prompt: str | None = None
+    ) -> list[dict]:
         """Split each text into sentence-aware chunks of at most ``chunk_size`` tokens (consecutive chunks sharing up
         to ``chunk_overlap`` tokens of whole sentences) and embed them by late chunking. Returns, per text,
         ``{"spans": [(start, end), ...], "texts": [...], "embeddings": ndarray [k, dim]}``."""
         return late_chunking.late_chunk(self, _check_texts(texts), chunk_size, chunk_overlap, prompt)
-
-
 
 
 _MOVED = {"get_embedder", "clear_shared", "SHARED_MAX"}
@@ -309,7 +324,10 @@ def __getattr__(name: str):
 
         from . import shared
 
-        warnings.warn(f"longctx_plugins.embedder.{name} moved to longctx_plugins.shared.{name}; import it from there.",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"longctx_plugins.embedder.{name} moved to longctx_plugins.shared.{name}; import it from there.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return getattr(shared, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

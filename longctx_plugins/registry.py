@@ -11,6 +11,7 @@ module that holds its registry is imported: at once for modules already loaded, 
 executed (a post-import hook; nothing of transformers is imported early, so the package import stays light).
 Every path that can use an entry imports that module first, so the result is the same as registering at once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,11 +43,13 @@ def _targets(group: str):
     if group == "rope":
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, RotaryEmbeddingConfigMixin
 
-        from . import rope
+        from .positions import rope
 
         items = [("rope", ROPE_INIT_FUNCTIONS, name, fn) for name, fn in rope.INIT_FUNCTIONS.items()]
-        items += [("validator", RotaryEmbeddingConfigMixin, f"_validate_{name}_rope_parameters", fn)
-                  for name, fn in rope.VALIDATORS.items()]
+        items += [
+            ("validator", RotaryEmbeddingConfigMixin, f"_validate_{name}_rope_parameters", fn)
+            for name, fn in rope.VALIDATORS.items()
+        ]
         return items
     from .attention import ATTENTION_FUNCTIONS, MASK_FUNCTIONS
 
@@ -84,8 +87,10 @@ def _register_group(group: str) -> None:
         previous = _get(container, name)
         if previous is not _MISSING and previous is not value:
             # A built-in (or someone else's) entry with that name: leave it alone.
-            _warn.warn(f"longctx_plugins: {kind} {name!r} already exists in transformers and is not overwritten; "
-                          f"the plugin's {name!r} is not available.")
+            _warn.warn(
+                f"longctx_plugins: {kind} {name!r} already exists in transformers and is not overwritten; "
+                f"the plugin's {name!r} is not available."
+            )
             continue
         _saved[(kind, name)] = previous
         if kind == "attention":

@@ -2,6 +2,7 @@
 
 It sits above :mod:`longctx_plugins.embedder` (it builds embedders), so nothing below imports it.
 """
+
 from __future__ import annotations
 
 import threading
@@ -14,8 +15,13 @@ _SHARED: OrderedDict = OrderedDict()
 _SHARED_LOCK = threading.Lock()
 
 
-def get_embedder(model_name_or_path: str = "default", method: str = "auto", target_length: int = 8192,
-                 device: str | None = None, **kwargs):
+def get_embedder(
+    model_name_or_path: str = "default",
+    method: str = "auto",
+    target_length: int = 8192,
+    device: str | None = None,
+    **kwargs,
+):
     """A shared :class:`LongContextEmbedder`: one model load per (path, method, target length, device, other
     options, model kwargs), as the framework wrappers use it. At most ``SHARED_MAX`` are kept (least recently used
     dropped); :func:`clear_shared` drops them all."""
@@ -23,8 +29,9 @@ def get_embedder(model_name_or_path: str = "default", method: str = "auto", targ
     with _SHARED_LOCK:
         emb = _SHARED.get(key)
         if emb is None:
-            emb = LongContextEmbedder(model_name_or_path, method=method, target_length=target_length, device=device,
-                                      **kwargs)
+            emb = LongContextEmbedder(
+                model_name_or_path, method=method, target_length=target_length, device=device, **kwargs
+            )
             _SHARED[key] = emb
             while len(_SHARED) > SHARED_MAX:
                 _SHARED.popitem(last=False)

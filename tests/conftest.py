@@ -1,4 +1,5 @@
 """Tiny random configs built in code (no download) and shared helpers."""
+
 from __future__ import annotations
 
 import os
@@ -22,11 +23,18 @@ TINY = {
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(num_key_value_heads=2), True),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(num_key_value_heads=2, head_dim=16), True),
     "mistral": ("MistralConfig", "MistralForCausalLM", dict(num_key_value_heads=2, sliding_window=None), True),
-    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
-               dict(num_key_value_heads=2, head_dim=16, sliding_window=8,
-                    layer_types=["sliding_attention", "full_attention"]), True),
-    "modernbert": ("ModernBertConfig", "ModernBertModel",
-                   dict(num_hidden_layers=3, local_attention=8, cls_token_id=1, sep_token_id=2), False),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        dict(num_key_value_heads=2, head_dim=16, sliding_window=8, layer_types=["sliding_attention", "full_attention"]),
+        True,
+    ),
+    "modernbert": (
+        "ModernBertConfig",
+        "ModernBertModel",
+        dict(num_hidden_layers=3, local_attention=8, cls_token_id=1, sep_token_id=2),
+        False,
+    ),
     "nomic_bert": ("NomicBertConfig", "NomicBertModel", dict(), False),
     "bert": ("BertConfig", "BertModel", dict(max_position_embeddings=64), False),
 }

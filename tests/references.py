@@ -1,5 +1,6 @@
 """Plain references the tests (and the benchmarks' correctness checks) compare every fast path against: dense masks
 and per-document loops, softmax in float32. Not used at run time."""
+
 from __future__ import annotations
 
 import torch
@@ -47,8 +48,9 @@ def eager_attention(query, key, value, mask: torch.Tensor | None, scale: float |
     return masked_softmax_attention(logits, mask, value)
 
 
-def anchor_by_documents(query, key, value, doc_ids: torch.Tensor, scale: float | None = None,
-                        causal: bool = True) -> torch.Tensor:
+def anchor_by_documents(
+    query, key, value, doc_ids: torch.Tensor, scale: float | None = None, causal: bool = True
+) -> torch.Tensor:
     """AnchorAttention computed document by document (keys: the anchor plus the document's own tokens), never
     materialising S x S.
 
@@ -67,9 +69,9 @@ def anchor_by_documents(query, key, value, doc_ids: torch.Tensor, scale: float |
                 keys = idx
             else:
                 keys = torch.cat([anchors, idx])
-            q = query[b:b + 1, :, idx].to(torch.float32)
-            k = repeat_kv(key[b:b + 1, :, keys], n_rep).to(torch.float32)
-            v = repeat_kv(value[b:b + 1, :, keys], n_rep).to(torch.float32)
+            q = query[b : b + 1, :, idx].to(torch.float32)
+            k = repeat_kv(key[b : b + 1, :, keys], n_rep).to(torch.float32)
+            v = repeat_kv(value[b : b + 1, :, keys], n_rep).to(torch.float32)
             if causal:
                 # query idx[i] may see key keys[j] iff keys[j] <= idx[i]
                 mask = keys[None, :] <= idx[:, None]
@@ -77,8 +79,9 @@ def anchor_by_documents(query, key, value, doc_ids: torch.Tensor, scale: float |
                 mask = torch.ones(len(idx), len(keys), dtype=torch.bool, device=query.device)
                 if d == 0:
                     mask = keys[None, :] == idx[:, None]
-            out[b:b + 1, :, idx] = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+            out[b : b + 1, :, idx] = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     return out
+
 
 def varlen_attention_reference(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal):
     """Varlen attention in float32, one document at a time (bottom-right causal alignment, as flash-attn).
@@ -93,16 +96,27 @@ def varlen_attention_reference(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal)
         mask = None
         if causal:
             mask = torch.arange(d - c, device=q.device)[None, :] <= torch.arange(b - a, device=q.device)[:, None] + (
-                (d - c) - (b - a))
+                (d - c) - (b - a)
+            )
         out[a:b] = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale).transpose(0, 1)
     return out.to(q.dtype)
 
 
-def self_extend_reference(query, key, value, q_pos, k_pos, inv_freq, group_size: int, window: int, *, causal: bool,
-                          mask, scale: float):
+def self_extend_reference(
+    query, key, value, q_pos, k_pos, inv_freq, group_size: int, window: int, *, causal: bool, mask, scale: float
+):
     """SelfExtend through the exact multi-pass path (checked pair by pair against the definition in
     tests/test_self_extend.py). ``[B, H, Q, D]`` float32."""
     from longctx_plugins.ops import passes, self_extend
 
-    return passes.dense_attention(query, key, value, q_pos, k_pos, self_extend.passes(group_size, window, causal),
-                                  inv_freq, mask=mask, scale=scale)
+    return passes.dense_attention(
+        query,
+        key,
+        value,
+        q_pos,
+        k_pos,
+        self_extend.passes(group_size, window, causal),
+        inv_freq,
+        mask=mask,
+        scale=scale,
+    )

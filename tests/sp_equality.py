@@ -9,6 +9,7 @@ Every rank first runs the whole packed batch without sequence parallelism (the r
 forward + backward on it: loss = summed token loss / all valid tokens (what ``Trainer`` does under SP), gradients summed
 over ranks. Rank 0 writes the largest differences to ``--out``. ``tests/test_sequence_parallel.py`` runs it on CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,18 @@ CONFIGS = {  # tiny Llama-shaped models: MHA-like GQA (kv heads divisible by the
 
 
 def build(case: str, device, dtype):
-    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                   num_attention_heads=4, head_dim=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                                   **CONFIGS[case])
+    cfg = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        head_dim=16,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **CONFIGS[case],
+    )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM._from_config(cfg, attn_implementation="anchor", dtype=dtype)
     return model.to(device).train()
@@ -40,8 +50,10 @@ def build(case: str, device, dtype):
 
 def batch_for(world: int, seq: int):
     g = torch.Generator().manual_seed(1)
-    docs = [{"input_ids": torch.randint(3, 128, (int(n),), generator=g).tolist()}
-            for n in torch.randint(5, seq // 2, (12,), generator=g)]
+    docs = [
+        {"input_ids": torch.randint(3, 128, (int(n),), generator=g).tolist()}
+        for n in torch.randint(5, seq // 2, (12,), generator=g)
+    ]
     collator = AnchorPackingCollator(anchor_token_id=1, pad_token_id=0, max_length=seq, sequence_parallel_size=world)
     return collator(docs)
 
@@ -84,11 +96,19 @@ def main():
     model.zero_grad(set_to_none=True)
 
     # sequence parallel: DeepSpeed's wrapper around "anchor", DeepSpeed's sequence-sharding loader
-    mpu = UlyssesSPAttentionHF.register_with_transformers(model, core_attn_implementation="anchor",
-                                                          sequence_parallel_size=world,
-                                                          micro_batch_size=batch["input_ids"].shape[0])
-    loader = UlyssesSPDataLoaderAdapter([batch], sp_rank=mpu.get_sequence_parallel_rank(),
-                                        sp_group=mpu.get_sequence_parallel_group(), sp_world_size=world, device=device)
+    mpu = UlyssesSPAttentionHF.register_with_transformers(
+        model,
+        core_attn_implementation="anchor",
+        sequence_parallel_size=world,
+        micro_batch_size=batch["input_ids"].shape[0],
+    )
+    loader = UlyssesSPDataLoaderAdapter(
+        [batch],
+        sp_rank=mpu.get_sequence_parallel_rank(),
+        sp_group=mpu.get_sequence_parallel_group(),
+        sp_world_size=world,
+        device=device,
+    )
     shard = next(iter(loader))
     shard_labels = shard.pop("shift_labels").to(device)
     shard = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in shard.items()}
@@ -104,21 +124,34 @@ def main():
         dist.all_reduce(g)
 
     chunk = logits.shape[1]
-    mine = ref_logits[:, rank * chunk:(rank + 1) * chunk]
+    mine = ref_logits[:, rank * chunk : (rank + 1) * chunk]
     # real tokens only: padding rows differ by design (the SP wrapper drops the padding mask; padding attends
     # inside its own trailing segment instead of to nothing) and carry no loss
-    real = batch["attention_mask"][:, rank * chunk:(rank + 1) * chunk].to(device).bool()
-    diffs = torch.stack([(logits.float() - mine.float()).abs().max(-1).values[real].max(),
-                         max((grads[n].float() - ref_grads[n].float()).abs().max() for n in grads),
-                         (loss_total.float() - ref_loss.float()).abs()]).to(device)
+    real = batch["attention_mask"][:, rank * chunk : (rank + 1) * chunk].to(device).bool()
+    diffs = torch.stack(
+        [
+            (logits.float() - mine.float()).abs().max(-1).values[real].max(),
+            max((grads[n].float() - ref_grads[n].float()).abs().max() for n in grads),
+            (loss_total.float() - ref_loss.float()).abs(),
+        ]
+    ).to(device)
     dist.all_reduce(diffs, op=dist.ReduceOp.MAX)
     if rank == 0:
-        result = {"world_size": world, "case": args.case, "device": str(device), "dtype": args.dtype,
-                  "seq_len": batch["input_ids"].shape[1], "batch": batch["input_ids"].shape[0],
-                  "documents": len(batch["cu_seq_lens_q"]) - 1, "loss": float(ref_loss.detach()),
-                  "max_abs_diff_logits": float(diffs[0]), "max_abs_diff_grads": float(diffs[1]),
-                  "abs_diff_loss": float(diffs[2]), "boundary_effect_on_logits": boundary_effect,
-                  "max_abs_grad": max(float(g.abs().max()) for g in ref_grads.values())}
+        result = {
+            "world_size": world,
+            "case": args.case,
+            "device": str(device),
+            "dtype": args.dtype,
+            "seq_len": batch["input_ids"].shape[1],
+            "batch": batch["input_ids"].shape[0],
+            "documents": len(batch["cu_seq_lens_q"]) - 1,
+            "loss": float(ref_loss.detach()),
+            "max_abs_diff_logits": float(diffs[0]),
+            "max_abs_diff_grads": float(diffs[1]),
+            "abs_diff_loss": float(diffs[2]),
+            "boundary_effect_on_logits": boundary_effect,
+            "max_abs_grad": max(float(g.abs().max()) for g in ref_grads.values()),
+        }
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
         print(json.dumps(result))

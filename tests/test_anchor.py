@@ -4,9 +4,9 @@ import torch
 from longctx_plugins import AnchorPackingCollator
 from longctx_plugins.attention.anchor import anchor_attention_forward
 from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens
-from .references import eager_attention
 
 from .conftest import DECODERS, TINY, outputs, tiny_model
+from .references import eager_attention
 
 # dtype -> (atol, rtol) for the attention function against the fp32 reference
 TOL = {torch.float32: (2e-5, 1e-5), torch.bfloat16: (3e-2, 3e-2), torch.float16: (5e-3, 5e-3)}
@@ -35,6 +35,7 @@ class Mod(torch.nn.Module):
 
         class C:
             anchor_backend = "sdpa"
+
         self.config = C()
 
 
@@ -55,9 +56,9 @@ def test_function_matches_reference_with_gradients(causal, dtype, heads, kv_head
     if causal:
         base = base.tril()
     base = base & pad[:, None, None, :]
-    out, _ = anchor_attention_forward(Mod(causal), q, k, v, base, scaling=dim ** -0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+    out, _ = anchor_attention_forward(Mod(causal), q, k, v, base, scaling=dim**-0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
     ref_mask = python_anchor_mask(doc, causal, pad)
-    ref = eager_attention(q, k, v, ref_mask, dim ** -0.5).transpose(1, 2)
+    ref = eager_attention(q, k, v, ref_mask, dim**-0.5).transpose(1, 2)
     atol, rtol = TOL[dtype]
     valid = pad[:, :, None, None]
     torch.testing.assert_close(out.float() * valid, ref * valid, atol=atol, rtol=rtol)
@@ -178,8 +179,12 @@ def test_packing_with_kv_cache_is_rejected():
         with torch.no_grad():
             out = model(**inputs, use_cache=True)
             nxt = torch.ones(inputs["input_ids"].shape[0], 1, dtype=torch.long)
-            model(input_ids=nxt, past_key_values=out.past_key_values, cu_seq_lens_q=inputs["cu_seq_lens_q"],
-                  cu_seq_lens_k=inputs["cu_seq_lens_k"])
+            model(
+                input_ids=nxt,
+                past_key_values=out.past_key_values,
+                cu_seq_lens_q=inputs["cu_seq_lens_q"],
+                cu_seq_lens_k=inputs["cu_seq_lens_k"],
+            )
 
 
 def test_model_that_bypasses_registry_raises():
@@ -187,8 +192,9 @@ def test_model_that_bypasses_registry_raises():
 
     from longctx_plugins.attention.support import UnsupportedModelError, check_attention
 
-    model = MPNetModel(MPNetConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                   vocab_size=50))
+    model = MPNetModel(
+        MPNetConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=50)
+    )
     with pytest.raises(UnsupportedModelError, match="never calls transformers' AttentionInterface"):
         check_attention(model, "anchor")
     check_attention(tiny_model("llama"), "anchor")  # fine
@@ -200,12 +206,24 @@ def test_trainer_few_steps_lower_the_loss(tmp_path):
     model = tiny_model("llama", attn_implementation="anchor")
     g = torch.Generator().manual_seed(0)
     pattern = torch.arange(3, 40)
-    docs = [{"input_ids": pattern[torch.randint(0, 20, (1,), generator=g).item():][:int(n)].tolist()}
-            for n in torch.randint(8, 30, (64,), generator=g)]
+    docs = [
+        {"input_ids": pattern[torch.randint(0, 20, (1,), generator=g).item() :][: int(n)].tolist()}
+        for n in torch.randint(8, 30, (64,), generator=g)
+    ]
     coll = AnchorPackingCollator(None, max_length=64, anchor_token_id=1, pad_token_id=0)
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=30, learning_rate=3e-3,
-                             logging_steps=5, report_to=[], save_strategy="no", use_cpu=True,
-                             gradient_checkpointing=True, remove_unused_columns=False, disable_tqdm=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        max_steps=30,
+        learning_rate=3e-3,
+        logging_steps=5,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        gradient_checkpointing=True,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
 
     class DS(torch.utils.data.Dataset):
         def __len__(self):

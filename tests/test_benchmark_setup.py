@@ -1,4 +1,5 @@
 """The benchmarks' own model set-up does what their tables claim (checked on tiny models, CPU)."""
+
 import torch
 
 from benchmarks.bench_gemma_quality import extended

@@ -52,7 +52,8 @@ def test_long_documents_split_and_errors():
     with pytest.raises(ValueError, match="document 1 is empty"):
         AnchorPackingCollator(Tok(), max_length=5)([{"input_ids": [3]}, {"input_ids": []}])
     assert AnchorPackingCollator(Tok(), max_length=5, skip_empty=True)([{"input_ids": [3]}, {"input_ids": []}])[
-        "input_ids"].shape == (1, 2)
+        "input_ids"
+    ].shape == (1, 2)
     for bad in (1, 0, 2.5, "8"):
         with pytest.raises(ValueError, match="max_length"):
             AnchorPackingCollator(Tok(), max_length=bad)

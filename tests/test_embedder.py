@@ -6,8 +6,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from longctx_plugins import LongContextEmbedder, extend
-from longctx_plugins.ape import attach, position_ids_for
 from longctx_plugins.embedder import default_model_path
+from longctx_plugins.positions.ape import attach, position_ids_for
 
 METHODS = ["none", "auto", "pi", "gp", "rp", "pcw"]
 
@@ -21,8 +21,12 @@ def st_reference():
 
 @pytest.fixture(scope="module")
 def short_texts():
-    return ["A cat sat on the mat.", "The Senate adjourned after a long debate about tariffs and the navy. " * 4,
-            "Numbers 12345 and symbols #$%", "x"]
+    return [
+        "A cat sat on the mat.",
+        "The Senate adjourned after a long debate about tariffs and the navy. " * 4,
+        "Numbers 12345 and symbols #$%",
+        "x",
+    ]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -69,7 +73,7 @@ def test_pcw_is_mean_of_window_embeddings():
     ids = tok(a)["input_ids"]
     body = ids[1:-1]
     w = 510
-    chunks = [body[i:i + w] for i in range(0, len(body) - w, w)] + [body[-w:]]
+    chunks = [body[i : i + w] for i in range(0, len(body) - w, w)] + [body[-w:]]
     plain = LongContextEmbedder("default", method="none")
     win = plain.embed_token_ids([[ids[0]] + c + [ids[-1]] for c in chunks], normalize=False)
     mean = win.mean(0)
@@ -101,10 +105,19 @@ def test_padding_offset_models(model_type):
     """XLM-R and MPNet start real positions at pad_id + 1 (MPNet adds a relative bias that needs no change)."""
     import transformers
 
-    config_cls, model_cls = {"xlm-roberta": ("XLMRobertaConfig", "XLMRobertaModel"),
-                             "mpnet": ("MPNetConfig", "MPNetModel")}[model_type]
-    cfg = getattr(transformers, config_cls)(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                            intermediate_size=64, max_position_embeddings=66, pad_token_id=1)
+    config_cls, model_cls = {
+        "xlm-roberta": ("XLMRobertaConfig", "XLMRobertaModel"),
+        "mpnet": ("MPNetConfig", "MPNetModel"),
+    }[model_type]
+    cfg = getattr(transformers, config_cls)(
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        pad_token_id=1,
+    )
     torch.manual_seed(0)
     base = getattr(transformers, model_cls)(cfg).eval()
     ext = getattr(transformers, model_cls)(cfg).eval()
@@ -125,8 +138,11 @@ def test_unknown_position_rules_are_refused():
     """DeBERTa-v2 (relative positions, no RoPE parameters): nothing the plugin knows how to extend."""
     from transformers import DebertaV2Config, DebertaV2Model
 
-    model = DebertaV2Model(DebertaV2Config(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                           intermediate_size=64))
+    model = DebertaV2Model(
+        DebertaV2Config(
+            vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+        )
+    )
     with pytest.raises(ValueError, match=r"model_type='deberta-v2' is not one longctx_plugins knows how to extend"):
         extend(model, "pi", target_length=2048)
 
@@ -140,7 +156,9 @@ def test_rope_models_extend():
         extend(model, method, target_length=256)
         after = inv_freqs(model)["model.rotary_emb.inv_freq"]
         assert model.config.rope_parameters["rope_type"] == method and model.config.rope_parameters["factor"] == 4.0
-        assert (after < before).any() and after[0] == before[0] if method == "ntk" else torch.allclose(after, before / 4)
+        assert (
+            (after < before).any() and after[0] == before[0] if method == "ntk" else torch.allclose(after, before / 4)
+        )
     model = tiny_model("gemma3", max_position_embeddings=64)
     base = tiny_model("gemma3", max_position_embeddings=64)
     extend(model, "auto", target_length=256)
@@ -184,16 +202,19 @@ def test_truncation_warns_once_or_raises():
         emb.encode([a, a])
         emb.encode([a])
     assert sum("truncated" in str(w.message) for w in caught) == 1
-    for strict in (LongContextEmbedder("default", method="pi", target_length=600, overlength="error"),
-                   LongContextEmbedder("default", method="pi", target_length=600, truncate=False)):
+    for strict in (
+        LongContextEmbedder("default", method="pi", target_length=600, overlength="error"),
+        LongContextEmbedder("default", method="pi", target_length=600, truncate=False),
+    ):
         with pytest.raises(ValueError, match="target_length=600"):
             strict.encode([a])
 
 
 def test_wraps_an_existing_sentence_transformer(st_reference, short_texts):
     emb = LongContextEmbedder(st_reference, method="pi", target_length=2048)
-    np.testing.assert_allclose(emb.encode(short_texts), st_reference.encode(short_texts, normalize_embeddings=True),
-                               atol=2e-6)
+    np.testing.assert_allclose(
+        emb.encode(short_texts), st_reference.encode(short_texts, normalize_embeddings=True), atol=2e-6
+    )
 
 
 def test_unreadable_pooling_needs_explicit_pooling(tmp_path):
@@ -202,8 +223,9 @@ def test_unreadable_pooling_needs_explicit_pooling(tmp_path):
 
     folder = tmp_path / "m"
     shutil.copytree(default_model_path(), folder)
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 384,
-                                                                   "pooling_mode_weightedmean_tokens": True}))
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 384, "pooling_mode_weightedmean_tokens": True})
+    )
     with pytest.raises(ValueError, match="pass pooling="):
         LongContextEmbedder(str(folder))
     assert LongContextEmbedder(str(folder), pooling="cls").pooling == "cls"
@@ -217,5 +239,5 @@ def test_encode_over_several_devices_equals_one_device(method):
     emb = LongContextEmbedder("default", method=method, target_length=2048, batch_size=2)
     one = emb.encode(texts)
     many = emb.encode(texts, devices=["cpu", "cpu:0"])  # "cpu:0" gets its own replica
-    assert torch.device("cpu:0") in emb._replicas
+    assert torch.device("cpu:0") in emb.reader.replicas
     np.testing.assert_allclose(many, one, atol=1e-6)

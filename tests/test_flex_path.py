@@ -2,6 +2,7 @@
 
 Runs on CPU under no_grad with the eager flex op (CPU flex is inference-only); the same code runs compiled on
 CUDA (tests/test_gpu.py)."""
+
 import pytest
 import torch
 
@@ -20,8 +21,10 @@ def run(model, backend_attr, backend, **inputs):
 @pytest.mark.parametrize("model_type", ["llama", "qwen3", "bert", "nomic_bert"])
 def test_anchor_flex_equals_sdpa_path(model_type):
     g = torch.Generator().manual_seed(1)
-    docs = [{"input_ids": torch.randint(3, 100, (int(n),), generator=g).tolist()}
-            for n in torch.randint(5, 200, (9,), generator=g)]
+    docs = [
+        {"input_ids": torch.randint(3, 100, (int(n),), generator=g).tolist()}
+        for n in torch.randint(5, 200, (9,), generator=g)
+    ]
     batch = AnchorPackingCollator(None, max_length=333, anchor_token_id=1, pad_token_id=0)(docs)
     assert batch["input_ids"].shape[0] >= 2 and batch["attention_mask"].min() == 0  # batch > 1 with padding
     inputs = {k: v for k, v in batch.items() if k != "labels"}
@@ -38,8 +41,9 @@ def se_model(model_type, G, W, **over):
     cfg = tiny_config(model_type)
     p = {"rope_type": "self_extend", "group_size": G, "window": W, "keep_trained_window": False}
     params = {**cfg.rope_parameters, **p} if "rope_type" in cfg.rope_parameters else None
-    return tiny_model(model_type, attn_implementation="self_extend", rope_parameters=params,
-                      max_position_embeddings=256, **over)
+    return tiny_model(
+        model_type, attn_implementation="self_extend", rope_parameters=params, max_position_embeddings=256, **over
+    )
 
 
 @pytest.mark.parametrize("model_type", ["llama", "nomic_bert"])
@@ -77,10 +81,16 @@ def test_block_maps_are_exact_supersets():
     idx = torch.arange(333)
     for causal in (True, False):
         c = (idx[None, :] <= idx[:, None]) if causal else torch.ones(333, 333, dtype=torch.bool)
-        d = (pos[:, :, None] - pos[:, None, :])
+        d = pos[:, :, None] - pos[:, None, :]
         dc = pos[:, :, None] // 50 - pos[:, None, :] // 50
-        rules = {Band(-36, 36): d.abs() < 37, Band(lo=37): d >= 37, Band(hi=-37): -d >= 37,
-                 Band(0, 0, 50, 50): dc == 0, Band(1, 1, 50, 50): dc == 1, Band(lo=2, q_div=50, k_div=50): dc >= 2}
+        rules = {
+            Band(-36, 36): d.abs() < 37,
+            Band(lo=37): d >= 37,
+            Band(hi=-37): -d >= 37,
+            Band(0, 0, 50, 50): dc == 0,
+            Band(1, 1, 50, 50): dc == 1,
+            Band(lo=2, q_div=50, k_div=50): dc >= 2,
+        }
         for band, rule in rules.items():
             _check(rule & c & valid[:, None, :], *blocks.band_blocks(pos, pos, valid, 64, band, causal), 64)
 

@@ -1,4 +1,5 @@
 """GPU checks (H200): the FlexAttention fast paths against the exact references. `pytest -m gpu`."""
+
 import pytest
 import torch
 
@@ -49,11 +50,17 @@ def test_anchor_flex_equals_reference(seq_len, n_docs, causal):
     from transformers.masking_utils import bidirectional_mask_function, causal_mask_function
 
     mod = Mod(causal)
-    mask = anchor_mask(1, seq_len, seq_len, config=mod.config, device="cuda",
-                       mask_function=causal_mask_function if causal else bidirectional_mask_function)
-    out, _ = anchor_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+    mask = anchor_mask(
+        1,
+        seq_len,
+        seq_len,
+        config=mod.config,
+        device="cuda",
+        mask_function=causal_mask_function if causal else bidirectional_mask_function,
+    )
+    out, _ = anchor_attention_forward(mod, q, k, v, mask, scaling=D**-0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
     assert mask.backend == "flex"
-    ref = anchor_by_documents(q, k, v, doc_ids_from_cu_seqlens(cu, 1, seq_len), D ** -0.5, causal)
+    ref = anchor_by_documents(q, k, v, doc_ids_from_cu_seqlens(cu, 1, seq_len), D**-0.5, causal)
     torch.testing.assert_close(out.float(), ref.transpose(1, 2), **BF16_TOL)
 
 
@@ -62,8 +69,13 @@ def test_anchor_flex_equals_reference(seq_len, n_docs, causal):
 def test_self_extend_flex_equals_reference(seq_len, G, W, causal):
     torch.manual_seed(0)
     H, Hkv, D = 4, 2, 128
-    params = {"rope_type": "self_extend", "group_size": G, "window": W, "rope_theta": 10000.0,
-              "keep_trained_window": False}
+    params = {
+        "rope_type": "self_extend",
+        "group_size": G,
+        "window": W,
+        "rope_theta": 10000.0,
+        "keep_trained_window": False,
+    }
     mod = Mod(causal, params)
     pos = torch.arange(seq_len, device="cuda")[None]
     inv = rope_ops.default_inv_freq(D, 10000.0, "cuda")
@@ -72,9 +84,15 @@ def test_self_extend_flex_equals_reference(seq_len, G, W, causal):
     v = torch.randn(1, Hkv, seq_len, D, device="cuda", dtype=torch.bfloat16)
     from transformers.masking_utils import bidirectional_mask_function, causal_mask_function
 
-    mask = self_extend_mask(1, seq_len, seq_len, config=mod.config, device="cuda",
-                            mask_function=causal_mask_function if causal else bidirectional_mask_function)
-    out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, position_ids=pos)
+    mask = self_extend_mask(
+        1,
+        seq_len,
+        seq_len,
+        config=mod.config,
+        device="cuda",
+        mask_function=causal_mask_function if causal else bidirectional_mask_function,
+    )
+    out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=D**-0.5, position_ids=pos)
     chunk = 2048
     for a in range(0, seq_len, chunk * 4):  # reference on a sample of query blocks (dense rows of 32k keys)
         sl = slice(a, a + chunk)
@@ -82,8 +100,9 @@ def test_self_extend_flex_equals_reference(seq_len, G, W, causal):
         if causal:
             dense = torch.arange(seq_len, device="cuda")[None, :] <= torch.arange(a, a + chunk, device="cuda")[:, None]
             dense = dense[None, None]
-        ref = self_extend_reference(q[:, :, sl], k, v, pos[:, sl], pos, inv, G, W, causal=causal, mask=dense,
-                                     scale=D ** -0.5)
+        ref = self_extend_reference(
+            q[:, :, sl], k, v, pos[:, sl], pos, inv, G, W, causal=causal, mask=dense, scale=D**-0.5
+        )
         torch.testing.assert_close(out[:, sl].float(), ref.transpose(1, 2), **BF16_TOL)
 
 
@@ -94,8 +113,14 @@ def _grads(model, batch):
     return out.logits.float(), {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def packed_training_paths(model_type: str, dtype, fp32_reference: bool = False, sdpa_with_cudnn: bool = False,
-                          backends=("flex", "sdpa"), head_dim=None):
+def packed_training_paths(
+    model_type: str,
+    dtype,
+    fp32_reference: bool = False,
+    sdpa_with_cudnn: bool = False,
+    backends=("flex", "sdpa"),
+    head_dim=None,
+):
     """Tiny model, packed 4k window (batch 2): ``{path: (logits, grads)}`` for the flex path and the dense SDPA path
     in ``dtype`` and, with ``fp32_reference``, the SDPA path of the same (``dtype``-rounded) weights in float32; plus
     the real-token mask. Shared with benchmarks/probe_gemma3_grads.py."""
@@ -109,8 +134,10 @@ def packed_training_paths(model_type: str, dtype, fp32_reference: bool = False, 
     model = tiny_model(model_type, attn_implementation="anchor", max_position_embeddings=8192, **over)
     model = model.to("cuda", dtype).train()
     g = torch.Generator().manual_seed(0)
-    docs = [{"input_ids": torch.randint(3, 100, (int(n),), generator=g).tolist()}
-            for n in torch.randint(64, 2500, (8,), generator=g)]
+    docs = [
+        {"input_ids": torch.randint(3, 100, (int(n),), generator=g).tolist()}
+        for n in torch.randint(64, 2500, (8,), generator=g)
+    ]
     batch = AnchorPackingCollator(None, max_length=4096, anchor_token_id=1, pad_token_id=0)(docs)
     batch = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
     paths = {}
@@ -136,8 +163,10 @@ def flex_and_sdpa_training(model_type: str, dtype):
     return paths["flex"], paths["sdpa"], keep
 
 
-@pytest.mark.parametrize("model_type,dtype", [
-    ("llama", torch.float32), ("gemma3", torch.float32), ("llama", torch.bfloat16), ("gemma3", torch.bfloat16)])
+@pytest.mark.parametrize(
+    "model_type,dtype",
+    [("llama", torch.float32), ("gemma3", torch.float32), ("llama", torch.bfloat16), ("gemma3", torch.bfloat16)],
+)
 def test_model_training_flex_equals_sdpa_path(model_type, dtype):
     """Packed 4k window, batch 2: logits and gradients of the flex path == the dense reference path."""
     (logits_f, grads_f), (logits_s, grads_s), keep = flex_and_sdpa_training(model_type, dtype)
@@ -151,7 +180,8 @@ def test_model_training_flex_equals_sdpa_path(model_type, dtype):
 @pytest.mark.parametrize("model_type", ["llama", "gemma3"])
 def test_bf16_training_paths_stay_close_to_float32(model_type):
     """Both bf16 paths (flex, dense SDPA) against the float32 dense path of the same weights: logits and every
-    parameter gradient within bf16 tolerance (the dense path once drifted by 123% on cuDNN; see attention/kernels/sdpa.py)."""
+    parameter gradient within bf16 tolerance (the dense path once drifted by 123% on cuDNN; see
+    attention/kernels/sdpa.py)."""
     paths, keep = packed_training_paths(model_type, torch.bfloat16, fp32_reference=True)
     logits_ref, grads_ref = paths["fp32"]
     for name in ("flex", "sdpa"):
@@ -165,8 +195,13 @@ def test_bf16_training_paths_stay_close_to_float32(model_type):
 def test_self_extend_flex_gradients_match_reference():
     torch.manual_seed(0)
     T, H, D, G, W = 2048, 4, 64, 4, 256
-    params = {"rope_type": "self_extend", "group_size": G, "window": W, "rope_theta": 10000.0,
-              "keep_trained_window": False}
+    params = {
+        "rope_type": "self_extend",
+        "group_size": G,
+        "window": W,
+        "rope_theta": 10000.0,
+        "keep_trained_window": False,
+    }
     mod = Mod(True, params)
     mod.config.head_dim = D
     pos = torch.arange(T, device="cuda")[None]
@@ -177,9 +212,9 @@ def test_self_extend_flex_gradients_match_reference():
     from transformers.masking_utils import causal_mask_function
 
     mask = self_extend_mask(1, T, T, config=mod.config, device="cuda", mask_function=causal_mask_function)
-    out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, position_ids=pos)
+    out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=D**-0.5, position_ids=pos)
     dense = torch.ones(T, T, dtype=torch.bool, device="cuda").tril()[None, None]
-    ref = self_extend_reference(q, k, v, pos, pos, inv, G, W, causal=True, mask=dense, scale=D ** -0.5)
+    ref = self_extend_reference(q, k, v, pos, pos, inv, G, W, causal=True, mask=dense, scale=D**-0.5)
     _assert_values_and_grads(out, ref, (q, k, v))
 
 
@@ -199,15 +234,22 @@ def test_anchor_flash_varlen_equals_reference(seq_len, n_docs, causal):
     cu = random_docs(seq_len, n_docs, gen).cuda()
     H, Hkv, D = 8, 2, 128
     grad = seq_len <= 32768
-    q, k, v = (torch.randn(1, h, seq_len, D, device="cuda", dtype=torch.bfloat16).requires_grad_(grad)
-               for h in (H, Hkv, Hkv))
+    q, k, v = (
+        torch.randn(1, h, seq_len, D, device="cuda", dtype=torch.bfloat16).requires_grad_(grad) for h in (H, Hkv, Hkv)
+    )
     mod = Mod(causal)
     mod.config = FlashCfg()
-    mask = anchor_mask(1, seq_len, seq_len, config=mod.config, device="cuda",
-                       mask_function=causal_mask_function if causal else bidirectional_mask_function)
-    out, _ = anchor_attention_forward(mod, q, k, v, mask, scaling=D ** -0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+    mask = anchor_mask(
+        1,
+        seq_len,
+        seq_len,
+        config=mod.config,
+        device="cuda",
+        mask_function=causal_mask_function if causal else bidirectional_mask_function,
+    )
+    out, _ = anchor_attention_forward(mod, q, k, v, mask, scaling=D**-0.5, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
     doc = doc_ids_from_cu_seqlens(cu, 1, seq_len)
-    ref = anchor_by_documents(q.float(), k.float(), v.float(), doc, D ** -0.5, causal).transpose(1, 2)
+    ref = anchor_by_documents(q.float(), k.float(), v.float(), doc, D**-0.5, causal).transpose(1, 2)
     torch.testing.assert_close(out.float(), ref, **BF16_TOL)
     if grad:
         w = torch.randn_like(ref)
@@ -232,8 +274,9 @@ def test_flash_training_path_stays_close_to_float32(model_type, monkeypatch):
         return kernel(*args, **kwargs)
 
     monkeypatch.setattr(_flash, "varlen", counted)
-    paths, keep = packed_training_paths(model_type, torch.bfloat16, fp32_reference=True, backends=("flash",),
-                                        head_dim=64)  # a verified head dim (_flash.VERIFIED_HEAD_DIMS)
+    paths, keep = packed_training_paths(
+        model_type, torch.bfloat16, fp32_reference=True, backends=("flash",), head_dim=64
+    )  # a verified head dim (_flash.VERIFIED_HEAD_DIMS)
     assert calls, "the flash-attn-4 kernel never ran"
     logits_ref, grads_ref = paths["fp32"]
     logits, grads = paths["flash"]
@@ -244,12 +287,17 @@ def test_flash_training_path_stays_close_to_float32(model_type, monkeypatch):
 
 
 def _method_case(method, seq_len, keep, H=4, Hkv=2, D=128, dtype=torch.bfloat16, grad=False):
-    from longctx_plugins import position_methods
+    from longctx_plugins.positions import rope_methods
 
     trained = 4096
-    p = position_methods.METHODS[method].defaults(trained, seq_len, {})
-    params = {"rope_type": method, **p, "rope_theta": 10000.0, "keep_trained_window": keep,
-              "original_max_position_embeddings": trained}
+    p = rope_methods.ROPE_METHODS[method].defaults(trained, seq_len, {})
+    params = {
+        "rope_type": method,
+        **p,
+        "rope_theta": 10000.0,
+        "keep_trained_window": keep,
+        "original_max_position_embeddings": trained,
+    }
     mod = Mod(True, params)
     mod.config._attn_implementation = method
     setattr(mod.config, f"{method}_backend", "flex")
@@ -275,17 +323,19 @@ def test_position_method_fast_path_equals_exact_path(method, seq_len, keep):
     from longctx_plugins.ops import passes as P
 
     mod, params, q, k, v, pos, inv = _method_case(method, seq_len, keep)
-    mask = positional.MASK_FUNCTIONS[method](1, seq_len, seq_len, config=mod.config, device="cuda",
-                                             mask_function=causal_mask_function)
+    mask = positional.MASK_FUNCTIONS[method](
+        1, seq_len, seq_len, config=mod.config, device="cuda", mask_function=causal_mask_function
+    )
     with torch.no_grad():
-        out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=128 ** -0.5, position_ids=pos)
+        out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=128**-0.5, position_ids=pos)
         assert mask.backend == "flex"
         passes, _ = positional._passes(mask, mod, params, True, pos)
         for a in range(0, seq_len, 4096):  # dense rows of every 4096th block of 1024 queries
             sl = slice(a, a + 1024)
-            dense = (torch.arange(seq_len, device="cuda")[None, :] <= torch.arange(a, a + 1024, device="cuda")[:, None])
-            ref = P.dense_attention(q[:, :, sl], k, v, pos[:, sl], pos, passes, inv, mask=dense[None, None],
-                                    scale=128 ** -0.5)
+            dense = torch.arange(seq_len, device="cuda")[None, :] <= torch.arange(a, a + 1024, device="cuda")[:, None]
+            ref = P.dense_attention(
+                q[:, :, sl], k, v, pos[:, sl], pos, passes, inv, mask=dense[None, None], scale=128**-0.5
+            )
             torch.testing.assert_close(out[:, sl].float(), ref.transpose(1, 2), **BF16_TOL)
 
 
@@ -298,12 +348,13 @@ def test_position_method_flex_gradients_match_exact_path(method):
 
     T = 6144
     mod, params, q, k, v, pos, inv = _method_case(method, T, True, D=64, dtype=torch.float32, grad=True)
-    mask = positional.MASK_FUNCTIONS[method](1, T, T, config=mod.config, device="cuda",
-                                             mask_function=causal_mask_function)
-    out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=64 ** -0.5, position_ids=pos)
+    mask = positional.MASK_FUNCTIONS[method](
+        1, T, T, config=mod.config, device="cuda", mask_function=causal_mask_function
+    )
+    out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=64**-0.5, position_ids=pos)
     passes, _ = positional._passes(mask, mod, params, True, pos)
     dense = torch.ones(T, T, dtype=torch.bool, device="cuda").tril()[None, None]
-    ref = P.dense_attention(q, k, v, pos, pos, passes, inv, mask=dense, scale=64 ** -0.5)
+    ref = P.dense_attention(q, k, v, pos, pos, passes, inv, mask=dense, scale=64**-0.5)
     _assert_values_and_grads(out, ref, (q, k, v))
 
 
@@ -314,8 +365,9 @@ def test_decode_with_cache_matches_prefill_on_gpu(method):
 
     from .conftest import tiny_model
 
-    model = tiny_model("llama", max_position_embeddings=4096, head_dim=64, num_attention_heads=4,
-                       hidden_size=256).to("cuda", torch.bfloat16)
+    model = tiny_model("llama", max_position_embeddings=4096, head_dim=64, num_attention_heads=4, hidden_size=256).to(
+        "cuda", torch.bfloat16
+    )
     extend(model, method, 16384)
     ids = torch.randint(3, 100, (2, 12000), device="cuda")
     with torch.no_grad():
@@ -327,7 +379,8 @@ def test_decode_with_cache_matches_prefill_on_gpu(method):
 
 
 def _assert_values_and_grads(out, ref, inputs):
-    """``out`` ``[B, T, H, D]`` (fast path) against ``ref`` ``[B, H, T, D]`` (float32 reference), values and gradients."""
+    """``out`` ``[B, T, H, D]`` (fast path) against ``ref`` ``[B, H, T, D]`` (float32 reference), values and
+    gradients."""
     torch.testing.assert_close(out.float(), ref.transpose(1, 2), atol=2e-3, rtol=2e-3)
     w = torch.randn_like(ref)
     ga = torch.autograd.grad((out.float() * w.transpose(1, 2)).sum(), inputs)

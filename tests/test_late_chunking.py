@@ -1,5 +1,6 @@
 """Late chunking (``encode_spans`` / ``late_chunk``), over-length policies, tokenisation and batching of the embedder,
 on the real bundled MiniLM, against plain references."""
+
 import numpy as np
 import pytest
 import torch
@@ -25,8 +26,9 @@ def doc():
 def reference_spans(emb, text, spans, prompt=""):
     """Plain reference: tokenise prompt+text whole with the tokenizer's own offsets, one forward pass, mean of the
     final states of the tokens whose first character lies in the span, L2-normalised."""
-    enc = emb.tokenizer(prompt + text, return_offsets_mapping=True, return_special_tokens_mask=True,
-                        return_tensors="pt")
+    enc = emb.tokenizer(
+        prompt + text, return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt"
+    )
     with torch.no_grad():
         hidden = emb.model(input_ids=enc["input_ids"]).last_hidden_state[0].float()
     starts = enc["offset_mapping"][0][:, 0] - len(prompt)
@@ -49,18 +51,22 @@ def test_encode_spans_equals_token_mean_reference(emb, doc):
 def test_encode_spans_with_a_document_prompt(doc):
     emb = LongContextEmbedder("default", method="pi", target_length=2048, document_prompt="passage: ")
     spans = [(0, 300), (300, 3000)]
-    np.testing.assert_allclose(emb.encode_spans(doc, spans), reference_spans(emb, doc, spans, "passage: "),
-                               atol=2e-5, rtol=0)
+    np.testing.assert_allclose(
+        emb.encode_spans(doc, spans), reference_spans(emb, doc, spans, "passage: "), atol=2e-5, rtol=0
+    )
 
 
 def test_span_errors_name_index_and_offsets(emb):
     text = "Alpha beta.   Gamma delta."
-    for spans, needle in [([(0, 5), (3, 99)], r"spans\[1\] = \(3, 99\) lies outside"),
-                          ([(-1, 4)], r"spans\[0\] = \(-1, 4\) lies outside"),
-                          ([(0, 5), (7, 7)], r"spans\[1\] = \(7, 7\) is empty"),
-                          ([(9, 4)], r"spans\[0\] = \(9, 4\) is empty or reversed"),
-                          ([(0, 5), (11, 13)], r"spans\[1\] = \(11, 13\) holds no token"),
-                          ([(0, 5), "ab"], r"spans\[1\]"), ([(0.0, 5)], "integers")]:
+    for spans, needle in [
+        ([(0, 5), (3, 99)], r"spans\[1\] = \(3, 99\) lies outside"),
+        ([(-1, 4)], r"spans\[0\] = \(-1, 4\) lies outside"),
+        ([(0, 5), (7, 7)], r"spans\[1\] = \(7, 7\) is empty"),
+        ([(9, 4)], r"spans\[0\] = \(9, 4\) is empty or reversed"),
+        ([(0, 5), (11, 13)], r"spans\[1\] = \(11, 13\) holds no token"),
+        ([(0, 5), "ab"], r"spans\[1\]"),
+        ([(0.0, 5)], "integers"),
+    ]:
         with pytest.raises(ValueError, match=needle):
             emb.encode_spans(text, spans)
     assert emb.encode_spans(text, []).shape == (0, 384)
@@ -123,7 +129,9 @@ def test_late_chunk_splits_on_sentences_and_embeds(emb, doc):
     covered = set()
     for a, b in res["spans"]:
         covered.update(s for s in sentence_spans(doc) if a <= s[0] and s[1] <= b)
-    assert covered == set(sentence_spans(doc)) or all(len(doc[s[0]:s[1]]) > 500 for s in set(sentence_spans(doc)) - covered)
+    assert covered == set(sentence_spans(doc)) or all(
+        len(doc[s[0] : s[1]]) > 500 for s in set(sentence_spans(doc)) - covered
+    )
 
 
 def test_chunk_spans_rules():
@@ -214,6 +222,9 @@ def test_locate_chunks():
     assert locate_chunks("one two three four", ["one two three", "three four"], "S") == [(0, 13), (8, 18)]
     # out of order (e.g. parent chunks before child chunks)
     assert locate_chunks("one two three", ["two three", "one"], "S") == [(4, 13), (0, 3)]
-    with pytest.raises(ValueError, match="MySplitter returned a chunk that is not part of the document text "
-                                         r"\(chunk 1: 'TWO'\)"):
+    with pytest.raises(
+        ValueError,
+        match="MySplitter returned a chunk that is not part of the document text "
+        r"\(chunk 1: 'TWO'\)",
+    ):
         locate_chunks("one two", ["one", "TWO"], "MySplitter")

@@ -1,5 +1,7 @@
-"""The package's imports form no circle: every ``import`` / ``from ... import`` of a ``longctx_plugins`` module (at
-module level or inside a function) points at a module that does not, directly or through others, import it back."""
+"""The package's imports form no circle and point only downward: every ``import`` / ``from ... import`` of a
+``longctx_plugins`` module (at module level or inside a function) points at a module on the same floor or a lower one
+(:data:`FLOORS`, the drawing in docs/design.md) that does not, directly or through others, import it back."""
+
 from __future__ import annotations
 
 import ast
@@ -11,6 +13,27 @@ PACKAGE = Path(__file__).resolve().parents[1] / "longctx_plugins"
 # Arrows kept only for deprecated names, each imported on access of the old name (module ``__getattr__``) and
 # warning when it is: (from, to).
 DEPRECATED_ALIASES = {("longctx_plugins.embedder", "longctx_plugins.shared")}
+# The floors, lowest first; a module is on the floor of its longest listed prefix. docs/design.md draws the same.
+FLOORS = [
+    ("ops", "_checks", "_warn", "_compat", "_moved", "texts"),  # pure torch math; checks, warnings, versions, prose
+    ("positions.catalog", "positions.rope_methods"),  # the method and model tables (no torch import)
+    ("positions",),  # thin transformers adapters: RoPE types, RoPE config reading, APE tables
+    ("attention",),  # the attentions on one plan per forward, one module per kernel backend
+    ("registry",),  # register() / unregister()
+    (
+        "extension",
+        "embedding",
+        "embedder",
+        "shared",
+        "frameworks",
+        "training",
+        "diagnostics",
+        "bundled",
+        "distributed",
+    ),  # what users call
+    ("longembed",),  # the evaluator and its command
+    ("",),  # the package itself: register on import, lazy public names
+]
 
 
 def _module_name(path: Path) -> str:
@@ -50,7 +73,7 @@ def _cycle(graph):
         stack.append(n)
         for m in sorted(graph[n]):
             if state.get(m) == 1:
-                return stack[stack.index(m):] + [m]
+                return stack[stack.index(m) :] + [m]
             if m not in state:
                 found = visit(m)
                 if found:
@@ -78,3 +101,36 @@ def test_shared_embedders_moved_with_a_deprecation_alias():
 
     with pytest.warns(DeprecationWarning, match="moved to longctx_plugins.shared.get_embedder"):
         assert embedder_module.get_embedder is shared.get_embedder
+
+
+def _floor(module: str) -> int:
+    name = module.removeprefix("longctx_plugins").removeprefix(".")
+    best = None
+    for level, prefixes in enumerate(FLOORS):
+        for prefix in prefixes:
+            if name == prefix or name.startswith(prefix + ".") or (prefix == "" and name == ""):
+                if best is None or len(prefix) > best[1]:
+                    best = (level, len(prefix))
+    assert best is not None, f"{module} is on no floor: add it to FLOORS and to docs/design.md"
+    return best[0]
+
+
+def test_imports_point_down():
+    graph = _graph()
+    up = [
+        f"{a} (floor {_floor(a)}) -> {b} (floor {_floor(b)})"
+        for a in sorted(graph)
+        for b in sorted(graph[a])
+        if _floor(b) > _floor(a)
+    ]
+    assert not up, "imports pointing up: " + "; ".join(up)
+
+
+def test_the_floor_check_can_fail():
+    assert (
+        _floor("longctx_plugins.ops.passes")
+        < _floor("longctx_plugins.positions.rope")
+        < _floor("longctx_plugins.attention.positional")
+        < _floor("longctx_plugins.longembed.cli")
+    )
+    assert _floor("longctx_plugins.positions.catalog") < _floor("longctx_plugins.positions.rope_config")

@@ -1,6 +1,7 @@
 """Configurations are checked where users pass them: ``from_pretrained`` keyword arguments (``rope_parameters=``
 and the legacy ``rope_scaling=``), a saved ``config.json``, a config built in code and ``extend()`` all go through the
 same validators, at load time, with messages that name the key, the value and the fix."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,11 @@ BAD = [  # (rope_parameters, attention, what the error must say)
     ({"rope_type": "pi", "factor": "two"}, None, r"\['factor'\] for rope_type='pi' must be a number >= 1.0, got 'two'"),
     ({"rope_type": "self_extend", "group_size": -4, "window": 8}, "self_extend", r"\['group_size'\].*got -4"),
     ({"rope_type": "self_extend", "group_size": 0, "window": 8}, "self_extend", r"\['group_size'\].*got 0"),
-    ({"rope_type": "self_extend", "group_size": 4, "windw": 8}, "self_extend",
-     r"missing 'window'.*does not use: \['windw'\]; a misspelling"),
+    (
+        {"rope_type": "self_extend", "group_size": 4, "windw": 8},
+        "self_extend",
+        r"missing 'window'.*does not use: \['windw'\]; a misspelling",
+    ),
     ({"rope_type": "dca", "chunk_size": -1, "local_window": 4}, "dca", r"\['chunk_size'\].*got -1"),
 ]
 
@@ -58,13 +62,16 @@ def test_a_saved_config_json_is_validated(llama_path, tmp_path, params, attentio
 def test_unknown_keys_are_warned_at_load(llama_path):
     with pytest.warns(UserWarning, match=r"keys it does not use: \['foo'\]"):
         transformers.AutoModelForCausalLM.from_pretrained(
-            llama_path, rope_parameters={"rope_type": "pi", "factor": 2.0, "foo": 1})
+            llama_path, rope_parameters={"rope_type": "pi", "factor": 2.0, "foo": 1}
+        )
 
 
 def test_valid_keyword_arguments_still_load(llama_path):
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        llama_path, rope_parameters={"rope_type": "self_extend", "group_size": 4, "window": 16},
-        attn_implementation="self_extend")
+        llama_path,
+        rope_parameters={"rope_type": "self_extend", "group_size": 4, "window": 16},
+        attn_implementation="self_extend",
+    )
     assert model.config.rope_parameters["rope_theta"] == 10000.0
     assert torch.isfinite(model(torch.randint(3, 100, (1, 100))).logits).all()
 
@@ -75,8 +82,9 @@ def test_a_position_attention_on_a_model_without_its_rope_type_fails(attention):
     with pytest.raises(UnsupportedModelError, match="no RoPE parameters.*extend\\(model, 'pi'"):
         bert(torch.randint(3, 100, (1, 10)))
     llama = tiny_model("llama", attn_implementation=attention)
-    with pytest.raises(UnsupportedModelError, match=f"needs rope_parameters with rope_type='{attention}'.*"
-                                                    "rope_type='default'"):
+    with pytest.raises(
+        UnsupportedModelError, match=f"needs rope_parameters with rope_type='{attention}'.*rope_type='default'"
+    ):
         llama(torch.randint(3, 100, (1, 10)))
     from longctx_plugins.attention.support import check_attention
 
@@ -90,7 +98,7 @@ def test_extend_refuses_what_it_cannot_extend():
     model = tiny_model("llama", max_position_embeddings=64)
     for method in ("pi", "self_extend"):
         with pytest.raises(ValueError, match="target_length=1000000000000 is beyond the longest input"):
-            extend(model, method, target_length=10 ** 12)
+            extend(model, method, target_length=10**12)
 
 
 def test_collator_names_bad_features():

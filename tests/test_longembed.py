@@ -1,4 +1,5 @@
 """The LongEmbed evaluator as a library: tasks and their data checks, metrics, the split cache, statistics."""
+
 import copy
 import json
 import math
@@ -41,8 +42,11 @@ def write_task(root, name, docs, queries, qrels):
     return d
 
 
-DOCS = {"d1": "Paris is the capital of France. " * 50, "d2": "Bananas are yellow fruits. " * 50,
-        "d3": "The moon orbits the earth once a month. " * 50}
+DOCS = {
+    "d1": "Paris is the capital of France. " * 50,
+    "d2": "Bananas are yellow fruits. " * 50,
+    "d3": "The moon orbits the earth once a month. " * 50,
+}
 QUERIES = {"q1": "capital of France", "q2": "yellow fruit", "q3": "what orbits the earth"}
 QRELS = [("q1", "d1"), ("q2", "d2"), ("q3", "d3")]
 
@@ -109,8 +113,11 @@ def test_qrels_that_match_nothing_are_a_clear_error(tmp_path):
 
 def test_partly_matching_qrels_warn_and_drop(tmp_path):
     write_task(tmp_path, "qmsum", DOCS, QUERIES, QRELS + [("q9", "d1"), ("q1", "d7")])
-    with pytest.warns(TaskDataWarning, match=r"qrels.jsonl: dropped 2 of 5 judgements: 1 query id.*'q9'.*1 document "
-                                             r"id.*'d7'"):
+    with pytest.warns(
+        TaskDataWarning,
+        match=r"qrels.jsonl: dropped 2 of 5 judgements: 1 query id.*'q9'.*1 document "
+        r"id.*'d7'",
+    ):
         task = get_task("qmsum", data_dir=str(tmp_path))
     assert task.qrels["test"] == {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d3": 1}}
     write_task(tmp_path, "qmsum", DOCS, QUERIES, QRELS[:2])
@@ -150,17 +157,25 @@ def _entry(path):
     return json.loads(path.read_text())
 
 
-@pytest.mark.parametrize("corrupt,problem", [
-    (lambda text, e: text[: len(text) // 2], "not readable JSON"),
-    (lambda text, e: "{}", "its key"),
-    (lambda text, e: json.dumps({"main_score": 5.0}), "its key"),
-    (lambda text, e: json.dumps({**e, "scores": {**e["scores"], "main_score": 5.0, "ndcg_at_1": 5.0}}),
-     r"not a number in \[0, 1\]"),
-    (lambda text, e: json.dumps({**e, "scores": {**e["scores"], "ndcg_at_1": float("nan")}}), "not a number"),
-    (lambda text, e: json.dumps({**e, "scores": {k: v for k, v in e["scores"].items() if k != "map_at_10"}}),
-     "missing metric"),
-    (lambda text, e: json.dumps({**e, "per_query": {}}), "per-query"),
-], ids=["truncated", "empty-object", "main-score-5", "score-out-of-range", "nan", "missing-metric", "no-per-query"])
+@pytest.mark.parametrize(
+    "corrupt,problem",
+    [
+        (lambda text, e: text[: len(text) // 2], "not readable JSON"),
+        (lambda text, e: "{}", "its key"),
+        (lambda text, e: json.dumps({"main_score": 5.0}), "its key"),
+        (
+            lambda text, e: json.dumps({**e, "scores": {**e["scores"], "main_score": 5.0, "ndcg_at_1": 5.0}}),
+            r"not a number in \[0, 1\]",
+        ),
+        (lambda text, e: json.dumps({**e, "scores": {**e["scores"], "ndcg_at_1": float("nan")}}), "not a number"),
+        (
+            lambda text, e: json.dumps({**e, "scores": {k: v for k, v in e["scores"].items() if k != "map_at_10"}}),
+            "missing metric",
+        ),
+        (lambda text, e: json.dumps({**e, "per_query": {}}), "per-query"),
+    ],
+    ids=["truncated", "empty-object", "main-score-5", "score-out-of-range", "nan", "missing-metric", "no-per-query"],
+)
 def test_bad_cache_entries_are_recomputed_with_a_warning(tmp_path, needle, corrupt, problem):
     first = evaluate(BM25(), [needle], cache_dir=str(tmp_path), progress=False)
     path = sorted((tmp_path / "needle").iterdir())[0]
@@ -169,7 +184,8 @@ def test_bad_cache_entries_are_recomputed_with_a_warning(tmp_path, needle, corru
         again = evaluate(BM25(), [needle], cache_dir=str(tmp_path), progress=False)
     for split, s in first["needle"]["splits"].items():
         assert {k: v for k, v in again["needle"]["splits"][split].items() if k != "evaluation_time"} == {
-            k: v for k, v in s.items() if k != "evaluation_time"}
+            k: v for k, v in s.items() if k != "evaluation_time"
+        }
     assert _entry(path)["scores"]["main_score"] == first["needle"]["splits"][path.name.split("-")[0]]["main_score"]
     assert not list(tmp_path.rglob("*.tmp*"))  # written atomically, nothing left behind
 
@@ -192,10 +208,20 @@ def test_bootstrap_interval_is_deterministic_and_sane():
 
 
 def _result(per_query):
-    splits = {s: {"main_score": float(np.mean(list(q.values()))), "ndcg_at_1": float(np.mean(list(q.values()))),
-                  "evaluation_time": 1.0} for s, q in per_query.items()}
-    return {"main_score": float(np.mean([s["main_score"] for s in splits.values()])), "main_metric": "ndcg_at_1",
-            "splits": splits, "per_query": per_query}
+    splits = {
+        s: {
+            "main_score": float(np.mean(list(q.values()))),
+            "ndcg_at_1": float(np.mean(list(q.values()))),
+            "evaluation_time": 1.0,
+        }
+        for s, q in per_query.items()
+    }
+    return {
+        "main_score": float(np.mean([s["main_score"] for s in splits.values()])),
+        "main_metric": "ndcg_at_1",
+        "splits": splits,
+        "per_query": per_query,
+    }
 
 
 def test_summarize_over_seeds():
@@ -209,8 +235,10 @@ def test_summarize_over_seeds():
     assert s["splits"]["test_256"]["evaluation_time"] == 2.0
     lo, hi = s["ci95"]
     assert 0 <= lo < 0.5 < hi <= 1 and (lo, hi) == bootstrap_ci([[1, 0, 1, 1], [0, 0, 1, 0]])
-    assert s["per_seed"] == {"0": {"main_score": 0.25, "splits": {"test_256": 0.5, "test_512": 0.0}},
-                             "1": {"main_score": 0.75, "splits": {"test_256": 1.0, "test_512": 0.5}}}
+    assert s["per_seed"] == {
+        "0": {"main_score": 0.25, "splits": {"test_256": 0.5, "test_512": 0.0}},
+        "1": {"main_score": 0.75, "splits": {"test_256": 1.0, "test_512": 0.5}},
+    }
     one = summarize({None: r0})  # a real task: one fixed dataset, interval only
     assert one["std"] is None and one["seeds"] is None and "main_score_std" not in one["splits"]["test_256"]
     assert one["ci95"][0] <= 0.25 <= one["ci95"][1] and math.isfinite(one["ci95"][0])
@@ -226,7 +254,8 @@ def test_warnings_print_on_their_own_line_above_progress_bars(tmp_path, capsys):
         warnings.simplefilter("always")
         # print warnings as Python does outside pytest (pytest records them instead)
         warnings.showwarning = lambda m, c, f, n, file=None, line=None: sys.stderr.write(
-            warnings.formatwarning(m, c, f, n, line))
+            warnings.formatwarning(m, c, f, n, line)
+        )
         evaluate(emb, [task], progress=True)
     err = capsys.readouterr().err
     lines = [line.split("\r")[-1] for line in err.splitlines()]

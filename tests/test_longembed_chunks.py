@@ -1,5 +1,6 @@
 """Chunk-level retrieval in ``longctx-eval``: the ``contextual`` / ``passkey_chunks`` / ``needle_chunks`` tasks, the
 strategies (naive, late chunking, whole-document vectors, BM25) and the CLI, on the real bundled MiniLM."""
+
 import json
 import re
 from types import SimpleNamespace
@@ -34,8 +35,10 @@ def tok():
 
 @pytest.fixture(scope="module")
 def tasks(tok):
-    return {name: get_task(name, lengths=LENGTHS, seed=3, tokenizer=tok, n_queries=4, n_docs=10, chunk_size=CHUNK)
-            for name in chunk_tasks.CHUNK_TASKS}
+    return {
+        name: get_task(name, lengths=LENGTHS, seed=3, tokenizer=tok, n_queries=4, n_docs=10, chunk_size=CHUNK)
+        for name in chunk_tasks.CHUNK_TASKS
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +65,17 @@ def test_generation_is_deterministic_and_sized(tok, tasks):
             for text in docs.values():
                 assert length - 20 <= n_tokens(tok, text) <= length, (name, length)
             assert set(chunks) == set(corpus) and {c[0] for c in chunks.values()} == set(docs)
-            starts = {d: np.asarray([o[0] for o in tok(t, add_special_tokens=False, return_offsets_mapping=True)
-                                     ["offset_mapping"]]) for d, t in docs.items()}
+            starts = {
+                d: np.asarray(
+                    [o[0] for o in tok(t, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+                )
+                for d, t in docs.items()
+            }
             for cid, (doc_id, a, b) in chunks.items():  # at most CHUNK of the document's tokens start in a chunk
-                assert corpus[cid] == docs[doc_id][a:b] and 0 < np.sum((starts[doc_id] >= a) & (starts[doc_id] < b)) \
-                    <= CHUNK
+                assert (
+                    corpus[cid] == docs[doc_id][a:b]
+                    and 0 < np.sum((starts[doc_id] >= a) & (starts[doc_id] < b)) <= CHUNK
+                )
             for doc_id, text in docs.items():  # the chunks of a document are the task's chunker's spans of it
                 spans = [(a, b) for d, a, b in chunks.values() if d == doc_id]
                 assert spans == Chunker(tok, CHUNK)(text)
@@ -80,8 +89,10 @@ def test_contextual_gold_chunk_holds_the_fact_which_never_names_the_subject(tok,
         docs, picked = contextual_split(tok, length, 4, 10, 3, Chunker(tok, CHUNK))
         assert [d.text for d in docs] == list(task.documents[split].values())
         assert len({d.subject for d in docs}) == 10 and len({d.fact for d in docs}) == 10
-        kinds = [next(k for k, (_, sentence, _) in enumerate(FACT_KINDS) if re.fullmatch(_pattern(sentence), d.fact))
-                 for d in docs]
+        kinds = [
+            next(k for k, (_, sentence, _) in enumerate(FACT_KINDS) if re.fullmatch(_pattern(sentence), d.fact))
+            for d in docs
+        ]
         assert len(set(kinds)) == 2 and all(kinds.count(k) == 5 for k in kinds)  # 10 docs: 2 kinds, shared by 5
         for i in picked:
             d, qid = docs[i], f"{split}_q{i}"
@@ -171,14 +182,21 @@ def test_late_none_reads_long_documents_in_windows(tasks, late):
     short = tasks["contextual"]
     s = "test_96"
     ids = list(short.corpus[s])
-    np.testing.assert_allclose(LateChunking(none).chunk_vectors(short.documents[s], short.chunks[s], ids),
-                               LateChunking(pi).chunk_vectors(short.documents[s], short.chunks[s], ids), atol=1e-5)
+    np.testing.assert_allclose(
+        LateChunking(none).chunk_vectors(short.documents[s], short.chunks[s], ids),
+        LateChunking(pi).chunk_vectors(short.documents[s], short.chunks[s], ids),
+        atol=1e-5,
+    )
 
 
 def test_run_names_and_cache_keys():
     methods = ("auto", "none", "pi", "gp", "rp", "pcw")
-    assert expand(["naive", "late", "whole:pi"], ["none", "pi"], methods) == ["naive", "late:none", "late:pi",
-                                                                              "whole:pi"]
+    assert expand(["naive", "late", "whole:pi"], ["none", "pi"], methods) == [
+        "naive",
+        "late:none",
+        "late:pi",
+        "whole:pi",
+    ]
     source = resolve_model("default")
     base = dict(target_length=2048, batch_size=4, device="cpu", window_overlap=None)
     key = score_key("late:pi", SimpleNamespace(**base), source)
@@ -201,9 +219,27 @@ def cli(capsys, *argv):
     return rc, out, err
 
 
-TINY = ["--tasks", "contextual", "--lengths", "80,560", "--n-queries", "2", "--n-docs", "2",
-        "--chunk-size", "32", "--method", "none,pi", "--strategies", "naive,late,whole:pi", "--target-length", "1024",
-        "--window-overlap", "64", "--no-progress"]
+TINY = [
+    "--tasks",
+    "contextual",
+    "--lengths",
+    "80,560",
+    "--n-queries",
+    "2",
+    "--n-docs",
+    "2",
+    "--chunk-size",
+    "32",
+    "--method",
+    "none,pi",
+    "--strategies",
+    "naive,late,whole:pi",
+    "--target-length",
+    "1024",
+    "--window-overlap",
+    "64",
+    "--no-progress",
+]
 
 
 def test_cli_end_to_end_and_resume(capsys, caplog, tmp_path):
@@ -215,9 +251,13 @@ def test_cli_end_to_end_and_resume(capsys, caplog, tmp_path):
     assert rc == 0, err
     assert "profile quick fills in" not in out  # every option given
     assert "chunks of at most 32 tokens, consecutive chunks sharing up to 0 tokens (default)" in out
-    assert "late:none, late:pi: documents longer than the window (late:none: 512 tokens, late:pi: 1024 tokens) are " \
-           "read in windows overlapping by 64 tokens" in out
-    assert "late:none: documents longer than 512 tokens are read in windows of 512 tokens overlapping by 64" in caplog.text
+    assert (
+        "late:none, late:pi: documents longer than the window (late:none: 512 tokens, late:pi: 1024 tokens) are "
+        "read in windows overlapping by 64 tokens" in out
+    )
+    assert (
+        "late:none: documents longer than 512 tokens are read in windows of 512 tokens overlapping by 64" in caplog.text
+    )
     res = json.loads((out_dir / "results.json").read_text())
     assert list(res) == ["naive", "late:none", "late:pi", "whole:pi", "bm25"]
     for run, by_task in res.items():
@@ -244,40 +284,98 @@ def test_cli_end_to_end_and_resume(capsys, caplog, tmp_path):
     assert rc == 0 and "late:none: 2 of 2 splits from cache" not in out and "naive: 2 of 2 splits from cache" in out
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--strategies", "naive,bogus"], "unknown strategy 'bogus'"),
-    (["--strategies", "late:pcw"], "late chunking with pcw is not available"),
-    (["--strategies", "naive:pi"], "naive embeds each chunk alone and takes no method"),
-    (["--strategies", "late:magic"], "unknown method 'magic'"),
-    (["--strategies", "late,late:pi", "--method", "pi"], "makes the run(s) late:pi twice"),
-    (["--strategies", "naive,naive"], "--strategies lists naive twice"),
-    (["--strategies", ""], "--strategies is empty"),
-    (["--chunk-size", "0"], "--chunk-size must be a positive integer, got '0'"),
-    (["--chunk-size", "abc"], "--chunk-size must be a positive integer"),
-    (["--chunk-overlap", "-1"], "--chunk-overlap must be a non-negative integer, got '-1'"),
-    (["--chunk-size", "64", "--chunk-overlap", "64"], "--chunk-overlap (64) must be smaller than --chunk-size (64)"),
-    (["--window-overlap", "x"], "--window-overlap must be a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--strategies", "naive,bogus"], "unknown strategy 'bogus'"),
+        (["--strategies", "late:pcw"], "late chunking with pcw is not available"),
+        (["--strategies", "naive:pi"], "naive embeds each chunk alone and takes no method"),
+        (["--strategies", "late:magic"], "unknown method 'magic'"),
+        (["--strategies", "late,late:pi", "--method", "pi"], "makes the run(s) late:pi twice"),
+        (["--strategies", "naive,naive"], "--strategies lists naive twice"),
+        (["--strategies", ""], "--strategies is empty"),
+        (["--chunk-size", "0"], "--chunk-size must be a positive integer, got '0'"),
+        (["--chunk-size", "abc"], "--chunk-size must be a positive integer"),
+        (["--chunk-overlap", "-1"], "--chunk-overlap must be a non-negative integer, got '-1'"),
+        (
+            ["--chunk-size", "64", "--chunk-overlap", "64"],
+            "--chunk-overlap (64) must be smaller than --chunk-size (64)",
+        ),
+        (["--window-overlap", "x"], "--window-overlap must be a non-negative integer"),
+    ],
+)
 def test_bad_chunk_options_exit_2(capsys, tmp_path, args, needle):
     rc, _, err = cli(capsys, "--tasks", "contextual", *args, "--output", str(tmp_path))
     assert rc == 2 and needle in err and "Traceback" not in err, err
 
 
 def test_impossible_sizes_exit_2_with_the_fix(capsys, tmp_path):
-    rc, _, err = cli(capsys, "--tasks", "contextual", "--lengths", "64", "--n-queries", "1", "--n-docs", "2",
-                     "--strategies", "naive", "--baseline", "none", "--output", str(tmp_path / "a"), "--no-progress")
+    rc, _, err = cli(
+        capsys,
+        "--tasks",
+        "contextual",
+        "--lengths",
+        "64",
+        "--n-queries",
+        "1",
+        "--n-docs",
+        "2",
+        "--strategies",
+        "naive",
+        "--baseline",
+        "none",
+        "--output",
+        str(tmp_path / "a"),
+        "--no-progress",
+    )
     assert rc == 2 and "cannot hold its fact outside the chunk of its first sentence" in err and "--chunk-size" in err
-    rc, _, err = cli(capsys, "--tasks", "contextual", "--lengths", "96", "--n-queries", "1", "--n-docs", "2",
-                     "--chunk-size", "32", "--strategies", "late:none", "--window-overlap", "600", "--baseline",
-                     "none", "--output", str(tmp_path / "b"), "--no-progress")
+    rc, _, err = cli(
+        capsys,
+        "--tasks",
+        "contextual",
+        "--lengths",
+        "96",
+        "--n-queries",
+        "1",
+        "--n-docs",
+        "2",
+        "--chunk-size",
+        "32",
+        "--strategies",
+        "late:none",
+        "--window-overlap",
+        "600",
+        "--baseline",
+        "none",
+        "--output",
+        str(tmp_path / "b"),
+        "--no-progress",
+    )
     assert rc == 2 and "--window-overlap 600 must be smaller than the window of late:none (512 tokens)" in err
     assert not (tmp_path / "b" / "cache").exists() or not any((tmp_path / "b" / "cache").iterdir())  # before work
 
 
 def test_chunk_options_without_chunk_tasks_are_said_to_not_apply(capsys, tmp_path):
-    rc, out, _ = cli(capsys, "--tasks", "passkey", "--lengths", "64", "--n-queries", "1", "--n-docs", "2",
-                     "--method", "none", "--chunk-size", "64", "--baseline", "none", "--output", str(tmp_path),
-                     "--no-progress")
+    rc, out, _ = cli(
+        capsys,
+        "--tasks",
+        "passkey",
+        "--lengths",
+        "64",
+        "--n-queries",
+        "1",
+        "--n-docs",
+        "2",
+        "--method",
+        "none",
+        "--chunk-size",
+        "64",
+        "--baseline",
+        "none",
+        "--output",
+        str(tmp_path),
+        "--no-progress",
+    )
     assert rc == 0 and "note: --chunk-size only apply to the chunk tasks, which this run leaves out" in out
     rc, out, _ = cli(capsys, "--help")
     assert rc == 0 and all(o in out for o in ("--strategies", "--chunk-size", "--window-overlap", "chunks ", "late:"))
@@ -292,14 +390,40 @@ def test_profile_strategies_leave_out_what_a_method_cannot_do_and_say_so(capsys,
     assert "pcw" in args.methods and "late:pcw" not in args.runs
     args = parse(["--profile", "full", "--tasks", "contextual", "--strategies", "naive,late"])  # profile's methods
     assert "late:pcw" not in args.runs and "late:pcw" in args.skipped_runs and "late:gp" in args.runs
-    rc, out, _ = cli(capsys, "--tasks", "contextual", "--lengths", "96", "--chunk-size", "32", "--n-queries", "1",
-                     "--n-docs", "2", "--method", "none,pcw", "--baseline", "none", "--output", str(tmp_path),
-                     "--no-progress")
+    rc, out, _ = cli(
+        capsys,
+        "--tasks",
+        "contextual",
+        "--lengths",
+        "96",
+        "--chunk-size",
+        "32",
+        "--n-queries",
+        "1",
+        "--n-docs",
+        "2",
+        "--method",
+        "none,pcw",
+        "--baseline",
+        "none",
+        "--output",
+        str(tmp_path),
+        "--no-progress",
+    )
     assert rc == 0 and "note: late:pcw left out: pcw averages separate windows" in out
     config = json.loads((tmp_path / "run_config.json").read_text())
     assert config["runs"] == ["naive", "late:none", "whole:none", "whole:pcw"]
-    rc, _, err = cli(capsys, "--tasks", "contextual", "--strategies", "late", "--method", "none,pcw", "--output",
-                     str(tmp_path / "explicit"))
+    rc, _, err = cli(
+        capsys,
+        "--tasks",
+        "contextual",
+        "--strategies",
+        "late",
+        "--method",
+        "none,pcw",
+        "--output",
+        str(tmp_path / "explicit"),
+    )
     assert rc == 2 and "late chunking with pcw is not available" in err
 
 
@@ -312,9 +436,27 @@ def test_late_none_of_a_checkpoint_saved_extended_reads_its_extended_window_and_
     model = extend(emb.model, "pi", 1024)
     model.save_pretrained(tmp_path / "ext")
     emb.tokenizer.save_pretrained(tmp_path / "ext")
-    base = ["--model", str(tmp_path / "ext"), "--tasks", "contextual", "--strategies", "late:none,whole:none",
-            "--lengths", "96", "--chunk-size", "32", "--n-queries", "1", "--n-docs", "2", "--baseline", "none",
-            "--no-progress", "--output", str(tmp_path / "o")]
+    base = [
+        "--model",
+        str(tmp_path / "ext"),
+        "--tasks",
+        "contextual",
+        "--strategies",
+        "late:none,whole:none",
+        "--lengths",
+        "96",
+        "--chunk-size",
+        "32",
+        "--n-queries",
+        "1",
+        "--n-docs",
+        "2",
+        "--baseline",
+        "none",
+        "--no-progress",
+        "--output",
+        str(tmp_path / "o"),
+    ]
     rc, out, err = cli(capsys, *base, "--target-length", "1024")
     assert rc == 0, err
     assert "documents longer than the window (late:none: 1024 tokens)" in out
@@ -324,18 +466,41 @@ def test_late_none_of_a_checkpoint_saved_extended_reads_its_extended_window_and_
     assert "generated data from cache" in out and "splits from cache" not in out  # data reused, scores not
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--strategies", "late:"], "--strategies 'late:' names no method; write late:<method>"),
-    (["--n-docs", "300", "--n-queries", "2"], "--n-docs 300: the contextual task invents one subject name per document"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--strategies", "late:"], "--strategies 'late:' names no method; write late:<method>"),
+        (
+            ["--n-docs", "300", "--n-queries", "2"],
+            "--n-docs 300: the contextual task invents one subject name per document",
+        ),
+    ],
+)
 def test_more_bad_chunk_options_exit_2(capsys, tmp_path, args, needle):
     rc, _, err = cli(capsys, "--tasks", "contextual", *args, "--output", str(tmp_path))
     assert rc == 2 and needle in err and "Traceback" not in err, err
 
 
 def test_unused_explicit_strategies_only_get_a_note(capsys, tmp_path):
-    rc, out, err = cli(capsys, "--tasks", "passkey", "--strategies", "late", "--method", "pcw", "--lengths", "64",
-                       "--n-queries", "1", "--n-docs", "2", "--baseline", "none", "--no-progress", "--output",
-                       str(tmp_path))
+    rc, out, err = cli(
+        capsys,
+        "--tasks",
+        "passkey",
+        "--strategies",
+        "late",
+        "--method",
+        "pcw",
+        "--lengths",
+        "64",
+        "--n-queries",
+        "1",
+        "--n-docs",
+        "2",
+        "--baseline",
+        "none",
+        "--no-progress",
+        "--output",
+        str(tmp_path),
+    )
     assert rc == 0, err
     assert "note: --strategies only apply to the chunk tasks, which this run leaves out" in out

@@ -1,4 +1,5 @@
 """``longctx-eval`` in-process (``main(argv) -> int``), plus two subprocess tests: start-up time and end to end."""
+
 import json
 import os
 import shutil
@@ -14,12 +15,25 @@ from longctx_plugins.embedder import default_model_path
 from longctx_plugins.longembed.args import build_parser
 from longctx_plugins.longembed.cache import folder_fingerprint
 from longctx_plugins.longembed.cli import INTERRUPTED, build_scorer, main
-from longctx_plugins.longembed.model_source import looks_like_path, resolve_model
+from longctx_plugins.longembed.model_source import looks_like_folder_argument, resolve_model
 
 from .test_longembed import write_task
 
-SMALL = ["--tasks", "passkey", "--method", "none", "--lengths", "64,128", "--n-queries", "2", "--n-docs", "4",
-         "--baseline", "none", "--no-progress"]
+SMALL = [
+    "--tasks",
+    "passkey",
+    "--method",
+    "none",
+    "--lengths",
+    "64,128",
+    "--n-queries",
+    "2",
+    "--n-docs",
+    "4",
+    "--baseline",
+    "none",
+    "--no-progress",
+]
 
 
 DOCS = {"d1": "Paris is the capital of France. " * 30, "d2": "Bananas are yellow fruits. " * 30}
@@ -41,34 +55,37 @@ def cli(capsys, *argv, make_scorer=None):
 
 
 # ------------------------------------------------------------------------------------------- arguments (item 4)
-@pytest.mark.parametrize("args,needle", [
-    (["--tasks", "passkey,bogus"], "valid tasks"),
-    (["--method", "pi,magic"], "valid methods"),
-    (["--lengths", "256,abc"], "--lengths must be a comma list of positive integers, got '256,abc'"),
-    (["--lengths", "256,-3"], "--lengths must be a comma list of positive integers"),
-    (["--lengths", "-5,256"], "--lengths must be a comma list of positive integers, got '-5,256'"),
-    (["--lengths=-5,256"], "--lengths must be a comma list of positive integers, got '-5,256'"),
-    (["--lengths", ""], "--lengths is empty"),
-    (["--tasks", ""], "--tasks is empty"),
-    (["--method", ""], "--method is empty"),
-    (["--method", " , "], "--method is empty"),
-    (["--target-length", "0"], "--target-length must be a positive integer, got '0'"),
-    (["--target-length", "-5"], "--target-length must be a positive integer, got '-5'"),
-    (["--target-length", "1k"], "--target-length must be a positive integer, got '1k'"),
-    (["--n-queries", "0"], "--n-queries must be a positive integer"),
-    (["--n-docs", "0"], "--n-docs must be a positive integer"),
-    (["--n-docs", "-1"], "--n-docs must be a positive integer"),
-    (["--batch-size", "0"], "--batch-size must be a positive integer"),
-    (["--n-queries", "30", "--n-docs", "20"], "must not exceed --n-docs"),
-    (["--seeds", "0"], "--seeds 0 would run no seed (one number is a count: seeds 0..N-1); for seed 0 alone use"),
-    (["--method", "pi,none,pi"], "--method lists pi twice"),
-    (["--lengths", "64,64"], "--lengths lists 64 twice"),
-    (["--seeds", "1,x"], "--seeds must be a count"),
-    (["--seeds", "1,1"], "lists a seed twice"),
-    (["--seed", "1", "--seeds", "2"], "not both"),
-    (["--seed", "-1"], "--seed must be a non-negative integer"),
-    (["--data-dir", "/no/such/dir"], "--data-dir '/no/such/dir' is not a folder"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--tasks", "passkey,bogus"], "valid tasks"),
+        (["--method", "pi,magic"], "valid methods"),
+        (["--lengths", "256,abc"], "--lengths must be a comma list of positive integers, got '256,abc'"),
+        (["--lengths", "256,-3"], "--lengths must be a comma list of positive integers"),
+        (["--lengths", "-5,256"], "--lengths must be a comma list of positive integers, got '-5,256'"),
+        (["--lengths=-5,256"], "--lengths must be a comma list of positive integers, got '-5,256'"),
+        (["--lengths", ""], "--lengths is empty"),
+        (["--tasks", ""], "--tasks is empty"),
+        (["--method", ""], "--method is empty"),
+        (["--method", " , "], "--method is empty"),
+        (["--target-length", "0"], "--target-length must be a positive integer, got '0'"),
+        (["--target-length", "-5"], "--target-length must be a positive integer, got '-5'"),
+        (["--target-length", "1k"], "--target-length must be a positive integer, got '1k'"),
+        (["--n-queries", "0"], "--n-queries must be a positive integer"),
+        (["--n-docs", "0"], "--n-docs must be a positive integer"),
+        (["--n-docs", "-1"], "--n-docs must be a positive integer"),
+        (["--batch-size", "0"], "--batch-size must be a positive integer"),
+        (["--n-queries", "30", "--n-docs", "20"], "must not exceed --n-docs"),
+        (["--seeds", "0"], "--seeds 0 would run no seed (one number is a count: seeds 0..N-1); for seed 0 alone use"),
+        (["--method", "pi,none,pi"], "--method lists pi twice"),
+        (["--lengths", "64,64"], "--lengths lists 64 twice"),
+        (["--seeds", "1,x"], "--seeds must be a count"),
+        (["--seeds", "1,1"], "lists a seed twice"),
+        (["--seed", "1", "--seeds", "2"], "not both"),
+        (["--seed", "-1"], "--seed must be a non-negative integer"),
+        (["--data-dir", "/no/such/dir"], "--data-dir '/no/such/dir' is not a folder"),
+    ],
+)
 def test_bad_arguments_exit_2_with_a_message(capsys, tmp_path, args, needle):
     rc, out, err = cli(capsys, *args, "--output", str(tmp_path))
     assert rc == 2 and needle in err and "Traceback" not in err, err
@@ -104,8 +121,20 @@ def test_a_cache_folder_replaced_by_a_file_is_named(capsys, tmp_path):
     d = write_task(tmp_path / "data", "qmsum", DOCS, QUERIES, [("q1", "d1"), ("q2", "d2")])
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "cache").write_text("not a folder")
-    rc, _, err = cli(capsys, "--tasks", "qmsum", "--data-dir", str(d.parent), "--method", "none", "--baseline", "none",
-                     "--output", str(tmp_path / "o"), "--no-progress")
+    rc, _, err = cli(
+        capsys,
+        "--tasks",
+        "qmsum",
+        "--data-dir",
+        str(d.parent),
+        "--method",
+        "none",
+        "--baseline",
+        "none",
+        "--output",
+        str(tmp_path / "o"),
+        "--no-progress",
+    )
     assert rc == 2 and "Traceback" not in err and "cannot use" in err and str(tmp_path / "o" / "cache") in err, err
     assert "pass another --output" in err
 
@@ -123,12 +152,15 @@ def test_help_and_bad_arguments_are_fast_and_light():
     """Subprocess 1 of 2: the command's start-up (no torch, transformers or mteb import) and its wall time."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     t = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "longctx_plugins.longembed.cli", "--help"], capture_output=True,
-                         text=True, env=env)
+    res = subprocess.run(
+        [sys.executable, "-m", "longctx_plugins.longembed.cli", "--help"], capture_output=True, text=True, env=env
+    )
     help_s = time.perf_counter() - t
     assert res.returncode == 0 and "--target-length" in res.stdout
-    code = ("import sys; from longctx_plugins.longembed.cli import main; rc = main(['--target-length', '0']); "
-            "print(rc, [m for m in ('torch', 'transformers', 'sentence_transformers', 'mteb') if m in sys.modules])")
+    code = (
+        "import sys; from longctx_plugins.longembed.cli import main; rc = main(['--target-length', '0']); "
+        "print(rc, [m for m in ('torch', 'transformers', 'sentence_transformers', 'mteb') if m in sys.modules])"
+    )
     t = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     bad_s = time.perf_counter() - t
@@ -139,18 +171,21 @@ def test_help_and_bad_arguments_are_fast_and_light():
 # ---------------------------------------------------------------------------------------------- models (item 5)
 def test_model_path_rule():
     for arg in ("/no/such", "./m", "~/m", "../m", "a/b/c", "m/", "a\\b", "a b"):
-        assert looks_like_path(arg), arg
+        assert looks_like_folder_argument(arg), arg
     for arg in ("org/name", "bert-base-uncased", "BAAI/bge-m3", "intfloat/e5-base-v2"):
-        assert not looks_like_path(arg), arg
+        assert not looks_like_folder_argument(arg), arg
 
 
-@pytest.mark.parametrize("model,needle", [
-    ("{tmp}/no/such/folder", "no such folder"),
-    ("./no-such-folder", "no such folder"),
-    ("{tmp}", "has no config.json"),
-    ("{tmp}/file.txt", "is a file"),
-    ("someorg/not-cached-model", "not in the local Hugging Face cache, and HF_HUB_OFFLINE=1"),
-])
+@pytest.mark.parametrize(
+    "model,needle",
+    [
+        ("{tmp}/no/such/folder", "no such folder"),
+        ("./no-such-folder", "no such folder"),
+        ("{tmp}", "has no config.json"),
+        ("{tmp}/file.txt", "is a file"),
+        ("someorg/not-cached-model", "not in the local Hugging Face cache, and HF_HUB_OFFLINE=1"),
+    ],
+)
 def test_unusable_model_fails_at_once(capsys, tmp_path, monkeypatch, model, needle):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
@@ -203,8 +238,19 @@ def test_cached_hub_id_resolves_to_its_snapshot(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------- caches (items 1, 2)
 def test_fixed_qrels_are_rescored(capsys, tmp_path):
     d = write_task(tmp_path / "data", "qmsum", DOCS, QUERIES, [("q1", "d2"), ("q2", "d1")])  # wrong way round
-    args = ["--tasks", "qmsum", "--data-dir", str(tmp_path / "data"), "--method", "none", "--baseline", "none",
-            "--output", str(tmp_path / "o"), "--no-progress"]
+    args = [
+        "--tasks",
+        "qmsum",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--method",
+        "none",
+        "--baseline",
+        "none",
+        "--output",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
     assert cli(capsys, *args)[0] == 0
     wrong = json.loads((tmp_path / "o" / "results.json").read_text())["none"]["qmsum"]["main_score"]
     write_task(tmp_path / "data", "qmsum", DOCS, QUERIES, [("q1", "d1"), ("q2", "d2")])  # fixed in place
@@ -226,20 +272,27 @@ def test_replaced_weights_are_rescored_and_cache_use_is_reported(capsys, tmp_pat
     first = json.loads((out_dir / "results.json").read_text())
     rc, out, _ = cli(capsys, *args)
     config = json.loads((out_dir / "run_config.json").read_text())
-    assert rc == 0 and "passkey / none: 2 of 2 splits from cache" in out and "passkey (seed 0): generated data from "\
-        "cache" in out
+    assert (
+        rc == 0
+        and "passkey / none: 2 of 2 splits from cache" in out
+        and "passkey (seed 0): generated data from cache" in out
+    )
     assert config["cache"]["scores"]["none"]["passkey"]["from_cache"] == 2
     assert config["cache"]["data"]["passkey/seed0"]["from_cache"] is True
     tokenizer_before = folder_fingerprint(str(model_copy), tokenizer_only=True)
     weights = model_copy / "model.safetensors"
     state = load_file(weights)
-    save_file({k: v.flip(-1).contiguous() if v.ndim == 2 else v for k, v in state.items()}, weights,
-              metadata={"format": "pt"})  # other weights, same size
+    save_file(
+        {k: v.flip(-1).contiguous() if v.ndim == 2 else v for k, v in state.items()}, weights, metadata={"format": "pt"}
+    )  # other weights, same size
     rc, out, _ = cli(capsys, *args)
     config = json.loads((out_dir / "run_config.json").read_text())
     assert rc == 0 and "splits from cache" not in out
-    assert config["cache"]["scores"]["none"]["passkey"] == {"from_cache": 0, "computed": 2,
-                                                            "dir": config["cache"]["scores"]["none"]["passkey"]["dir"]}
+    assert config["cache"]["scores"]["none"]["passkey"] == {
+        "from_cache": 0,
+        "computed": 2,
+        "dir": config["cache"]["scores"]["none"]["passkey"]["dir"],
+    }
     assert config["cache"]["data"]["passkey/seed0"]["from_cache"] is True  # same tokenizer: same data
     assert folder_fingerprint(str(model_copy), tokenizer_only=True) == tokenizer_before
     assert json.loads((out_dir / "results.json").read_text()) != first
@@ -263,16 +316,19 @@ def test_cache_keys_cover_what_produced_the_entries(model_copy, tmp_path):
     assert "model.safetensors" not in tok and "vocab.txt" in tok
     gen = generation_key("passkey", 0, [64, 128], 2, 4, tok)
     assert {"generator", "haystack", "versions"} <= set(gen)
-    for other in (("needle", 0, [64, 128], 2, 4, tok), ("passkey", 1, [64, 128], 2, 4, tok),
-                  ("passkey", 0, [64], 2, 4, tok), ("passkey", 0, [64, 128], 3, 4, tok),
-                  ("passkey", 0, [64, 128], 2, 5, tok)):
+    for other in (
+        ("needle", 0, [64, 128], 2, 4, tok),
+        ("passkey", 1, [64, 128], 2, 4, tok),
+        ("passkey", 0, [64], 2, 4, tok),
+        ("passkey", 0, [64, 128], 3, 4, tok),
+        ("passkey", 0, [64, 128], 2, 5, tok),
+    ):
         assert generation_key(*other) != gen, other
     other_tok = tmp_path / "tok"
     shutil.copytree(model_copy, other_tok, ignore=shutil.ignore_patterns("*.safetensors"))
     with open(other_tok / "vocab.txt", "a") as f:
         f.write("newtoken\n")
-    assert generation_key("passkey", 0, [64, 128], 2, 4, folder_fingerprint(str(other_tok), tokenizer_only=True)) \
-        != gen
+    assert generation_key("passkey", 0, [64, 128], 2, 4, folder_fingerprint(str(other_tok), tokenizer_only=True)) != gen
 
 
 def test_corrupt_data_and_score_caches_are_recomputed_with_a_warning(capsys, tmp_path):
@@ -285,16 +341,30 @@ def test_corrupt_data_and_score_caches_are_recomputed_with_a_warning(capsys, tmp
     score = sorted((out_dir / "cache").glob("none-*/passkey/test_64-*.json"))[0]
     score.write_text(json.dumps({"main_score": 5.0}))
     rc, out, err = cli(capsys, *args)
-    assert rc == 0 and json.loads((out_dir / "results.json").read_text())["none"]["passkey"]["main_score"] == \
-        first["none"]["passkey"]["main_score"]
+    assert (
+        rc == 0
+        and json.loads((out_dir / "results.json").read_text())["none"]["passkey"]["main_score"]
+        == first["none"]["passkey"]["main_score"]
+    )
     assert f"longctx-eval: warning: ignoring cache file {data}: not readable JSON" in err
     assert f"longctx-eval: warning: ignoring cache file {score}:" in err
     assert "passkey / none: 1 of 2 splits from cache" in out and "500" not in out
 
 
 def test_empty_or_unmatched_task_data_exit_2(capsys, tmp_path):
-    args = ["--tasks", "qmsum", "--data-dir", str(tmp_path / "data"), "--method", "none", "--baseline", "none",
-            "--output", str(tmp_path / "o"), "--no-progress"]
+    args = [
+        "--tasks",
+        "qmsum",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--method",
+        "none",
+        "--baseline",
+        "none",
+        "--output",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
     d = write_task(tmp_path / "data", "qmsum", DOCS, QUERIES, [("x1", "d1"), ("x2", "d2")])
     rc, _, err = cli(capsys, *args)
     assert rc == 2 and "qrels.jsonl: none of its 2 query ids appear in" in err and "Traceback" not in err
@@ -344,8 +414,24 @@ def test_seeds_report_mean_spread_and_intervals(capsys, tmp_path):
     import mteb
 
     out_dir = tmp_path / "o"
-    rc, out, _ = cli(capsys, "--tasks", "passkey", "--method", "none", "--lengths", "64,128", "--n-queries", "3",
-                     "--n-docs", "5", "--seeds", "2", "--output", str(out_dir), "--no-progress")
+    rc, out, _ = cli(
+        capsys,
+        "--tasks",
+        "passkey",
+        "--method",
+        "none",
+        "--lengths",
+        "64,128",
+        "--n-queries",
+        "3",
+        "--n-docs",
+        "5",
+        "--seeds",
+        "2",
+        "--output",
+        str(out_dir),
+        "--no-progress",
+    )
     assert rc == 0
     res = json.loads((out_dir / "results.json").read_text())
     for run in ("none", "bm25"):
@@ -364,16 +450,49 @@ def test_seeds_report_mean_spread_and_intervals(capsys, tmp_path):
     assert " ± " in md and "95% bootstrap intervals over queries, pooled over 2 seeds" in md and " ± " in out
     assert (out_dir / "results.png").stat().st_size > 0
     again = json.loads(json.dumps(res))
-    rc, out, _ = cli(capsys, "--tasks", "passkey", "--method", "none", "--lengths", "64,128", "--n-queries", "3",
-                     "--n-docs", "5", "--seeds", "0,1", "--output", str(out_dir), "--no-progress")
+    rc, out, _ = cli(
+        capsys,
+        "--tasks",
+        "passkey",
+        "--method",
+        "none",
+        "--lengths",
+        "64,128",
+        "--n-queries",
+        "3",
+        "--n-docs",
+        "5",
+        "--seeds",
+        "0,1",
+        "--output",
+        str(out_dir),
+        "--no-progress",
+    )
     assert rc == 0 and json.loads((out_dir / "results.json").read_text()) == again  # same seeds, same numbers
 
 
 def test_one_seed_and_real_tasks_get_an_interval(capsys, tmp_path):
     write_task(tmp_path / "data", "qmsum", DOCS, QUERIES, [("q1", "d1"), ("q2", "d2")])
-    rc, out, _ = cli(capsys, "--tasks", "passkey,qmsum", "--data-dir", str(tmp_path / "data"), "--method", "none",
-                     "--lengths", "64", "--n-queries", "2", "--n-docs", "3", "--baseline", "none", "--output",
-                     str(tmp_path / "o"), "--no-progress")
+    rc, out, _ = cli(
+        capsys,
+        "--tasks",
+        "passkey,qmsum",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--method",
+        "none",
+        "--lengths",
+        "64",
+        "--n-queries",
+        "2",
+        "--n-docs",
+        "3",
+        "--baseline",
+        "none",
+        "--output",
+        str(tmp_path / "o"),
+        "--no-progress",
+    )
     assert rc == 0 and "95% bootstrap intervals over queries (x100)" in out and " ± " not in out
     res = json.loads((tmp_path / "o" / "results.json").read_text())["none"]
     assert res["passkey"]["seeds"] == [0] and res["passkey"]["std"] is None and len(res["passkey"]["ci95"]) == 2
@@ -384,15 +503,38 @@ def test_one_seed_and_real_tasks_get_an_interval(capsys, tmp_path):
 def test_end_to_end_subprocess_writes_everything_and_resumes(tmp_path):
     """Subprocess 2 of 2: the installed command as a user runs it, twice (the second run from the caches)."""
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "longctx_plugins.longembed.cli", "--tasks", "passkey", "--method", "pi",
-            "--lengths", "64", "--n-queries", "2", "--n-docs", "3", "--target-length", "1024", "--output", str(out),
-            "--no-progress"]
+    argv = [
+        sys.executable,
+        "-m",
+        "longctx_plugins.longembed.cli",
+        "--tasks",
+        "passkey",
+        "--method",
+        "pi",
+        "--lengths",
+        "64",
+        "--n-queries",
+        "2",
+        "--n-docs",
+        "3",
+        "--target-length",
+        "1024",
+        "--output",
+        str(out),
+        "--no-progress",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(argv, capture_output=True, text=True, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "passkey" in res.stdout and "bm25" in res.stdout and "64" in res.stdout
-    for f in ("results.md", "results.png", "run_config.json", "results.json", "pi/LEMBPasskeyRetrieval.json",
-              "bm25/LEMBPasskeyRetrieval.json"):
+    for f in (
+        "results.md",
+        "results.png",
+        "run_config.json",
+        "results.json",
+        "pi/LEMBPasskeyRetrieval.json",
+        "bm25/LEMBPasskeyRetrieval.json",
+    ):
         assert (out / f).exists(), f
     doc = json.loads((out / "pi" / "LEMBPasskeyRetrieval.json").read_text())
     assert set(doc["scores"]) == {"test_64"} and "main_score" in doc["scores"]["test_64"][0]
@@ -412,8 +554,20 @@ def test_embedder_seam_is_the_real_default():
 
 
 def test_lengths_shorter_than_a_needle_are_refused(capsys, tmp_path):
-    rc, _, err = cli(capsys, "--tasks", "passkey", "--lengths", "10", "--method", "none", "--baseline", "none",
-                     "--output", str(tmp_path), "--no-progress")
+    rc, _, err = cli(
+        capsys,
+        "--tasks",
+        "passkey",
+        "--lengths",
+        "10",
+        "--method",
+        "none",
+        "--baseline",
+        "none",
+        "--output",
+        str(tmp_path),
+        "--no-progress",
+    )
     assert rc == 2 and "length 10 is shorter than one needle sentence" in err and "use lengths of at least" in err
 
 
@@ -424,9 +578,26 @@ def test_truncation_is_said_once_with_the_window_actually_read(capsys, tmp_path)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rc, out, err = cli(capsys, "--tasks", "passkey", "--lengths", "1024", "--method", "none", "--target-length",
-                           "2048", "--n-queries", "2", "--n-docs", "4", "--baseline", "none", "--output",
-                           str(tmp_path), "--no-progress")
+        rc, out, err = cli(
+            capsys,
+            "--tasks",
+            "passkey",
+            "--lengths",
+            "1024",
+            "--method",
+            "none",
+            "--target-length",
+            "2048",
+            "--n-queries",
+            "2",
+            "--n-docs",
+            "4",
+            "--baseline",
+            "none",
+            "--output",
+            str(tmp_path),
+            "--no-progress",
+        )
     notes = [str(w.message) for w in caught if "truncated" in str(w.message)]
     assert rc == 0 and len(notes) == 1, notes
     assert "method 'none' reads at most 512 tokens (the trained window); target_length=2048 was asked" in notes[0]

@@ -5,6 +5,7 @@ every dot product is exact in float32 whatever the summation order, and document
 truncation tie exactly. (Comparing two separate encoding runs instead would compare float noise: identical texts
 embedded in different batch arrangements can differ in the last bits on some CPUs, which flips exact ties.)
 """
+
 import mteb
 import numpy as np
 import pytest
@@ -14,8 +15,16 @@ from longctx_plugins import LongContextEmbedder
 from longctx_plugins.embedder import default_model_path
 from longctx_plugins.longembed import MTEBEncoder, evaluate, get_task, mteb_model
 
-KEYS = ("ndcg_at_1", "ndcg_at_3", "ndcg_at_10", "recall_at_1", "recall_at_10", "mrr_at_10", "map_at_10",
-        "precision_at_3")
+KEYS = (
+    "ndcg_at_1",
+    "ndcg_at_3",
+    "ndcg_at_10",
+    "recall_at_1",
+    "recall_at_10",
+    "mrr_at_10",
+    "map_at_10",
+    "precision_at_3",
+)
 
 
 class FixedVectors:
@@ -64,10 +73,12 @@ def test_mteb_encoder_returns_the_embedders_vectors(task_and_vectors):
     docs, queries = list(task.corpus[split].values()), list(task.queries[split].values())
     enc = MTEBEncoder(emb)
     batches = [{"text": docs[:5]}, {"text": docs[5:]}]
-    got_docs = enc.encode(batches, task_metadata=None, hf_split=split, hf_subset="default",
-                          prompt_type=PromptType.document)
-    got_q = enc.encode([{"text": queries}], task_metadata=None, hf_split=split, hf_subset="default",
-                       prompt_type=PromptType.query)
+    got_docs = enc.encode(
+        batches, task_metadata=None, hf_split=split, hf_subset="default", prompt_type=PromptType.document
+    )
+    got_q = enc.encode(
+        [{"text": queries}], task_metadata=None, hf_split=split, hf_subset="default", prompt_type=PromptType.query
+    )
     np.testing.assert_allclose(got_docs, emb.encode_documents(docs), atol=1e-6)
     np.testing.assert_allclose(got_q, emb.encode_queries(queries), atol=1e-6)
 
@@ -87,4 +98,3 @@ def test_mteb_evaluate_takes_an_extended_embedder_with_its_model_meta(task_and_v
         assert ours[split]["ndcg_at_1"] == pytest.approx(res.task_results[0].scores[split][0]["ndcg_at_1"], abs=1e-4)
     with pytest.raises(TypeError, match="takes no embedder arguments"):
         mteb_model(model.embedder, method="pi")
-

@@ -1,11 +1,14 @@
 """Dual Chunk Attention and STRING (and what the three position methods share): definitions pair by pair, the
 multi-pass reference, tiny models end to end (identity inside the trained window, padding, flex == exact path,
 KV-cache generation == full recompute), extend() and configuration errors."""
+
 import pytest
 import torch
 
 from longctx_plugins import extend
-from longctx_plugins.ops import dca, passes as P, rope as rope_ops, string
+from longctx_plugins.ops import dca, string
+from longctx_plugins.ops import passes as P
+from longctx_plugins.ops import rope as rope_ops
 from longctx_plugins.ops.dense import repeat_kv
 
 from .conftest import outputs, tiny_config, tiny_model
@@ -64,15 +67,18 @@ def pairwise(q, k, v, distance, inv_freq, scale, mask):
     logits = torch.full((B, H, n, n), float("-inf"))
     for i in range(n):
         for j in range(i + 1):
-            qi = rope_ops.rotate(q[:, :, i: i + 1], torch.full((B, 1), distance(i, j)), inv_freq)
+            qi = rope_ops.rotate(q[:, :, i : i + 1], torch.full((B, 1), distance(i, j)), inv_freq)
             logits[:, :, i, j] = (qi[:, :, 0] * kk[:, :, j]).sum(-1) * scale
     return masked_softmax_attention(logits, mask, v)
 
 
-@pytest.mark.parametrize("method,params,dist", [
-    ("dca", (4, 2), lambda i, j: dca_relative_position(i, j, 4, 2)),
-    ("string", (5, 2), lambda i, j: string_relative_position(i, j, 5, 2)),
-])
+@pytest.mark.parametrize(
+    "method,params,dist",
+    [
+        ("dca", (4, 2), lambda i, j: dca_relative_position(i, j, 4, 2)),
+        ("string", (5, 2), lambda i, j: string_relative_position(i, j, 5, 2)),
+    ],
+)
 def test_reference_equals_the_pairwise_definition(method, params, dist):
     torch.manual_seed(0)
     B, H, Hkv, n, D = 2, 4, 2, 23, 8
@@ -82,26 +88,31 @@ def test_reference_equals_the_pairwise_definition(method, params, dist):
     q, k = rope_ops.rotate(q0, pos, inv), rope_ops.rotate(k0, pos, inv)  # as the model hands them over
     mask = torch.ones(n, n, dtype=torch.bool).tril()[None, None].expand(B, 1, n, n)
     passes = (dca.passes if method == "dca" else string.passes)(*params)
-    got = P.dense_attention(q, k, v, pos, pos, passes, inv, mask=mask, scale=D ** -0.5)
+    got = P.dense_attention(q, k, v, pos, pos, passes, inv, mask=mask, scale=D**-0.5)
     # the definition rotates the unrotated query by the pair distance against the unrotated key
-    ref = pairwise(q0, k0, v, dist, inv, D ** -0.5, mask)
+    ref = pairwise(q0, k0, v, dist, inv, D**-0.5, mask)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
 
 
-METHOD_PARAMS = {"dca": {"chunk_size": 12, "local_window": 4}, "string": {"shift": 10, "local_window": 3},
-                 "self_extend": {"group_size": 3, "window": 8}}
+METHOD_PARAMS = {
+    "dca": {"chunk_size": 12, "local_window": 4},
+    "string": {"shift": 10, "local_window": 3},
+    "self_extend": {"group_size": 3, "window": 8},
+}
 
 
 def method_model(model_type, method, keep=True, **over):
     cfg = tiny_config(model_type)
     p = {"rope_type": method, **METHOD_PARAMS[method], "keep_trained_window": keep}
-    params = ({k: dict(v) for k, v in cfg.rope_parameters.items()} if "full_attention" in cfg.rope_parameters
-              else {**cfg.rope_parameters, **p})
+    params = (
+        {k: dict(v) for k, v in cfg.rope_parameters.items()}
+        if "full_attention" in cfg.rope_parameters
+        else {**cfg.rope_parameters, **p}
+    )
     if "full_attention" in params:
         params["full_attention"].update(p)
     base = tiny_model(model_type, max_position_embeddings=32, **over)
-    ext = tiny_model(model_type, attn_implementation=method, rope_parameters=params, max_position_embeddings=32,
-                     **over)
+    ext = tiny_model(model_type, attn_implementation=method, rope_parameters=params, max_position_embeddings=32, **over)
     ext.load_state_dict(base.state_dict())
     return base, ext
 
@@ -174,8 +185,12 @@ def test_extend_picks_parameters_and_reports_the_reach():
     model = tiny_model("llama", max_position_embeddings=64)
     extend(model, "dca", 256)
     p = model.config.rope_parameters
-    assert (p["rope_type"], p["chunk_size"], p["local_window"], p["original_max_position_embeddings"]) == \
-        ("dca", 40, 8, 64)
+    assert (p["rope_type"], p["chunk_size"], p["local_window"], p["original_max_position_embeddings"]) == (
+        "dca",
+        40,
+        8,
+        64,
+    )
     assert model.config._attn_implementation == "dca" and model.config.max_position_embeddings == 256
     model = tiny_model("llama", max_position_embeddings=64)
     extend(model, "string", 100)
@@ -189,14 +204,17 @@ def test_extend_picks_parameters_and_reports_the_reach():
         extend(tiny_model("llama", max_position_embeddings=64), "chunkllama", 256)
 
 
-@pytest.mark.parametrize("params,needle", [
-    ({"rope_type": "dca", "chunk_size": 30, "local_window": 8}, "must not exceed the trained window"),
-    ({"rope_type": "dca", "chunk_size": 0, "local_window": 8}, "'chunk_size'.*integer >= 1"),
-    ({"rope_type": "dca", "local_window": 8}, "missing 'chunk_size'"),
-    ({"rope_type": "string", "shift": 32, "local_window": 8}, "smaller than the trained window"),
-    ({"rope_type": "string", "shift": 8, "local_window": 8}, "smaller than shift=8"),
-    ({"rope_type": "string", "shift": 8, "local_window": 2, "keep_trained_window": "yes"}, "True or False"),
-])
+@pytest.mark.parametrize(
+    "params,needle",
+    [
+        ({"rope_type": "dca", "chunk_size": 30, "local_window": 8}, "must not exceed the trained window"),
+        ({"rope_type": "dca", "chunk_size": 0, "local_window": 8}, "'chunk_size'.*integer >= 1"),
+        ({"rope_type": "dca", "local_window": 8}, "missing 'chunk_size'"),
+        ({"rope_type": "string", "shift": 32, "local_window": 8}, "smaller than the trained window"),
+        ({"rope_type": "string", "shift": 8, "local_window": 8}, "smaller than shift=8"),
+        ({"rope_type": "string", "shift": 8, "local_window": 2, "keep_trained_window": "yes"}, "True or False"),
+    ],
+)
 def test_bad_parameters_fail_when_the_config_is_built(params, needle):
     import re
 
@@ -215,12 +233,20 @@ def test_method_under_another_attention_or_in_an_encoder_fails_when_built():
     with pytest.raises(ValueError, match="needs attn_implementation='dca'"):
         tiny_model("llama", attn_implementation="sdpa", max_position_embeddings=32, rope_parameters=params)
     with pytest.raises(ValueError, match="needs attn_implementation='string'"):
-        tiny_model("llama", attn_implementation="dca", max_position_embeddings=32,
-                   rope_parameters={"rope_type": "string", "shift": 10, "local_window": 3, "rope_theta": 10000.0})
+        tiny_model(
+            "llama",
+            attn_implementation="dca",
+            max_position_embeddings=32,
+            rope_parameters={"rope_type": "string", "shift": 10, "local_window": 3, "rope_theta": 10000.0},
+        )
     cfg = tiny_config("nomic_bert")
     with pytest.raises(ValueError, match="defined for causal decoders"):
-        tiny_model("nomic_bert", attn_implementation="dca", max_position_embeddings=32,
-                   rope_parameters={**cfg.rope_parameters, **params})
+        tiny_model(
+            "nomic_bert",
+            attn_implementation="dca",
+            max_position_embeddings=32,
+            rope_parameters={**cfg.rope_parameters, **params},
+        )
 
 
 @pytest.mark.parametrize("method", ["dca", "string", "self_extend"])

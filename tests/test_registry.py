@@ -70,6 +70,7 @@ def test_builtin_names_are_never_overwritten():
     assert ROPE_INIT_FUNCTIONS["pi"] is not sentinel
     # built-ins stay what transformers made them
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
     assert AttentionInterface._global_mapping["sdpa"] is sdpa_attention_forward
 
 

@@ -1,4 +1,3 @@
-
 import pytest
 import torch
 import transformers
@@ -35,11 +34,16 @@ def test_matrix_forward_and_frequencies(model_type, rope_type):
     factor = 4.0
     model = tiny_model(model_type, rope_parameters=rope_params(model_type, rope_type, factor))
     cfg = model.config
-    d = int(head_dim(cfg) * (cfg.rope_parameters.get("partial_rotary_factor", 1.0)
-                              if "rope_type" in cfg.rope_parameters else 1.0))
+    d = int(
+        head_dim(cfg)
+        * (cfg.rope_parameters.get("partial_rotary_factor", 1.0) if "rope_type" in cfg.rope_parameters else 1.0)
+    )
     base = theta_of(cfg)
-    expected = (rope_ops.pi_inv_freq(d, base, factor) if rope_type == "pi"
-                else rope_ops.default_inv_freq(d, base * factor ** (d / (d - 2))))
+    expected = (
+        rope_ops.pi_inv_freq(d, base, factor)
+        if rope_type == "pi"
+        else rope_ops.default_inv_freq(d, base * factor ** (d / (d - 2)))
+    )
     freqs = inv_freqs(model)
     key = next(k for k in freqs if "full_attention" in k) if model_type in NESTED else next(iter(freqs))
     torch.testing.assert_close(freqs[key].float().cpu(), expected, rtol=1e-6, atol=0)
@@ -102,7 +106,8 @@ def test_save_reload_and_from_pretrained_override(tmp_path):
     plain = tiny_model("llama")
     plain.save_pretrained(tmp_path / "plain")
     pi = transformers.AutoModelForCausalLM.from_pretrained(
-        tmp_path / "plain", rope_parameters={"rope_type": "pi", "factor": 2.0, "rope_theta": 10000.0})
+        tmp_path / "plain", rope_parameters={"rope_type": "pi", "factor": 2.0, "rope_theta": 10000.0}
+    )
     torch.testing.assert_close(pi.model.rotary_emb.inv_freq, rope_ops.pi_inv_freq(16, 10000.0, 2.0))
 
 
@@ -114,8 +119,16 @@ def _cause(exc):
 
 
 @pytest.mark.parametrize("rope_type", ["pi", "ntk"])
-@pytest.mark.parametrize("factor,needle", [(0.5, ">= 1.0"), ("4", "must be a number"), (None, "missing 'factor'"),
-                                           (float("nan"), "must be a number"), (True, "must be a number")])
+@pytest.mark.parametrize(
+    "factor,needle",
+    [
+        (0.5, ">= 1.0"),
+        ("4", "must be a number"),
+        (None, "missing 'factor'"),
+        (float("nan"), "must be a number"),
+        (True, "must be a number"),
+    ],
+)
 def test_bad_factor_raises_valueerror_naming_key(rope_type, factor, needle):
     params = {"rope_type": rope_type}
     if factor is not None:

@@ -3,6 +3,7 @@
 transformers replaces the checkpoint's whole RoPE dict with the override, so ``rope_theta`` would be ``None``; the
 plugin types put the checkpoint's value back (or refuse naming it), never a default base.
 """
+
 import json
 import warnings
 
@@ -74,21 +75,22 @@ POSITION_OVERRIDES = {
 
 
 def test_every_plugin_rope_type_is_covered():
-    from longctx_plugins.rope import INIT_FUNCTIONS
-    from longctx_plugins.rope_config import PLUGIN_TYPES
-
-    from longctx_plugins import methods, position_methods
+    from longctx_plugins.positions import catalog, rope_methods
+    from longctx_plugins.positions.rope import INIT_FUNCTIONS
+    from longctx_plugins.positions.rope_config import PLUGIN_TYPES
 
     assert set(PLUGIN_TYPES) == set(INIT_FUNCTIONS) == {"pi", "ntk"} | set(POSITION_OVERRIDES)
     # the light method table (no torch import) names the same RoPE methods
-    assert set(methods.METHODS["rope"]) == {"none", *PLUGIN_TYPES} and set(position_methods.METHODS) <= set(PLUGIN_TYPES)
+    assert set(catalog.METHODS_BY_TYPE["rope"]) == {"none", *PLUGIN_TYPES}
+    assert set(rope_methods.ROPE_METHODS) <= set(PLUGIN_TYPES)
 
 
 @pytest.mark.parametrize("method", sorted(POSITION_OVERRIDES))
 def test_position_method_override_inside_window_equals_checkpoint(tmp_path, method):
     original, path = saved(tmp_path, "llama")
-    model = load(path, "llama", attn_implementation=method,
-                 rope_parameters={"rope_type": method, **POSITION_OVERRIDES[method]})
+    model = load(
+        path, "llama", attn_implementation=method, rope_parameters={"rope_type": method, **POSITION_OVERRIDES[method]}
+    )
     assert global_params(model.config)["rope_theta"] == THETA["llama"]
     ids = torch.randint(3, 100, (1, 20))  # inside the window: unextended attention
     with torch.no_grad():
@@ -100,8 +102,11 @@ def test_position_method_override_inside_window_equals_checkpoint(tmp_path, meth
 def test_nested_override_keeps_each_layer_theta(tmp_path, model_type, rope_type):
     original, path = saved(tmp_path, model_type)
     sliding = dict(original.config.rope_parameters["sliding_attention"])
-    model = load(path, model_type, rope_parameters={"full_attention": {"rope_type": rope_type, "factor": 1.0},
-                                                     "sliding_attention": sliding})
+    model = load(
+        path,
+        model_type,
+        rope_parameters={"full_attention": {"rope_type": rope_type, "factor": 1.0}, "sliding_attention": sliding},
+    )
     assert model.config.rope_parameters["full_attention"]["rope_theta"] == THETA[model_type]
     ids = torch.randint(3, 100, (2, 24))
     with torch.no_grad():

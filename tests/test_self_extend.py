@@ -25,8 +25,12 @@ def se_params(model_type, group, window, **extra):
 
 def pair(model_type, group, window, extra=None, **over):
     base = tiny_model(model_type, **over)
-    ext = tiny_model(model_type, attn_implementation="self_extend",
-                     rope_parameters=se_params(model_type, group, window, **(extra or {})), **over)
+    ext = tiny_model(
+        model_type,
+        attn_implementation="self_extend",
+        rope_parameters=se_params(model_type, group, window, **(extra or {})),
+        **over,
+    )
     ext.load_state_dict(base.state_dict())
     return base, ext
 
@@ -78,17 +82,17 @@ def test_reference_equals_straightforward_pairwise_implementation(causal, heads,
     mask = torch.ones(B, 1, length, length, dtype=torch.bool)
     if causal:
         mask = mask.tril()
-    mask[1, :, :, length - 5:] = False  # padding keys in row 1
-    out = self_extend_reference(q, k, v, pos, pos, inv, G, W, causal=causal, mask=mask, scale=D ** -0.5)
+    mask[1, :, :, length - 5 :] = False  # padding keys in row 1
+    out = self_extend_reference(q, k, v, pos, pos, inv, G, W, causal=causal, mask=mask, scale=D**-0.5)
     # straightforward: logit(i, j) = <rot(q0, d(i, j)), k0> for the SelfExtend distance d, one softmax
     rep = heads // kv_heads
     logits = torch.empty(B, heads, length, length)
     for i in range(length):
         for j in range(length):
             d = spec_distance(i, j, G, W, causal)
-            qi = rope_ops.rotate(q0[:, :, i:i + 1], torch.full((B, 1), d), inv)
-            kj = k0[:, :, j:j + 1].repeat_interleave(rep, dim=1)
-            logits[:, :, i, j] = (qi * kj).sum(-1)[..., 0] * D ** -0.5
+            qi = rope_ops.rotate(q0[:, :, i : i + 1], torch.full((B, 1), d), inv)
+            kj = k0[:, :, j : j + 1].repeat_interleave(rep, dim=1)
+            logits[:, :, i, j] = (qi * kj).sum(-1)[..., 0] * D**-0.5
     probs = torch.softmax(logits.masked_fill(~mask, float("-inf")), -1)
     ref = probs @ v.repeat_interleave(rep, dim=1)
     torch.testing.assert_close(out, ref, atol=2e-5, rtol=1e-5)
@@ -147,15 +151,18 @@ def _cause(exc):  # a bad value is a ValueError, a missing key a KeyError (trans
     return exc
 
 
-@pytest.mark.parametrize("params,needle", [
-    ({"group_size": 0, "window": 8}, "'group_size'"),
-    ({"group_size": 4, "window": 0}, "'window'"),
-    ({"group_size": 2.5, "window": 8}, "'group_size'"),
-    ({"group_size": 4, "window": "8"}, "'window'"),
-    ({"group_size": 4, "window": 128}, "trained window"),
-    ({"group_size": 4}, "missing 'window'"),
-    ({"group_size": 4, "window": 8, "temperature": "sqrt"}, "'temperature'"),
-])
+@pytest.mark.parametrize(
+    "params,needle",
+    [
+        ({"group_size": 0, "window": 8}, "'group_size'"),
+        ({"group_size": 4, "window": 0}, "'window'"),
+        ({"group_size": 2.5, "window": 8}, "'group_size'"),
+        ({"group_size": 4, "window": "8"}, "'window'"),
+        ({"group_size": 4, "window": 128}, "trained window"),
+        ({"group_size": 4}, "missing 'window'"),
+        ({"group_size": 4, "window": 8, "temperature": "sqrt"}, "'temperature'"),
+    ],
+)
 def test_bad_parameters(params, needle):
     with pytest.raises(Exception) as info:
         tiny_config("llama", max_position_embeddings=128, rope_parameters={"rope_type": "self_extend", **params})
@@ -164,8 +171,12 @@ def test_bad_parameters(params, needle):
 
 def test_self_extend_config_under_other_attention_fails_loudly():
     with pytest.raises(ValueError, match="attn_implementation='self_extend'"):
-        tiny_model("llama", attn_implementation="sdpa", max_position_embeddings=128,
-                   rope_parameters={"rope_type": "self_extend", "group_size": 4, "window": 8})
+        tiny_model(
+            "llama",
+            attn_implementation="sdpa",
+            max_position_embeddings=128,
+            rope_parameters={"rope_type": "self_extend", "group_size": 4, "window": 8},
+        )
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
@@ -206,7 +217,8 @@ def test_fused_kernel_grouped_passes_slice_and_merge_exactly(monkeypatch, model_
         calls.append(kernel)
         n = q.shape[2]
         logits = (q.float() @ k.float().transpose(-1, -2) * scale).masked_fill(
-            ~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+            ~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf")
+        )
         return torch.softmax(logits, -1) @ v.float(), torch.logsumexp(logits, -1)
 
     monkeypatch.setattr(fused_lse, "choose", lambda kernels, query: "exact")
@@ -253,7 +265,9 @@ def test_keep_trained_window_is_exact_inside_and_extends_beyond(model_type):
     _, paper = pair(model_type, 4, 8, max_position_embeddings=48)
     inside, beyond = torch.randint(3, 100, (2, 48)), torch.randint(3, 100, (2, 70))
     with torch.no_grad():
-        torch.testing.assert_close(outputs(ext, input_ids=inside), outputs(base, input_ids=inside), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            outputs(ext, input_ids=inside), outputs(base, input_ids=inside), atol=1e-5, rtol=1e-5
+        )
         assert (outputs(paper, input_ids=inside) - outputs(base, input_ids=inside)).abs().max() > 1e-4
         out, ref = outputs(ext, input_ids=beyond), outputs(base, input_ids=beyond)
         if model_type == "nomic_bert":

@@ -4,6 +4,7 @@ Runs tests/sp_equality.py under torch's own launcher; DeepSpeed's UlyssesSPAtten
 UlyssesSPDataLoaderAdapter shards the collator's batch. The same script runs on GPUs
 (benchmarks/results/multi_gpu.json).
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,20 @@ def test_ulysses_processes_equal_one(tmp_path, case, world):
     """N gloo processes (KV heads 2 and 1: fewer than the SP degree 4 in both cases) == one process."""
     out = tmp_path / "r.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
-           "--master_port", str(_free_port()), SCRIPT, "--out", str(out), "--case", case]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(world),
+        "--master_port",
+        str(_free_port()),
+        SCRIPT,
+        "--out",
+        str(out),
+        "--case",
+        case,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
@@ -71,8 +84,11 @@ def test_tuple_boundaries_equal_tensor_boundaries():
     model = tiny_model("llama", attn_implementation="anchor")
     docs = [{"input_ids": list(range(3, 3 + n))} for n in (9, 6, 11)]
     batch = AnchorPackingCollator(anchor_token_id=1, max_length=40)(docs)
-    as_tuple = {**batch, "cu_seq_lens_q": tuple(batch["cu_seq_lens_q"].tolist()),
-                "cu_seq_lens_k": tuple(batch["cu_seq_lens_k"].tolist())}
+    as_tuple = {
+        **batch,
+        "cu_seq_lens_q": tuple(batch["cu_seq_lens_q"].tolist()),
+        "cu_seq_lens_k": tuple(batch["cu_seq_lens_k"].tolist()),
+    }
     with torch.no_grad():
         a = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         b = model(**{k: v for k, v in as_tuple.items() if k != "labels"}).logits
@@ -102,11 +118,18 @@ def test_trainer_end_to_end_two_processes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     common = [script, "--model", "tiny", "--max-length", "512", "--steps", "2", "--output", str(tmp_path / "o")]
     runs = {}
-    for name, launcher in {"sp2": ["-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                   "--master_port", str(_free_port())], "single": []}.items():
+    for name, launcher in {
+        "sp2": ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())],
+        "single": [],
+    }.items():
         out = tmp_path / f"{name}.json"
-        proc = subprocess.run([sys.executable, *launcher, *common, "--metrics-out", str(out)], capture_output=True,
-                              text=True, env=env, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, *launcher, *common, "--metrics-out", str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         runs[name] = json.loads(out.read_text())
     assert runs["sp2"]["sp_size"] == 2 and runs["sp2"]["engine"].startswith("DeepSpeed")
@@ -132,7 +155,7 @@ def test_dropped_mask_is_rebuilt_and_refused_on_sliding_layers():
     out, _ = anchor_attention_forward(Layer(), q, k, v, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
     # reference: token 10 (document 2) sees the anchor and tokens 7..10 only
     keys = torch.tensor([0, 7, 8, 9, 10])
-    w = torch.softmax(torch.einsum("hd,hkd->hk", q[0, :, 10], k[0, :, keys]) / 8 ** 0.5, dim=-1)
+    w = torch.softmax(torch.einsum("hd,hkd->hk", q[0, :, 10], k[0, :, keys]) / 8**0.5, dim=-1)
     torch.testing.assert_close(out[0, 10], torch.einsum("hk,hkd->hd", w, v[0, :, keys]), atol=1e-5, rtol=1e-5)
     layer = Layer()
     layer.sliding_window = 4

@@ -59,8 +59,10 @@ def test_bf16_diagnostics_on_a_tiny_llama():
 
 
 def test_diagnostics_plot(tmp_path):
-    res = {"bfloat16": {"D": {0: 1e-3, 8: 2e-3}, "logit_diff": {32: 1e-4, 64: 2e-4}},
-           "float32": {"D": {0: 1e-7, 8: 2e-7}, "logit_diff": {32: 1e-8, 64: 1e-8}}}
+    res = {
+        "bfloat16": {"D": {0: 1e-3, 8: 2e-3}, "logit_diff": {32: 1e-4, 64: 2e-4}},
+        "float32": {"D": {0: 1e-7, 8: 2e-7}, "logit_diff": {32: 1e-8, 64: 1e-8}},
+    }
     path = diagnostics.plot(res, str(tmp_path / "d.png"))
     assert (tmp_path / "d.png").stat().st_size > 1000 and path.endswith("d.png")
 
@@ -106,9 +108,30 @@ def test_position_tuning_example_runs_as_a_script(tmp_path):
 
     script = os.path.join(os.path.dirname(__file__), "..", "examples", "position_tuning.py")
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, script, "--steps", "2", "--batch", "2", "--target-length", "1024",
-                           "--eval-lengths", "256,1024", "--eval-queries", "2", "--eval-docs", "4", "--output", str(out)],
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--target-length",
+            "1024",
+            "--eval-lengths",
+            "256,1024",
+            "--eval-queries",
+            "2",
+            "--eval-docs",
+            "4",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((out / "position_tuning.json").read_text())
     assert result["steps_done"] == 2 and result["target_length"] == 1024

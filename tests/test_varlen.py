@@ -1,13 +1,14 @@
 """AnchorAttention's varlen form (per-document anchor copies), the layout behind ``anchor_backend="flash"``: with the
 float32 varlen reference kernel it must equal the dense-mask reference, values and gradients. The flash-attn-4 kernel
 itself is compared on the H200 (tests/test_gpu.py)."""
+
 import pytest
 import torch
 
 from longctx_plugins.ops import varlen
 from longctx_plugins.ops.masks import doc_ids_from_cu_seqlens
-from .references import eager_attention, varlen_attention_reference
 
+from .references import eager_attention, varlen_attention_reference
 from .test_anchor import TOL, python_anchor_mask
 
 CASES = {
@@ -32,8 +33,8 @@ def test_varlen_form_equals_dense_reference_with_gradients(case, causal, dtype, 
     k = torch.randn(B, kv_heads, T, dim, dtype=dtype, requires_grad=True)
     v = torch.randn(B, kv_heads, T, dim, dtype=dtype, requires_grad=True)
     layout = varlen.anchor_varlen_layout(doc)
-    out = varlen.anchor_varlen_attention(q, k, v, layout, dim ** -0.5, causal, varlen_attention_reference)
-    ref = eager_attention(q, k, v, python_anchor_mask(doc, causal), dim ** -0.5).transpose(1, 2)
+    out = varlen.anchor_varlen_attention(q, k, v, layout, dim**-0.5, causal, varlen_attention_reference)
+    ref = eager_attention(q, k, v, python_anchor_mask(doc, causal), dim**-0.5).transpose(1, 2)
     atol, rtol = TOL[dtype]
     torch.testing.assert_close(out.float(), ref, atol=atol, rtol=rtol)
     g = torch.randn_like(ref)
@@ -78,9 +79,10 @@ def test_varlen_form_is_exact_on_real_tokens_with_collator_padding(causal):
     doc = doc_ids_from_cu_seqlens(batch["cu_seq_lens_q"], B, T)
     assert varlen.padding_isolated(doc, valid)
     q, k, v = (torch.randn(B, h, T, 8, requires_grad=True) for h in (4, 2, 2))
-    out = varlen.anchor_varlen_attention(q, k, v, varlen.anchor_varlen_layout(doc), 8 ** -0.5, causal,
-                                         varlen_attention_reference)
-    ref = eager_attention(q, k, v, python_anchor_mask(doc, causal, pad=valid), 8 ** -0.5).transpose(1, 2)
+    out = varlen.anchor_varlen_attention(
+        q, k, v, varlen.anchor_varlen_layout(doc), 8**-0.5, causal, varlen_attention_reference
+    )
+    ref = eager_attention(q, k, v, python_anchor_mask(doc, causal, pad=valid), 8**-0.5).transpose(1, 2)
     rows = valid[:, :, None, None]
     torch.testing.assert_close(out * rows, ref * rows, atol=2e-5, rtol=1e-5)
     g = torch.randn_like(ref) * rows  # the loss sees real tokens only

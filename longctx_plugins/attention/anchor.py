@@ -16,6 +16,7 @@ The plan (:mod:`.plan`) decides the backend once per forward: the flash-attn-4 v
 anchor copies (:mod:`longctx_plugins.ops.varlen`), FlexAttention with one block mask built from the boundaries, or
 the exact dense path. This module only reads the boundaries and runs the chosen kernel.
 """
+
 from __future__ import annotations
 
 import torch
@@ -32,12 +33,16 @@ def _read_boundaries(batch: int, q_len: int, kv_len: int, device):
     def read(kwargs: dict, plan=None) -> dict:
         cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
         if cu_q is None and cu_k is None:
-            return {"doc_ids": _documents_from_positions(kwargs.get("position_ids"), batch, q_len, kv_len, device),
-                    "from_positions": True}
+            return {
+                "doc_ids": _documents_from_positions(kwargs.get("position_ids"), batch, q_len, kv_len, device),
+                "from_positions": True,
+            }
         cu = cu_q if cu_q is not None else cu_k
         if cu_q is not None and cu_k is not None and cu_k is not cu_q and not _same(cu_q, cu_k):
-            raise ValueError("anchor attention: cu_seq_lens_q and cu_seq_lens_k differ; packed self-attention needs "
-                             "one set of boundaries.")
+            raise ValueError(
+                "anchor attention: cu_seq_lens_q and cu_seq_lens_k differ; packed self-attention needs "
+                "one set of boundaries."
+            )
         if q_len != kv_len:
             raise ValueError(
                 "anchor attention: packed boundaries (cu_seq_lens_*) were given together with a KV cache "
@@ -106,14 +111,12 @@ def _block_mask(plan: plans.AttentionPlan):
 
 
 def _dense_mask(plan: plans.AttentionPlan):
-    mask = plan.dense_mask()
+    mask = plan.causal_dense_mask()
     doc_ids = plan.inputs["doc_ids"]
-    if mask is None and plan.causal:
-        mask = masks.dense_mask(masks.causal_mod, plan.batch_size, plan.q_length, plan.kv_length, plan.device,
-                                q_offset=plan.kv_length - plan.q_length)
     if doc_ids is not None:
-        doc = masks.dense_mask(masks.anchor_mod(doc_ids, plan.causal), plan.batch_size, plan.q_length,
-                               plan.kv_length, doc_ids.device)
+        doc = masks.dense_mask(
+            masks.anchor_mod(doc_ids, plan.causal), plan.batch_size, plan.q_length, plan.kv_length, doc_ids.device
+        )
         mask = doc if mask is None else mask & doc
     return plans.with_empty_rows(mask)
 
@@ -125,17 +128,28 @@ def anchor_attention_forward(module, query, key, value, attention_mask, dropout:
     kv_len = key.shape[2]
     causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    if attention_mask is None and kwargs.get("cu_seq_lens_q", kwargs.get("cu_seq_lens_k")) is not None and (
-            kwargs.get("sliding_window") or getattr(module, "sliding_window", None)):
+    if (
+        attention_mask is None
+        and kwargs.get("cu_seq_lens_q", kwargs.get("cu_seq_lens_k")) is not None
+        and (kwargs.get("sliding_window") or getattr(module, "sliding_window", None))
+    ):
         raise NotImplementedError(
             "anchor attention received no attention mask on a sliding-window layer (a sequence-parallel wrapper such "
             "as DeepSpeed Ulysses drops the mask). Sliding windows under sequence parallelism are not supported; "
             "train this model without sequence parallelism or with its sliding window disabled."
         )
-    plan = plans.plan_for("anchor", attention_mask, query, key,
-                          (kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")), causal)
-    plan.bind(module, query, kwargs, dropout, causal, _read_boundaries(batch, q_len, kv_len, query.device),
-              lambda: _flash_reason(plan))
+    plan = plans.plan_for(
+        "anchor", attention_mask, query, key, (kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")), causal
+    )
+    plan.bind(
+        module,
+        query,
+        kwargs,
+        dropout,
+        causal,
+        _read_boundaries(batch, q_len, kv_len, query.device),
+        lambda: _flash_reason(plan),
+    )
 
     if plan.backend == "flash":
         layout = plan.once("varlen_layout", lambda: varlen.anchor_varlen_layout(plan.inputs["doc_ids"]))

@@ -18,6 +18,7 @@ attention plan is built, never per layer.
 * ``dense_lse_kernels``: the fused kernels the position methods' grouped passes may use, in order of preference
   (``cudnn``, ``flash``; empty = FlexAttention only).
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,13 @@ def backends_for(name: str) -> tuple[str, ...]:
     return BACKENDS.get(name, POSITIONAL_BACKENDS)
 
 
-def make_options(name: str, backend: str = "auto", flex_kernel_options: dict | None = None,
-                 flex_expand_kv: bool | None = None, dense_lse_kernels=DENSE_LSE_KERNELS) -> AttentionOptions:
+def make_options(
+    name: str,
+    backend: str = "auto",
+    flex_kernel_options: dict | None = None,
+    flex_expand_kv: bool | None = None,
+    dense_lse_kernels=DENSE_LSE_KERNELS,
+) -> AttentionOptions:
     """Validated :class:`AttentionOptions` for attention ``name`` (ValueError naming the bad value)."""
     allowed = backends_for(name)
     if backend not in allowed:
@@ -65,12 +71,15 @@ def make_options(name: str, backend: str = "auto", flex_kernel_options: dict | N
 
 def configure(model, name: str | None = None, **options) -> None:
     """Set the plugin attention options of ``model`` (all plugin attentions, or only ``name``), validated now."""
-    from .. import position_methods
+    from ..positions.rope_methods import ROPE_METHODS
 
-    names = [name] if name else ["anchor", *position_methods.METHODS]
-    made = {n: make_options(n, **{k: v for k, v in options.items() if not (k == "backend" and v == "flash"
-                                                                          and n != "anchor")})
-            for n in names}
+    names = [name] if name else ["anchor", *ROPE_METHODS]
+    made = {
+        n: make_options(
+            n, **{k: v for k, v in options.items() if not (k == "backend" and v == "flash" and n != "anchor")}
+        )
+        for n in names
+    }
     for module in model.modules():
         current = dict(getattr(module, _ATTR, {}))
         current.update(made)
@@ -84,12 +93,16 @@ def options_for(module, name: str) -> AttentionOptions:
     if configured is not None:
         return configured
     config = getattr(module, "config", None)
-    raw = (getattr(config, f"{name}_backend", None) or os.environ.get(f"LONGCTX_{name.upper()}_BACKEND") or "auto",
-           getattr(config, f"{name}_flex_kernel_options", None),
-           getattr(config, f"{name}_flex_expand_kv", None),
-           os.environ.get("LONGCTX_DENSE_LSE_KERNELS", ",".join(DENSE_LSE_KERNELS)))
+    raw = (
+        getattr(config, f"{name}_backend", None) or os.environ.get(f"LONGCTX_{name.upper()}_BACKEND") or "auto",
+        getattr(config, f"{name}_flex_kernel_options", None),
+        getattr(config, f"{name}_flex_expand_kv", None),
+        os.environ.get("LONGCTX_DENSE_LSE_KERNELS", ",".join(DENSE_LSE_KERNELS)),
+    )
     try:
         return make_options(name, raw[0], raw[1], raw[2], raw[3])
     except ValueError as exc:
-        raise ValueError(f"{exc} (read from config.{name}_* / LONGCTX_* settings; prefer "
-                         "longctx_plugins.attention.configure(model, ...)).") from None
+        raise ValueError(
+            f"{exc} (read from config.{name}_* / LONGCTX_* settings; prefer "
+            "longctx_plugins.attention.configure(model, ...))."
+        ) from None

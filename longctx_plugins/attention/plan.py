@@ -11,9 +11,11 @@ tensor, :func:`plan_for` adopts one plan per forward, found again by the identit
 Backends: ``sdpa`` (exact dense path; trains on CPU), ``flex`` (FlexAttention block masks; CUDA, or CPU without
 gradients), ``flash`` (flash-attn-4 varlen; anchor only). :func:`choose_backend` is the one place that decides.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -28,8 +30,20 @@ _fallbacks_warned: set[str] = set()
 
 
 class AttentionPlan:
-    def __init__(self, name: str, batch_size, q_length, kv_length, device="cpu", mask_function=None,
-                 attention_mask=None, local_size=None, q_offset=0, kv_offset=0, **_):
+    def __init__(
+        self,
+        name: str,
+        batch_size,
+        q_length,
+        kv_length,
+        device="cpu",
+        mask_function=None,
+        attention_mask=None,
+        local_size=None,
+        q_offset=0,
+        kv_offset=0,
+        **_,
+    ):
         from transformers.masking_utils import causal_mask_function
 
         self.name = name
@@ -44,8 +58,16 @@ class AttentionPlan:
         self._cache: dict[Any, Any] = {}
 
     # ------------------------------------------------------------------------------------------------ binding
-    def bind(self, module, query, kwargs: dict, dropout: float, causal: bool, inputs: Callable[[dict], dict],
-             flash_reason: Callable[[], str | None]):
+    def bind(
+        self,
+        module,
+        query,
+        kwargs: dict,
+        dropout: float,
+        causal: bool,
+        inputs: Callable[[dict], dict],
+        flash_reason: Callable[[], str | None],
+    ):
         """Decide this forward's backend from the first layer's call (later calls return at once). ``inputs(kwargs,
         plan)`` reads what the attention needs from the call's keyword arguments (boundaries, positions) into
         ``self.inputs``; ``flash_reason()`` says why the flash kernel cannot express this forward (None: it can) and
@@ -78,16 +100,18 @@ class AttentionPlan:
     # ------------------------------------------------------------------------------------------ shared inputs
     def key_valid(self) -> torch.Tensor | None:
         """``[B, K]`` bool of real keys, or None when there is no padding (one host sync per forward)."""
+
         def build():
             if self.padding is None:
                 return None
-            valid = self.padding[:, self.kv_offset: self.kv_offset + self.kv_length].to(torch.bool)
+            valid = self.padding[:, self.kv_offset : self.kv_offset + self.kv_length].to(torch.bool)
             return None if bool(valid.all()) else valid
 
         return self.once("key_valid", build)
 
     def dense_mask(self) -> torch.Tensor | None:
         """transformers' rule (causal / sliding / padding) as a ``[B, 1, Q, K]`` bool tensor (None: no rule)."""
+
         def build():
             if self.user_mask is not None:
                 m = self.user_mask
@@ -96,12 +120,42 @@ class AttentionPlan:
                 return None
             from transformers.masking_utils import sdpa_mask
 
-            return sdpa_mask(batch_size=self.batch_size, q_length=self.q_length, kv_length=self.kv_length,
-                             q_offset=self.q_offset, kv_offset=self.kv_offset, mask_function=self.mask_function,
-                             attention_mask=self.padding, local_size=self.local_size, allow_is_causal_skip=False,
-                             allow_is_bidirectional_skip=False, device=self.device)
+            return sdpa_mask(
+                batch_size=self.batch_size,
+                q_length=self.q_length,
+                kv_length=self.kv_length,
+                q_offset=self.q_offset,
+                kv_offset=self.kv_offset,
+                mask_function=self.mask_function,
+                attention_mask=self.padding,
+                local_size=self.local_size,
+                allow_is_causal_skip=False,
+                allow_is_bidirectional_skip=False,
+                device=self.device,
+            )
 
         return self.once("dense_mask", build)
+
+    def causal_dense_mask(self) -> torch.Tensor | None:
+        """:meth:`dense_mask`, or plain causality when transformers gave no rule and the layer is causal (None:
+        bidirectional without padding)."""
+
+        def build():
+            mask = self.dense_mask()
+            if mask is None and self.causal:
+                from ..ops import masks
+
+                mask = masks.dense_mask(
+                    masks.causal_mod,
+                    self.batch_size,
+                    self.q_length,
+                    self.kv_length,
+                    self.device,
+                    q_offset=self.kv_length - self.q_length,
+                )
+            return mask
+
+        return self.once("causal_dense_mask", build)
 
     def transformers_block_mask(self, extra_mod=None):
         """transformers' own rule AND ``extra_mod`` as a compiled BlockMask (for rules the block maps of ``ops.blocks``
@@ -109,9 +163,16 @@ class AttentionPlan:
         from transformers.masking_utils import and_masks, flex_attention_mask
 
         fn = self.mask_function if extra_mod is None else and_masks(self.mask_function, extra_mod)
-        return flex_attention_mask(batch_size=self.batch_size, q_length=self.q_length, kv_length=self.kv_length,
-                                   q_offset=self.q_offset, kv_offset=self.kv_offset, mask_function=fn,
-                                   attention_mask=self.padding, device=self.device)
+        return flex_attention_mask(
+            batch_size=self.batch_size,
+            q_length=self.q_length,
+            kv_length=self.kv_length,
+            q_offset=self.q_offset,
+            kv_offset=self.kv_offset,
+            mask_function=fn,
+            attention_mask=self.padding,
+            device=self.device,
+        )
 
 
 def with_empty_rows(mask: torch.Tensor | None):
@@ -141,17 +202,23 @@ def choose_backend(plan: AttentionPlan, query, flash_reason: Callable[[], str | 
         fallback = "sdpa" if plan.dropout else "flex"  # the dense path has dropout, FlexAttention does not
         if reason not in _fallbacks_warned:
             _fallbacks_warned.add(reason)
-            _warn.warn(f"{name} backend 'flash': {reason}; these layers use "
-                       f"{'the dense SDPA path' if fallback == 'sdpa' else 'FlexAttention'}.")
+            _warn.warn(
+                f"{name} backend 'flash': {reason}; these layers use "
+                f"{'the dense SDPA path' if fallback == 'sdpa' else 'FlexAttention'}."
+            )
         return fallback if fallback == "sdpa" else _flex_or_raise(plan, query)
     if backend == "flex":
         return _flex_or_raise(plan, query)
     # auto
     if not cuda or plan.q_length < FLEX_MIN_LENGTH or plan.dropout:
         return "sdpa"
-    if (name == "anchor" and flash4.unavailable_reason(query.device.index) is None
-            and flash4.verified_device(query.device.index) and flash4.call_reason(query, plan.dropout) is None
-            and flash_reason() is None):
+    if (
+        name == "anchor"
+        and flash4.unavailable_reason(query.device.index) is None
+        and flash4.verified_device(query.device.index)
+        and flash4.call_reason(query, plan.dropout) is None
+        and flash_reason() is None
+    ):
         return "flash"
     return "flex"
 
@@ -163,8 +230,10 @@ def _flex_or_raise(plan: AttentionPlan, query) -> str:
             "'sdpa' (the exact path) or 'auto', or run under torch.no_grad()."
         )
     if plan.dropout:
-        raise ValueError(f"{plan.name}: the FlexAttention backend has no attention dropout; set the model's "
-                         "attention_dropout to 0 or use backend 'sdpa'.")
+        raise ValueError(
+            f"{plan.name}: the FlexAttention backend has no attention dropout; set the model's "
+            "attention_dropout to 0 or use backend 'sdpa'."
+        )
     return "flex"
 
 
@@ -186,9 +255,16 @@ def plan_for(name: str, attention_mask, query, key, identity: tuple, causal: boo
             return plan
     from transformers.masking_utils import bidirectional_mask_function, causal_mask_function
 
-    plan = AttentionPlan(name, query.shape[0], query.shape[2], key.shape[2], device=query.device,
-                         mask_function=causal_mask_function if causal else bidirectional_mask_function,
-                         attention_mask=attention_mask, kv_offset=0)
+    plan = AttentionPlan(
+        name,
+        query.shape[0],
+        query.shape[2],
+        key.shape[2],
+        device=query.device,
+        mask_function=causal_mask_function if causal else bidirectional_mask_function,
+        attention_mask=attention_mask,
+        kv_offset=0,
+    )
     _ADOPTED.append(((sig, objs), plan))
     if len(_ADOPTED) > _ADOPTED_MAX:
         _ADOPTED.pop(0)
@@ -199,6 +275,7 @@ def mask_function(name: str) -> Callable:
     """The function registered in ``AttentionMaskInterface`` under ``name``: a fresh plan per forward and mask type;
     with a KV cache (fewer queries than keys) transformers' own rule as a ``[B, 1, Q, K]`` bool tensor, which
     generation may also build ahead of the forward (static caches) and which the attention adopts (:func:`plan_for`)."""
+
     def make(batch_size, q_length, kv_length, *args, **kwargs):
         if args:
             raise TypeError("plugin mask functions take keyword arguments only (as transformers calls them)")

@@ -2,7 +2,8 @@
 re-mapped per pair.
 
 The model rotates q/k at their true positions (its rotary module keeps the base frequencies); the layer's method
-(``rope_parameters["rope_type"]``, see :data:`METHODS`) splits the pairs into passes, each re-rotating q/k to its
+(``rope_parameters["rope_type"]``, see :data:`~longctx_plugins.positions.rope_methods.ROPE_METHODS`) splits the pairs
+into passes, each re-rotating q/k to its
 own positions (:mod:`longctx_plugins.ops.passes`). Layers whose RoPE parameters name no method (Gemma3 / ModernBERT
 sliding layers) get plain attention under the same plan.
 
@@ -12,47 +13,46 @@ logits; without gradients over query-row chunks once a call would hold more than
 pass over all pairs beyond a distance runs on a fused causal kernel with its log-sum-exp where positions are
 contiguous and there are no gradients (:mod:`.kernels.fused_lse`).
 """
+
 from __future__ import annotations
 
 import torch
 
-from .. import position_methods, rope_config
 from ..ops import blocks, masks
 from ..ops import passes as P
 from ..ops import rope as rope_ops
 from ..ops import self_extend as se_ops
-from ..ops.lse import merge_pair
 from ..ops.dense import repeat_kv
+from ..ops.lse import merge_pair
+from ..positions import rope_config
+from ..positions.rope_methods import ROPE_METHODS
+from . import decode
 from . import plan as plans
 from .kernels import flex, fused_lse, sdpa
 from .support import UnsupportedModelError, position_method_problem
 
-# rope_type -> method (parameters, passes); the attention name a method needs is its rope_type.
-METHODS = position_methods.METHODS
-MASK_FUNCTIONS = {name: plans.mask_function(name) for name in METHODS}
+MASK_FUNCTIONS = {name: plans.mask_function(name) for name in ROPE_METHODS}
 self_extend_mask = MASK_FUNCTIONS["self_extend"]
 # The exact reference materialises float32 logits [B, H, Q, K] (and a few same-size temporaries). Without gradients,
 # calls above this many logits run over query-row chunks: the same math per row, memory bounded (~0.5 GiB a tensor).
-REFERENCE_CHUNK_ELEMENTS = 2 ** 27
-_inv_freq_cache: dict = {}
+REFERENCE_CHUNK_ELEMENTS = 2**27
 
 
-def layer_parameters(module) -> dict | None:
+def method_parameters(module) -> dict | None:
     """The layer's RoPE parameters if they name a position method, else None."""
     params = rope_config.module_parameters(module)
-    if not isinstance(params, dict) or params.get("rope_type") not in METHODS:
+    if not isinstance(params, dict) or params.get("rope_type") not in ROPE_METHODS:
         return None
     return params
 
 
 def _inv_freq(config, params, device):
-    from ..rope import inv_freq_for, rotary_dim
+    from ..positions.rope import inv_freq_for, rotary_dim
 
-    # keyed by value (not config identity, which Python may recycle): parameters, rotary dim, device
-    key = (tuple(sorted((k, str(v)) for k, v in params.items())), rotary_dim(config, params), str(device))
-    if key not in _inv_freq_cache:
-        _inv_freq_cache[key] = inv_freq_for(config, params, device, params.get("base_rope_type", "default"))
-    return _inv_freq_cache[key]
+    # keyed by value (not config identity, which Python may recycle): parameters, rotary dim, device; plain Python
+    # values only, so a compiled decode step reads the stored tensor (:func:`.decode.cached`)
+    key = ("inv_freq", tuple(sorted((k, str(v)) for k, v in params.items())), rotary_dim(config, params), str(device))
+    return decode.cached(key, lambda: inv_freq_for(config, params, device, params.get("base_rope_type", "default")))
 
 
 def _read_positions(batch: int, q_len: int, kv_len: int, device):
@@ -82,29 +82,35 @@ def _no_flash():
     return "position methods run on FlexAttention and fused kernels"
 
 
-def positional_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                                 **kwargs):
+def positional_attention_forward(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs
+):
     """AttentionInterface function (see the module docstring). Returns ``([B,Q,H,D], None)``."""
     batch, _, q_len, _ = query.shape
     kv_len = key.shape[2]
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
+    if q_len != kv_len and causal and not isinstance(attention_mask, plans.AttentionPlan):
+        return _decode_forward(module, query, key, value, attention_mask, dropout, scaling, kwargs)
     name = module.config._attn_implementation
     plan = plans.plan_for(name, attention_mask, query, key, (kwargs.get("position_ids"),), causal)
     plan.bind(module, query, kwargs, dropout, causal, _read_positions(batch, q_len, kv_len, query.device), _no_flash)
-    params = layer_parameters(module)
+    params = method_parameters(module)
     if params is None:  # not a position-method layer: plain attention under the same plan
         problem = plan.once("method_check", lambda: position_method_problem(module.config, name))
         if problem:
             raise UnsupportedModelError(problem)
         if plan.backend == "flex":
             bm = plan.once("plain_block_mask", plan.transformers_block_mask)
-            return flex.attention(query, key, value, bm, scaling, plan.kernel_options).transpose(1, 2).contiguous(), None
+            return flex.attention(query, key, value, bm, scaling, plan.kernel_options).transpose(
+                1, 2
+            ).contiguous(), None
         mask, empty = plan.once("plain_dense_mask", lambda: plans.with_empty_rows(plan.dense_mask()))
         return sdpa.attention(query, key, value, mask, scaling, dropout, empty).transpose(1, 2).contiguous(), None
     if dropout and module.training:
-        raise ValueError(f"{params['rope_type']}: attention dropout is not supported; set the model's "
-                         "attention_dropout to 0.")
+        raise ValueError(
+            f"{params['rope_type']}: attention dropout is not supported; set the model's attention_dropout to 0."
+        )
     q_pos, k_pos = plan.inputs["q_pos"], plan.inputs["k_pos"]
     passes, plain_rows = _passes(plan, module, params, causal, k_pos)
     inv_freq = _inv_freq(module.config, params, query.device)
@@ -116,7 +122,7 @@ def positional_attention_forward(module, query, key, value, attention_mask, drop
     def run(ps):
         if plan.backend == "flex":
             return _flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, ps, scaling, logit_scale)
-        mask = plan.once("method_dense_mask", lambda: _causal_dense(plan))
+        mask = plan.causal_dense_mask()
         return _dense(query, key, value, q_pos, k_pos, inv_freq, ps, mask, scaling, logit_scale)
 
     out = run(passes)
@@ -128,6 +134,41 @@ def positional_attention_forward(module, query, key, value, attention_mask, drop
 _INSIDE = P.Pass("inside", P.Band())
 
 
+def _decode_forward(module, query, key, value, attention_mask, dropout, scaling, kwargs):
+    """Causal attention with a KV cache (fewer query rows than keys): the stateless path torch.compile traces in one
+    graph with no recompiles from step to step (:mod:`.decode`). No plan: positions and masks from the call's own
+    tensors, passes and frequencies from the layer's parameters (plain Python values), the exact dense reference.
+    Returns ``([B,Q,H,D], None)``."""
+    batch, _, q_len, _ = query.shape
+    kv_len = key.shape[2]
+    mask = decode.bool_mask(attention_mask, batch, kv_len)
+    q_pos, k_pos = decode.positions(mask, kwargs.get("position_ids"), batch, q_len, kv_len, query.device)
+    if mask is None:
+        mask = decode.causal_mask(batch, q_len, kv_len, query.device)
+    params = method_parameters(module)
+    if params is None:  # not a position-method layer: plain attention
+        if not torch.compiler.is_compiling():  # checked eagerly (prefill) already when compiled
+            name = module.config._attn_implementation
+            problem = position_method_problem(module.config, name)
+            if problem:
+                raise UnsupportedModelError(problem)
+        return decode.plain_attention(query, key, value, mask, scaling, dropout).transpose(1, 2).contiguous(), None
+    if dropout and module.training:
+        raise ValueError(
+            f"{params['rope_type']}: attention dropout is not supported; set the model's attention_dropout to 0."
+        )
+    trained = int(params.get("original_max_position_embeddings") or module.config.max_position_embeddings)
+    passes = decode.cached(
+        ("passes", decode.parameters_key(params), trained), lambda: _passes(None, module, params, True, None)[0]
+    )
+    inv_freq = _inv_freq(module.config, params, query.device)
+    logit_scale = None
+    if params.get("temperature") == "log":  # true length = the last query's position + 1 (empty slots excluded)
+        logit_scale = se_ops.temperature(q_pos[:, -1] + 1, trained)
+    out = _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
 def _passes(plan, module, params, causal, k_pos):
     """The layer's passes, and the batch rows that take plain attention instead (a ``[B]`` bool tensor, or None).
 
@@ -135,10 +176,12 @@ def _passes(plan, module, params, causal, k_pos):
     rows at positions >= the trained length (earlier rows: plain attention), for encoders only on sequences longer
     than the trained length, decided per row (padding excluded), so a text gets the same vector alone and in any
     padded batch. Inputs inside the window get exactly the unextended model's attention."""
-    method = METHODS[params["rope_type"]]
+    method = ROPE_METHODS[params["rope_type"]]
     if method.causal_only and not causal:
-        raise ValueError(f"{method.name} ({method.paper}) is defined for causal attention; this layer is "
-                         "bidirectional. Use self_extend for encoders.")
+        raise ValueError(
+            f"{method.name} ({method.paper}) is defined for causal attention; this layer is "
+            "bidirectional. Use self_extend for encoders."
+        )
     passes = method.passes(params, causal)
     if not params.get("keep_trained_window", True):
         return passes, None
@@ -162,23 +205,26 @@ def _rows_inside(plan, k_pos, trained: int):
     return inside if bool(inside.any()) else False
 
 
-def _causal_dense(plan):
-    mask = plan.dense_mask()
-    if mask is None and plan.causal:
-        mask = masks.dense_mask(masks.causal_mod, plan.batch_size, plan.q_length, plan.kv_length, plan.device,
-                                q_offset=plan.kv_length - plan.q_length)
-    return mask
-
-
 def _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scale, logit_scale):
     batch, heads, q_len, _ = query.shape
     rows = q_len if torch.is_grad_enabled() else max(1, REFERENCE_CHUNK_ELEMENTS // (batch * heads * key.shape[2]))
     outs = []
     for a in range(0, q_len, rows):
         sl = slice(a, a + rows)
-        outs.append(P.dense_attention(query[:, :, sl], key, value, q_pos[:, sl], k_pos, passes, inv_freq,
-                                          mask=None if mask is None else mask[:, :, sl], scale=scale,
-                                          logit_scale=logit_scale))
+        outs.append(
+            P.dense_attention(
+                query[:, :, sl],
+                key,
+                value,
+                q_pos[:, sl],
+                k_pos,
+                passes,
+                inv_freq,
+                mask=None if mask is None else mask[:, :, sl],
+                scale=scale,
+                logit_scale=logit_scale,
+            )
+        )
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
@@ -186,7 +232,7 @@ def _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scale, logit
 def _pass_layout(plan, q_pos, k_pos):
     """What the flex path needs of this forward's positions, built once: whether positions are monotone (block maps
     from positions) and contiguous 0..L-1 without padding (fused-kernel passes). Two host syncs."""
-    monotone = not plan.windowed and bool(((q_pos[:, 1:] >= q_pos[:, :-1]).all() if q_pos.shape[1] > 1 else True))
+    monotone = not plan.windowed and bool((q_pos[:, 1:] >= q_pos[:, :-1]).all() if q_pos.shape[1] > 1 else True)
     contiguous = bool((q_pos == torch.arange(q_pos.shape[1], device=q_pos.device)).all())
     return {"monotone": monotone, "contiguous": contiguous and plan.key_valid() is None and not plan.windowed}
 
@@ -204,8 +250,14 @@ def _flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, passes, scale,
     merge = flex.compiled(merge_pair, query.device)
     apply = flex.compiled(rope_ops.apply_rotation, query.device)  # tables stay outside: no per-head cos/sin
     layout = plan.once("pass_layout", lambda: _pass_layout(plan, q_pos, k_pos))
-    kernel = plan.once("fused_kernel", lambda: fused_lse.choose(plan.options.dense_lse_kernels, query)
-                       if layout["contiguous"] and not torch.is_grad_enabled() else None)
+    kernel = plan.once(
+        "fused_kernel",
+        lambda: (
+            fused_lse.choose(plan.options.dense_lse_kernels, query)
+            if layout["contiguous"] and not torch.is_grad_enabled()
+            else None
+        ),
+    )
     if logit_scale is not None:
         query = query * logit_scale.to(query.dtype)[:, None, None, None]
     out = lse = None
@@ -215,8 +267,11 @@ def _flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, passes, scale,
         if p.k not in rotated_k:  # passes that rotate keys alike share them
             rotated_k[p.k] = P.rotated(key, k_pos, p.k, inv_freq, apply)
         k = rotated_k[p.k]
-        res = (_fused_pass(kernel, p, q, k, value, scale, plan.causal) or _fused_chunk_pass(kernel, p, q, k, value, scale)
-               if kernel else None)
+        res = (
+            _fused_pass(kernel, p, q, k, value, scale, plan.causal) or _fused_chunk_pass(kernel, p, q, k, value, scale)
+            if kernel
+            else None
+        )
         if res is None:
             bm = plan.once(("pass_block_mask", p), lambda: _block_mask(plan, p, q_pos, k_pos, layout))
             o, l_ = flex.attention(q, k, value, bm, scale, plan.kernel_options, lse=True)
@@ -227,7 +282,7 @@ def _flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, passes, scale,
         if out is None:
             out = torch.zeros_like(query)
             lse = torch.full(query.shape[:3], float("-inf"), device=query.device, dtype=torch.float32)
-        for o, l_, rows in (res if isinstance(res, list) else [res]):  # merged into the rows a part reaches
+        for o, l_, rows in res if isinstance(res, list) else [res]:  # merged into the rows a part reaches
             out[:, :, rows], lse[..., rows] = merge(out[:, :, rows], lse[..., rows], o, l_)
     return out
 
@@ -250,14 +305,15 @@ def _fused_pass(kernel, p: P.Pass, q, k, v, scale, causal: bool):
             return "empty"
         kk, vv = repeat_kv(k[:, :, : r1 - off], n_rep), repeat_kv(v[:, :, : r1 - off], n_rep)
         o, l_ = fused_lse.causal_attention_lse(kernel, q[:, :, off:r1], kk, vv, scale)
-        return o[:, :, r0 - off:], l_[..., r0 - off:], slice(r0, r1)
+        return o[:, :, r0 - off :], l_[..., r0 - off :], slice(r0, r1)
     if band.lo == -float("inf") and band.hi < 0 and band.all_rows and not causal:
         off = int(-band.hi)  # query i sees keys j >= i + off: reverse both sequences and it is causal again
         if off >= L:
             return "empty"
         kk, vv = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-        o, l_ = fused_lse.causal_attention_lse(kernel, q[:, :, : L - off].flip(2), kk[:, :, off:].flip(2),
-                                               vv[:, :, off:].flip(2), scale)
+        o, l_ = fused_lse.causal_attention_lse(
+            kernel, q[:, :, : L - off].flip(2), kk[:, :, off:].flip(2), vv[:, :, off:].flip(2), scale
+        )
         return o.flip(2), l_.flip(2), slice(0, L - off)
     return None
 
@@ -269,8 +325,13 @@ def _fused_chunk_pass(kernel, p: P.Pass, q, k, v, scale):
     outside the pass's row range are computed and dropped (at most one chunk)."""
     band, L = p.band, q.shape[2]
     c = band.q_div
-    if band.k_div != c or c == 1 or band.lo not in (0, 1, 2) or band.hi not in (band.lo, float("inf")) or (
-            band.lo == 2) != (band.hi == float("inf")):
+    if (
+        band.k_div != c
+        or c == 1
+        or band.lo not in (0, 1, 2)
+        or band.hi not in (band.lo, float("inf"))
+        or (band.lo == 2) != (band.hi == float("inf"))
+    ):
         return None
     n_rep = q.shape[1] // k.shape[1]
     parts = []
@@ -290,5 +351,5 @@ def _fused_chunk_pass(kernel, p: P.Pass, q, k, v, scale):
             continue
         kk, vv = repeat_kv(k[:, :, keys], n_rep), repeat_kv(v[:, :, keys], n_rep)
         o, l_ = fused_lse.causal_attention_lse(kernel, q[:, :, a:e], kk, vv, scale, causal=causal)
-        parts.append((o[:, :, r0 - a: r1 - a], l_[..., r0 - a: r1 - a], slice(r0, r1)))
+        parts.append((o[:, :, r0 - a : r1 - a], l_[..., r0 - a : r1 - a], slice(r0, r1)))
     return parts or "empty"

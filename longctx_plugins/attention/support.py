@@ -7,9 +7,11 @@ hook at ``from_pretrained`` time for custom names, so the plugin checks wherever
 the embedder, the diagnostics, the first forward of a position-method attention) and users can call
 :func:`check_attention` themselves.
 """
+
 from __future__ import annotations
 
-from .. import position_methods, rope_config
+from ..positions import rope_config
+from ..positions.rope_methods import ROPE_METHODS
 
 
 class UnsupportedModelError(ValueError):
@@ -51,18 +53,22 @@ def position_method_problem(config, name: str) -> str | None:
     """Why attention ``name`` cannot run on a model with ``config``, or None. A position method (``self_extend``,
     ``dca``, ``string``) re-maps the positions its RoPE parameters describe: without them it would silently be
     plain attention."""
-    if name not in position_methods.METHODS:
+    if name not in ROPE_METHODS:
         return None
     params = rope_config.global_parameters(config)
     if not params:
-        return (f"attn_implementation={name!r} re-maps RoPE positions, but {config.model_type!r} has no RoPE "
-                "parameters (it uses absolute position embeddings). Extend it with longctx_plugins.extend(model, "
-                "'pi' | 'gp' | 'rp', target_length), or LongContextEmbedder(path, method='pi'), and keep its "
-                "attention as it is.")
+        return (
+            f"attn_implementation={name!r} re-maps RoPE positions, but {config.model_type!r} has no RoPE "
+            "parameters (it uses absolute position embeddings). Extend it with longctx_plugins.extend(model, "
+            "'pi' | 'gp' | 'rp', target_length), or LongContextEmbedder(path, method='pi'), and keep its "
+            "attention as it is."
+        )
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type != name:
-        return (f"attn_implementation={name!r} needs rope_parameters with rope_type={name!r}; this "
-                f"{config.model_type!r} model has rope_type={rope_type!r}, so the attention would run as plain "
-                f"attention. Load it with rope_parameters={{'rope_type': {name!r}, ...}} (docs/methods.md lists the "
-                f"keys) or call longctx_plugins.extend(model, {name!r}, target_length).")
+        return (
+            f"attn_implementation={name!r} needs rope_parameters with rope_type={name!r}; this "
+            f"{config.model_type!r} model has rope_type={rope_type!r}, so the attention would run as plain "
+            f"attention. Load it with rope_parameters={{'rope_type': {name!r}, ...}} (docs/methods.md lists the "
+            f"keys) or call longctx_plugins.extend(model, {name!r}, target_length)."
+        )
     return None

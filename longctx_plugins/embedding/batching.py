@@ -5,6 +5,7 @@ batching saves for long texts (MiniLM on 2 CPU cores: two padded 4k rows take 4.
 of 32 tokens batched 0.13 s, one at a time 0.32 s). So texts are sorted by length and a batch holds at most
 ``batch_size`` texts and ``max_batch_tokens`` padded tokens: short texts share batches, long ones run alone, unpadded.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,12 +45,16 @@ def check_devices(devices) -> list[torch.device]:
             raise ValueError(f"devices: {d!r} is not a device name ({exc}); use e.g. 'cpu', 'cuda:0'.") from None
         if dev.type == "cuda":
             if not torch.cuda.is_available():
-                raise ValueError(f"devices: {d!r} asks for CUDA, but torch sees no CUDA GPU on this machine "
-                                 f"(torch {torch.__version__}); use devices=None or ['cpu'].")
+                raise ValueError(
+                    f"devices: {d!r} asks for CUDA, but torch sees no CUDA GPU on this machine "
+                    f"(torch {torch.__version__}); use devices=None or ['cpu']."
+                )
             count = torch.cuda.device_count()
             if dev.index is not None and dev.index >= count:
-                raise ValueError(f"devices: {d!r} does not exist; this machine has {count} CUDA device(s) "
-                                 f"(cuda:0..cuda:{count - 1}).")
+                raise ValueError(
+                    f"devices: {d!r} does not exist; this machine has {count} CUDA device(s) "
+                    f"(cuda:0..cuda:{count - 1})."
+                )
         elif dev.type != "cpu" and not getattr(torch, dev.type, None):
             raise ValueError(f"devices: {d!r} is not available here.")
         out.append(dev)
@@ -72,6 +77,7 @@ def assign(batches: list[list[int]], lengths: list[int], n_devices: int) -> list
 def run(work: list[list[list[int]]], step) -> None:
     """``step(device_index, batch)`` for every batch, one thread per device when there are several (a worker's
     exception is re-raised)."""
+
     def device_loop(d):
         for batch in work[d]:
             step(d, batch)

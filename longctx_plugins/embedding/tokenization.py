@@ -6,6 +6,7 @@ across whitespace, so it is used only for tokenizers whose pre-tokenizer splits 
 works character by character (BERT-style WordPiece: MiniLM, BERT, E5, BGE, ...; the tables below). Every other
 tokenizer encodes each text whole.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +39,7 @@ def split_safe(tokenizer) -> bool:
     spec = json.loads(backend.to_str())
     pre, norm = spec.get("pre_tokenizer") or {}, spec.get("normalizer")
     norms = (norm.get("normalizers", []) if norm and norm.get("type") == "Sequence" else [norm]) if norm else []
-    return (pre.get("type") in SPLIT_SAFE_PRE_TOKENIZERS
-            and all(n.get("type") in SPLIT_SAFE_NORMALIZERS for n in norms))
+    return pre.get("type") in SPLIT_SAFE_PRE_TOKENIZERS and all(n.get("type") in SPLIT_SAFE_NORMALIZERS for n in norms)
 
 
 def _pieces(text: str, size: int) -> list[tuple[int, int]]:
@@ -69,10 +69,10 @@ class Tokenization:
         for probe in ("a", "b c d"):
             body = self.tokenizer(probe, add_special_tokens=False)["input_ids"]
             full = self.tokenizer(probe, add_special_tokens=True)["input_ids"]
-            k = next((k for k in range(len(full) - len(body) + 1) if full[k:k + len(body)] == body), None)
+            k = next((k for k in range(len(full) - len(body) + 1) if full[k : k + len(body)] == body), None)
             if not body or k is None:
                 return None, None
-            found.add((tuple(full[:k]), tuple(full[k + len(body):])))
+            found.add((tuple(full[:k]), tuple(full[k + len(body) :])))
         if len(found) != 1:
             return None, None
         prefix, suffix = found.pop()
@@ -89,9 +89,15 @@ class Tokenization:
             for a, b in cuts:
                 jobs.append((s[a:b], a))
                 owner.append(i)
-        enc = self.tokenizer([j[0] for j in jobs], add_special_tokens=False, truncation=False, verbose=False,
-                             return_offsets_mapping=offsets, return_attention_mask=False,
-                             return_token_type_ids=False)
+        enc = self.tokenizer(
+            [j[0] for j in jobs],
+            add_special_tokens=False,
+            truncation=False,
+            verbose=False,
+            return_offsets_mapping=offsets,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
         ids_parts: list[list[np.ndarray]] = [[] for _ in full]
         start_parts: list[list[np.ndarray]] = [[] for _ in full]
         for j, i in enumerate(owner):
@@ -106,15 +112,23 @@ class Tokenization:
             starts = None
             if offsets:
                 body = np.concatenate(start_parts[i]) if start_parts[i] else np.zeros(0, dtype=np.int64)
-                starts = np.concatenate([np.full(len(pre), -1), _text_starts(body, len(prompt)),
-                                         np.full(len(suf), -1)]).astype(np.int64)
+                starts = np.concatenate(
+                    [np.full(len(pre), -1), _text_starts(body, len(prompt)), np.full(len(suf), -1)]
+                ).astype(np.int64)
             out.append(Encoded(ids, starts))
         return out
 
     def _whole(self, full: list[str], prompt_chars: int, offsets: bool) -> list[Encoded]:
-        enc = self.tokenizer(full, add_special_tokens=True, truncation=False, verbose=False,
-                             return_offsets_mapping=offsets, return_special_tokens_mask=offsets,
-                             return_attention_mask=False, return_token_type_ids=False)
+        enc = self.tokenizer(
+            full,
+            add_special_tokens=True,
+            truncation=False,
+            verbose=False,
+            return_offsets_mapping=offsets,
+            return_special_tokens_mask=offsets,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
         out = []
         for j in range(len(full)):
             ids = np.asarray(enc["input_ids"][j], dtype=np.int64)

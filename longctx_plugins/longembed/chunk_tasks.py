@@ -11,6 +11,7 @@ Besides ``corpus`` / ``queries`` / ``qrels`` a chunk task carries ``documents`` 
 ``chunks`` (split -> {chunk_id: [doc_id, start, end]}, character offsets; ``corpus[chunk_id]`` is
 ``documents[doc_id][start:end]``), which late chunking and whole-document runs read. Main score: nDCG@10.
 """
+
 from __future__ import annotations
 
 import random
@@ -57,12 +58,24 @@ def _contextual(tokenizer, length: int, n_queries: int, n_docs: int, seed: int, 
     split = f"test_{length}"
     docs, picked = contextual_split(tokenizer, length, n_queries, n_docs, seed, chunker)
     ids = [f"{split}_doc{i}" for i in range(n_docs)]
-    return ({i: d.text for i, d in zip(ids, docs)}, {i: d.fact for i, d in zip(ids, docs)},
-            {f"{split}_q{i}": docs[i].query for i in picked}, {f"{split}_q{i}": ids[i] for i in picked})
+    return (
+        {i: d.text for i, d in zip(ids, docs)},
+        {i: d.fact for i, d in zip(ids, docs)},
+        {f"{split}_q{i}": docs[i].query for i in picked},
+        {f"{split}_q{i}": ids[i] for i in picked},
+    )
 
 
-def generate(name: str, tokenizer, lengths, n_queries: int, n_docs: int, seed: int,
-             chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_overlap: int = DEFAULT_CHUNK_OVERLAP):
+def generate(
+    name: str,
+    tokenizer,
+    lengths,
+    n_queries: int,
+    n_docs: int,
+    seed: int,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+):
     """``(corpus, queries, qrels, documents, chunks)`` per split ``test_<L>`` of chunk task ``name``."""
     from .synthetic import generate_with_needles
 
@@ -78,7 +91,12 @@ def generate(name: str, tokenizer, lengths, n_queries: int, n_docs: int, seed: i
     else:
         c, q, r, needles = generate_with_needles(name[: -len("_chunks")], tokenizer, lengths, n_queries, n_docs, seed)
         for split in c:
-            per_split[split] = (c[split], needles[split], q[split], {qid: next(iter(rel)) for qid, rel in r[split].items()})
+            per_split[split] = (
+                c[split],
+                needles[split],
+                q[split],
+                {qid: next(iter(rel)) for qid, rel in r[split].items()},
+            )
     corpus, queries, qrels, documents, chunks = {}, {}, {}, {}, {}
     for split, (docs, keys, qs, gold_doc) in per_split.items():
         corpus[split], chunks[split], gold = {}, {}, {}
@@ -116,13 +134,18 @@ def check_entry(t: dict, name: str, lengths, n_queries: int, n_docs: int) -> str
         if set(chunks) != set(corpus):
             return f"split {split}: its chunk table and its corpus name different chunks"
         for cid, span in chunks.items():
-            ok = (isinstance(span, list) and len(span) == 3 and span[0] in docs
-                  and all(isinstance(v, int) and not isinstance(v, bool) for v in span[1:])
-                  and 0 <= span[1] < span[2] <= len(docs[span[0]]))
-            if not ok or docs[span[0]][span[1]:span[2]] != corpus[cid]:
+            ok = (
+                isinstance(span, list)
+                and len(span) == 3
+                and span[0] in docs
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in span[1:])
+                and 0 <= span[1] < span[2] <= len(docs[span[0]])
+            )
+            if not ok or docs[span[0]][span[1] : span[2]] != corpus[cid]:
                 return f"split {split}: chunk {cid} is not the text of its span"
         if set(qrels) != set(queries) or not all(
-                isinstance(rel, dict) and rel and set(rel) <= set(corpus) and set(rel.values()) == {1}
-                for rel in qrels.values()):
+            isinstance(rel, dict) and rel and set(rel) <= set(corpus) and set(rel.values()) == {1}
+            for rel in qrels.values()
+        ):
             return f"split {split} has judgements that do not match its queries and chunks"
     return None

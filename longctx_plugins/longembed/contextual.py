@@ -11,6 +11,7 @@ To make that matter, documents of a split share kinds of fact: the split uses ``
 (at least one, at most all of them), assigned round-robin, so every query has about ``DOCS_PER_FACT_KIND - 1`` other
 documents whose chunks state a fact of the same kind about another subject (same wording, other values).
 """
+
 from __future__ import annotations
 
 import random
@@ -19,14 +20,46 @@ from dataclasses import dataclass
 from .synthetic import CITIES, COLOURS, _fill
 
 DOCS_PER_FACT_KIND = 5
-_PRE = ("Har", "Bel", "Cal", "Dun", "Els", "Fen", "Gal", "Hol", "Ives", "Jar", "Kes", "Lock", "Mer", "Nor", "Ott",
-        "Pem", "Quar", "Roth", "Sel", "Tre", "Ul", "Van", "Wex", "Yar")
+_PRE = (
+    "Har",
+    "Bel",
+    "Cal",
+    "Dun",
+    "Els",
+    "Fen",
+    "Gal",
+    "Hol",
+    "Ives",
+    "Jar",
+    "Kes",
+    "Lock",
+    "Mer",
+    "Nor",
+    "Ott",
+    "Pem",
+    "Quar",
+    "Roth",
+    "Sel",
+    "Tre",
+    "Ul",
+    "Van",
+    "Wex",
+    "Yar",
+)
 _SUF = ("wick", "mere", "worth", "ridge", "stead", "combe", "thorpe", "dale", "brook", "holme", "garth", "ness")
 MAX_DOCS = len(_PRE) * len(_SUF)  # one invented name per document of a length
-ORG_KINDS = (("Shipping Company", "company"), ("Glassworks", "glassworks"), ("Savings Bank", "bank"),
-             ("Choral Society", "society"), ("Botanical Institute", "institute"), ("Railway Company", "railway"),
-             ("Brewery", "brewery"), ("Printing House", "printing house"), ("Observatory", "observatory"),
-             ("Textile Mill", "mill"))
+ORG_KINDS = (
+    ("Shipping Company", "company"),
+    ("Glassworks", "glassworks"),
+    ("Savings Bank", "bank"),
+    ("Choral Society", "society"),
+    ("Botanical Institute", "institute"),
+    ("Railway Company", "railway"),
+    ("Brewery", "brewery"),
+    ("Printing House", "printing house"),
+    ("Observatory", "observatory"),
+    ("Textile Mill", "mill"),
+)
 FEMALE = ("Ilse", "Maren", "Odile", "Brigid", "Saskia", "Livia", "Tamsin", "Oriane", "Petra", "Agnes")
 MALE = ("Anselm", "Corwin", "Evander", "Lucan", "Torvald", "Ambrose", "Casimir", "Dorian", "Rufus", "Silas")
 PROFESSIONS = ("engineer", "botanist", "cartographer", "violinist", "architect", "chemist", "sculptor", "astronomer")
@@ -41,25 +74,37 @@ PETS = ("Biscuit", "Marigold", "Pepper", "Juniper", "Clover", "Bramble", "Thistl
 FACT_KINDS = (
     ("org", "{Ref} moved {its} headquarters to {city} in {year}.", "Where did {S} move its headquarters?"),
     ("org", "{Ref} adopted a {colour} {animal} as {its} emblem in {year}.", "What emblem did {S} adopt?"),
-    ("org", "{Ref} lost most of {its} records in a warehouse fire in {year}.",
-     "In which year did {S} lose its records in a fire?"),
-    ("org", "{Ref} was sold to a merchant from {city} for {money} thousand pounds.",
-     "For how much was {S} sold, and to whom?"),
-    ("person", "{Ref} spent the winter of {year} in {city}, writing a book about {topic}.",
-     "Where did {S} spend the winter writing a book?"),
+    (
+        "org",
+        "{Ref} lost most of {its} records in a warehouse fire in {year}.",
+        "In which year did {S} lose its records in a fire?",
+    ),
+    (
+        "org",
+        "{Ref} was sold to a merchant from {city} for {money} thousand pounds.",
+        "For how much was {S} sold, and to whom?",
+    ),
+    (
+        "person",
+        "{Ref} spent the winter of {year} in {city}, writing a book about {topic}.",
+        "Where did {S} spend the winter writing a book?",
+    ),
     ("person", "{Ref} kept a {colour} {animal} named {pet} for many years.", "What pet did {S} keep?"),
     ("person", "{Ref} won a silver medal for {skill} in {year}.", "What did {S} win a silver medal for?"),
-    ("person", "{Ref} left {its} collection of {things} to the public library of {city}.",
-     "What collection did {S} leave to the public library?"),
+    (
+        "person",
+        "{Ref} left {its} collection of {things} to the public library of {city}.",
+        "What collection did {S} leave to the public library?",
+    ),
 )
 
 
 @dataclass
 class ContextualDoc:
-    subject: str      # as the query names it ("the Harwick Shipping Company", "Ilse Marwood")
+    subject: str  # as the query names it ("the Harwick Shipping Company", "Ilse Marwood")
     name_words: tuple  # the subject's own words (its invented name), absent from the fact sentence
-    intro: str        # the sentence that names the subject (the document's first)
-    fact: str         # the sentence that states the fact by reference
+    intro: str  # the sentence that names the subject (the document's first)
+    fact: str  # the sentence that states the fact by reference
     query: str
     text: str = ""
 
@@ -94,10 +139,19 @@ def make_subjects_and_facts(rng: random.Random, n_docs: int) -> list[ContextualD
     assigned = [FACT_KINDS[kinds[i % n_kinds]] for i in range(n_docs)]
     docs = []
     for (kind, sentence, question), (subject, intro, words, ref, its) in zip(
-            assigned, _subjects(rng, [a[0] for a in assigned])):
-        values = dict(city=rng.choice(CITIES), year=rng.randint(1901, 1960), colour=rng.choice(COLOURS),
-                      animal=rng.choice(ANIMALS), money=rng.randint(12, 950), topic=rng.choice(TOPICS),
-                      skill=rng.choice(SKILLS), things=rng.choice(THINGS), pet=rng.choice(PETS))
+        assigned, _subjects(rng, [a[0] for a in assigned])
+    ):
+        values = dict(
+            city=rng.choice(CITIES),
+            year=rng.randint(1901, 1960),
+            colour=rng.choice(COLOURS),
+            animal=rng.choice(ANIMALS),
+            money=rng.randint(12, 950),
+            topic=rng.choice(TOPICS),
+            skill=rng.choice(SKILLS),
+            things=rng.choice(THINGS),
+            pet=rng.choice(PETS),
+        )
         fact = sentence.format(Ref=ref, its=its, **values)
         docs.append(ContextualDoc(subject, words, intro, fact, question.format(S=subject)))
     return docs
@@ -120,8 +174,10 @@ def build_document(rng: random.Random, sentences, doc: ContextualDoc, length: in
         holding = [(s, e) for s, e in chunk_spans_of(text) if s < b and a < e]
         if holding and all(s >= len(doc.intro) for s, _ in holding):
             return text
-    raise ValueError(f"contextual: a document of {length} tokens cannot hold its fact outside the chunk of its "
-                     "first sentence; use longer documents or smaller chunks (--chunk-size).")
+    raise ValueError(
+        f"contextual: a document of {length} tokens cannot hold its fact outside the chunk of its "
+        "first sentence; use longer documents or smaller chunks (--chunk-size)."
+    )
 
 
 def _assemble(doc: ContextualDoc, body: list[str], depth: int, length: int, count) -> str | None:

@@ -1,4 +1,5 @@
 """``evaluate(embedder, tasks)``: dense retrieval scores per split and task (plus a BM25 baseline)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,10 @@ class BM25:
         logging.getLogger("bm25s").setLevel(max(logging.getLogger("bm25s").level, logging.WARNING))
         dids, qids = list(corpus), list(queries)
         retriever = bm25s.BM25()
-        retriever.index(bm25s.tokenize([corpus[d] for d in dids], stopwords="en", show_progress=False,
-                                       return_ids=False), show_progress=False)
+        retriever.index(
+            bm25s.tokenize([corpus[d] for d in dids], stopwords="en", show_progress=False, return_ids=False),
+            show_progress=False,
+        )
         out = {}
         for q in qids:
             toks = bm25s.tokenize(queries[q], stopwords="en", show_progress=False, return_ids=False)[0]
@@ -68,8 +71,9 @@ def split_results(embedder, task: Task, split: str) -> dict[str, dict[str, float
         dids, qids = list(corpus), list(queries)
         chunk_vectors = getattr(embedder, "chunk_vectors", None)
         if chunk_vectors is not None and not task.chunks:
-            raise ValueError(f"{type(embedder).__name__} embeds the chunks of a chunk task; task {task.name!r} has "
-                             "no chunks")
+            raise ValueError(
+                f"{type(embedder).__name__} embeds the chunks of a chunk task; task {task.name!r} has no chunks"
+            )
         if chunk_vectors is not None:  # late chunking / whole-document vectors, from the documents
             d_emb = chunk_vectors(task.documents[split], task.chunks[split], dids)
         else:  # each text of the corpus on its own (for a chunk task: naive chunking)
@@ -106,11 +110,18 @@ def _warnings_above(bar):
         yield from bar
 
 
-def evaluate(embedder, tasks, cache_dir: str | None = None, progress: bool = True, run_name: str | None = None,
-             cache_log: dict | None = None):
+def evaluate(
+    embedder,
+    tasks,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    run_name: str | None = None,
+    cache_log: dict | None = None,
+):
     """Score ``embedder`` (anything with ``encode_queries`` / ``encode_documents``, or :class:`BM25`, or a chunk
     scorer of :mod:`.strategies` with ``encode_queries`` / ``chunk_vectors``) on ``tasks`` (names or :class:`Task`;
-    a chunk task's corpus is its chunks, so a plain embedder chunks naively). Returns ``{task: {"main_score", "main_metric", "splits": {split: {metric: value}},
+    a chunk task's corpus is its chunks, so a plain embedder chunks naively). Returns ``{task: {"main_score",
+    "main_metric", "splits": {split: {metric: value}},
     "per_query": {split: {query_id: main-metric value}}}}``.
 
     With ``cache_dir``, each split's scores are stored as soon as they exist and reused on the next run, so an
@@ -134,8 +145,7 @@ def evaluate(embedder, tasks, cache_dir: str | None = None, progress: bool = Tru
             if cache_dir:
                 key = _split_key(task, split)
                 path = os.path.join(cache_dir, task.name, f"{split}-{key}.json")
-                entry = read_json(path, lambda e: check_split_scores(e, key, task.main_score, task.qrels[split],
-                                                                      names))
+                entry = read_json(path, lambda e: check_split_scores(e, key, task.main_score, task.qrels[split], names))
             if entry is not None:
                 splits[split], per_query[split] = entry["scores"], entry["per_query"]
             else:
@@ -145,6 +155,10 @@ def evaluate(embedder, tasks, cache_dir: str | None = None, progress: bool = Tru
             if cache_log is not None and cache_dir:
                 log = cache_log.setdefault(task.name, {"from_cache": 0, "computed": 0, "dir": cache_dir})
                 log["from_cache" if entry is not None else "computed"] += 1
-        out[task.name] = {"main_score": float(np.mean([s["main_score"] for s in splits.values()])),
-                          "main_metric": task.main_score, "splits": splits, "per_query": per_query}
+        out[task.name] = {
+            "main_score": float(np.mean([s["main_score"] for s in splits.values()])),
+            "main_metric": task.main_score,
+            "splits": splits,
+            "per_query": per_query,
+        }
     return out

@@ -1,4 +1,5 @@
 """Writing the evaluator's files: whole or not at all, safe when several runs share an output folder."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """Retrieval metrics with mteb's conventions (pytrec_eval semantics; ties broken by doc id, descending)."""
+
 from __future__ import annotations
 
 import math
@@ -44,14 +45,16 @@ def query_metrics(ranking: list[str], relevant: dict[str, int], k_values=K_VALUE
     return out
 
 
-def per_query_scores(results: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]],
-                     k_values=K_VALUES) -> dict[str, dict[str, float]]:
+def per_query_scores(
+    results: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], k_values=K_VALUES
+) -> dict[str, dict[str, float]]:
     """``{query_id: {metric: value}}`` for every query of ``qrels`` (the values :func:`retrieval_scores` averages)."""
     return {q: query_metrics(rank(results.get(q, {})), rel, k_values) for q, rel in qrels.items()}
 
 
-def retrieval_scores(results: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]],
-                     k_values=K_VALUES) -> dict[str, float]:
+def retrieval_scores(
+    results: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]], k_values=K_VALUES
+) -> dict[str, float]:
     """Average per-query metrics over the queries that have relevant documents (as mteb does)."""
     per_query = list(per_query_scores(results, qrels, k_values).values())
     if not per_query:

@@ -1,9 +1,9 @@
 """mteb compatibility (mteb is optional): ``mteb_model(...)`` / ``MTEBEncoder(embedder)`` give ``mteb.evaluate`` a model
 with its ``ModelMeta``; ``Task.to_mteb()`` turns an evaluator task into an mteb retrieval task."""
+
 from __future__ import annotations
 
 import numpy as np
-
 
 BUNDLED_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -12,7 +12,9 @@ def _mteb():
     try:
         import mteb
     except ImportError as exc:
-        raise ImportError("mteb is not installed: `pip install 'longctx-plugins[eval]'` (or `pip install mteb`).") from exc
+        raise ImportError(
+            "mteb is not installed: `pip install 'longctx-plugins[eval]'` (or `pip install mteb`)."
+        ) from exc
     return mteb
 
 
@@ -43,12 +45,19 @@ def model_meta(embedder, name: str | None = None, revision: str | None = None):
     if revision is None:  # the model files' fingerprint: results of changed weights are filed apart
         files = folder_fingerprint(str(embedder.model_name_or_path))
         revision = digest(files) if files else "local"
-    return ModelMeta.create_empty(overwrites={
-        "name": name or model_name(embedder), "revision": revision, "max_tokens": embedder.target_length,
-        "embed_dim": embedder.dim, "n_parameters": sum(p.numel() for p in embedder.model.parameters()),
-        "framework": ["PyTorch"], "similarity_fn_name": ScoringFunction.COSINE, "open_weights": True,
-        "use_instructions": bool(embedder.query_prompt or embedder.document_prompt),
-    })
+    return ModelMeta.create_empty(
+        overwrites={
+            "name": name or model_name(embedder),
+            "revision": revision,
+            "max_tokens": embedder.target_length,
+            "embed_dim": embedder.dim,
+            "n_parameters": sum(p.numel() for p in embedder.model.parameters()),
+            "framework": ["PyTorch"],
+            "similarity_fn_name": ScoringFunction.COSINE,
+            "open_weights": True,
+            "use_instructions": bool(embedder.query_prompt or embedder.document_prompt),
+        }
+    )
 
 
 def MTEBEncoder(embedder, name: str | None = None, revision: str | None = None):
@@ -65,8 +74,9 @@ def MTEBEncoder(embedder, name: str | None = None, revision: str | None = None):
     else:  # any object with encode_queries / encode_documents
         from mteb.models.model_meta import ModelMeta
 
-        meta = ModelMeta.create_empty(overwrites={"name": name or "longctx-plugins/custom-encoder",
-                                                  "revision": revision or "local"})
+        meta = ModelMeta.create_empty(
+            overwrites={"name": name or "longctx-plugins/custom-encoder", "revision": revision or "local"}
+        )
 
     class _Encoder(AbsEncoder):
         def __init__(self):
@@ -82,8 +92,9 @@ def MTEBEncoder(embedder, name: str | None = None, revision: str | None = None):
     return _Encoder()
 
 
-def mteb_model(model_name_or_path="default", method: str | None = None, target_length: int | None = None,
-               **embedder_kwargs):
+def mteb_model(
+    model_name_or_path="default", method: str | None = None, target_length: int | None = None, **embedder_kwargs
+):
     """The mteb model of a long-context embedder, for any mteb task: ``mteb.evaluate(mteb_model("default",
     method="pi", target_length=32768), mteb.get_tasks(tasks=["LEMBPasskeyRetrieval"]))``. Takes the arguments of
     :class:`~longctx_plugins.LongContextEmbedder` (defaults ``method="auto"``, ``target_length=8192``) or an embedder
@@ -91,15 +102,22 @@ def mteb_model(model_name_or_path="default", method: str | None = None, target_l
     from ..embedder import LongContextEmbedder
 
     if isinstance(model_name_or_path, LongContextEmbedder):
-        given = sorted(embedder_kwargs) + [k for k, v in (("method", method), ("target_length", target_length))
-                                           if v is not None]
+        given = sorted(embedder_kwargs) + [
+            k for k, v in (("method", method), ("target_length", target_length)) if v is not None
+        ]
         if given:
-            raise TypeError(f"mteb_model(embedder) takes no embedder arguments (the embedder has its settings); "
-                            f"got {given}.")
+            raise TypeError(
+                f"mteb_model(embedder) takes no embedder arguments (the embedder has its settings); got {given}."
+            )
         return MTEBEncoder(model_name_or_path)
-    return MTEBEncoder(LongContextEmbedder(model_name_or_path, method=method or "auto",
-                                           target_length=8192 if target_length is None else target_length,
-                                           **embedder_kwargs))
+    return MTEBEncoder(
+        LongContextEmbedder(
+            model_name_or_path,
+            method=method or "auto",
+            target_length=8192 if target_length is None else target_length,
+            **embedder_kwargs,
+        )
+    )
 
 
 def to_mteb_task(task):
@@ -111,11 +129,24 @@ def to_mteb_task(task):
 
     class _LongEmbedTask(AbsTaskRetrieval):
         metadata = TaskMetadata(
-            name=f"{task.mteb_name}Local", description=task.description or task.name,
-            dataset={"path": f"longctx-plugins/{task.name}", "revision": "local"}, type="Retrieval",
-            category="t2t", modalities=["text"], eval_splits=splits, eval_langs=["eng-Latn"],
-            main_score=task.main_score, reference=None, date=None, domains=None, task_subtypes=None,
-            license=None, annotations_creators=None, dialect=None, sample_creation=None, bibtex_citation="",
+            name=f"{task.mteb_name}Local",
+            description=task.description or task.name,
+            dataset={"path": f"longctx-plugins/{task.name}", "revision": "local"},
+            type="Retrieval",
+            category="t2t",
+            modalities=["text"],
+            eval_splits=splits,
+            eval_langs=["eng-Latn"],
+            main_score=task.main_score,
+            reference=None,
+            date=None,
+            domains=None,
+            task_subtypes=None,
+            license=None,
+            annotations_creators=None,
+            dialect=None,
+            sample_creation=None,
+            bibtex_citation="",
         )
 
         def load_data(self, **kwargs):

@@ -3,6 +3,7 @@
 Results are ``{run: {task: summary}}`` with the summaries of :func:`~longctx_plugins.longembed.stats.summarize`
 (plain :func:`~longctx_plugins.longembed.evaluate` results work too: they just have no spread or interval).
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,9 @@ def scores_note(all_results: dict) -> str:
     return f"Scores: main score x100 ({parts})."
 
 
-def table_rows(all_results: dict, intervals: bool = False, metric: str | None = None
-               ) -> tuple[list[str], list[list[list[str]]]]:
+def table_rows(
+    all_results: dict, intervals: bool = False, metric: str | None = None
+) -> tuple[list[str], list[list[list[str]]]]:
     """One block per task, one row per run; columns: the task's splits then the average main score (x100):
     ``mean`` or ``mean ± std over seeds``; with ``intervals`` the bootstrap 95% intervals instead. With ``metric``:
     that metric (mean over seeds) for the tasks whose main metric it is not. A chunk task's run column is headed
@@ -81,7 +83,9 @@ def table_rows(all_results: dict, intervals: bool = False, metric: str | None = 
         if metric is not None and mains[t] == metric:
             continue
         shown = metric or mains[t]
-        block = [["task", "strategy" if t in CHUNK_TASKS else "method"] + [str(_length(s) or s) for s in splits] + ["avg"]]
+        block = [
+            ["task", "strategy" if t in CHUNK_TASKS else "method"] + [str(_length(s) or s) for s in splits] + ["avg"]
+        ]
         for run, res in all_results.items():
             if t not in res:
                 continue
@@ -95,11 +99,19 @@ def table_rows(all_results: dict, intervals: bool = False, metric: str | None = 
             if intervals:
                 if "ci95" not in r:
                     continue
-                cells = [_interval(r["splits"][s].get("main_score_ci95_low"), r["splits"][s].get(
-                    "main_score_ci95_high")) if s in r["splits"] else "-" for s in splits] + [_interval(*r["ci95"])]
+                cells = [
+                    _interval(r["splits"][s].get("main_score_ci95_low"), r["splits"][s].get("main_score_ci95_high"))
+                    if s in r["splits"]
+                    else "-"
+                    for s in splits
+                ] + [_interval(*r["ci95"])]
             else:
-                cells = [_score(r["splits"][s]["main_score"], r["splits"][s].get("main_score_std"))
-                         if s in r["splits"] else "-" for s in splits] + [_score(r["main_score"], r.get("std"))]
+                cells = [
+                    _score(r["splits"][s]["main_score"], r["splits"][s].get("main_score_std"))
+                    if s in r["splits"]
+                    else "-"
+                    for s in splits
+                ] + [_score(r["main_score"], r.get("std"))]
             block.append([label, run] + cells)
         if len(block) > 1:
             blocks.append(block)
@@ -114,8 +126,11 @@ def _render(blocks, markdown: bool) -> list[str]:
             cells = [c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
             out.append(("| " + " | ".join(cells) + " |") if markdown else "  ".join(cells))
             if n == 0:
-                out.append(("|" + "|".join("-" * (w + 2) for w in widths) + "|") if markdown
-                           else "  ".join("-" * w for w in widths))
+                out.append(
+                    ("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+                    if markdown
+                    else "  ".join("-" * w for w in widths)
+                )
         out.append("")
     return out
 
@@ -128,14 +143,17 @@ def format_table(all_results: dict, markdown: bool = False) -> str:
     if ci_blocks:
         seeds = max((len(r.get("seeds") or [None]) for res in all_results.values() for r in res.values()), default=1)
         pooled = f", pooled over {seeds} seeds" if seeds > 1 else ""
-        out.append(f"{'**' if markdown else ''}95% bootstrap intervals over queries{pooled} (x100)"
-                   f"{'**' if markdown else ''}")
+        out.append(
+            f"{'**' if markdown else ''}95% bootstrap intervals over queries{pooled} (x100){'**' if markdown else ''}"
+        )
         out.append("")
         out += _render(ci_blocks, markdown)
     _, other = table_rows(all_results, metric="ndcg_at_1")
     if other:
-        out.append(f"{'**' if markdown else ''}nDCG@1 x100 of the tasks scored by another main metric (mean over "
-                   f"seeds){'**' if markdown else ''}")
+        out.append(
+            f"{'**' if markdown else ''}nDCG@1 x100 of the tasks scored by another main metric (mean over "
+            f"seeds){'**' if markdown else ''}"
+        )
         out.append("")
         out += _render(other, markdown)
     return "\n".join(out)
@@ -150,9 +168,14 @@ def write_mteb_json(path: str, task_name: str, result: dict, evaluation_time: fl
         entry = {k: v for k, v in s.items() if k != "evaluation_time"}
         entry.update(hf_subset="default", languages=["eng-Latn"])
         scores[split] = [entry]
-    doc = {"dataset_revision": "longctx-plugins-local", "task_name": MTEB_NAMES.get(task_name, task_name),
-           "mteb_version": mteb_version or "n/a", "scores": scores, "evaluation_time": evaluation_time,
-           "kg_co2_emissions": None}
+    doc = {
+        "dataset_revision": "longctx-plugins-local",
+        "task_name": MTEB_NAMES.get(task_name, task_name),
+        "mteb_version": mteb_version or "n/a",
+        "scores": scores,
+        "evaluation_time": evaluation_time,
+        "kg_co2_emissions": None,
+    }
     write_text_atomic(path, json.dumps(doc, indent=2))
 
 
@@ -174,12 +197,23 @@ def plot(all_results: dict, path: str, title: str = "") -> str | None:
                 continue
             pts = sorted((_length(s), v) for s, v in res[t]["splits"].items() if _length(s))
             xs = [p[0] for p in pts]
-            line, = ax.plot(xs, [100 * p[1]["main_score"] for p in pts], marker="o", label=run,
-                            linestyle="--" if run == "bm25" else "-", color="gray" if run == "bm25" else None)
+            (line,) = ax.plot(
+                xs,
+                [100 * p[1]["main_score"] for p in pts],
+                marker="o",
+                label=run,
+                linestyle="--" if run == "bm25" else "-",
+                color="gray" if run == "bm25" else None,
+            )
             if all("main_score_ci95_low" in p[1] for p in pts):
-                ax.fill_between(xs, [100 * p[1]["main_score_ci95_low"] for p in pts],
-                                [100 * p[1]["main_score_ci95_high"] for p in pts], color=line.get_color(),
-                                alpha=0.15, linewidth=0)
+                ax.fill_between(
+                    xs,
+                    [100 * p[1]["main_score_ci95_low"] for p in pts],
+                    [100 * p[1]["main_score_ci95_high"] for p in pts],
+                    color=line.get_color(),
+                    alpha=0.15,
+                    linewidth=0,
+                )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("document length (tokens)")
         ax.set_ylabel(f"{metric_label(mains[t])} (x100), band: bootstrap 95%")

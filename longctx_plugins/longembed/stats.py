@@ -4,6 +4,7 @@ The interval of a split resamples its queries (pooled over seeds, with replaceme
 resamples the queries of each split independently (stratified) and averages the split means, as the average itself
 does. A fixed generator seed makes every interval reproducible.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,9 +54,15 @@ def summarize(per_seed: dict) -> dict:
     averages = [r["main_score"] for r in results]
     seeds = [s for s in per_seed if s is not None]
     return {
-        "main_score": float(np.mean(averages)), "main_metric": first["main_metric"], "std": _std(averages),
-        "ci95": list(bootstrap_ci(list(pooled.values()))), "seeds": seeds or None, "splits": splits,
-        "per_seed": {str(seed): {"main_score": r["main_score"],
-                                 "splits": {k: v["main_score"] for k, v in r["splits"].items()}}
-                     for seed, r in per_seed.items() if seed is not None},
+        "main_score": float(np.mean(averages)),
+        "main_metric": first["main_metric"],
+        "std": _std(averages),
+        "ci95": list(bootstrap_ci(list(pooled.values()))),
+        "seeds": seeds or None,
+        "splits": splits,
+        "per_seed": {
+            str(seed): {"main_score": r["main_score"], "splits": {k: v["main_score"] for k, v in r["splits"].items()}}
+            for seed, r in per_seed.items()
+            if seed is not None
+        },
     }

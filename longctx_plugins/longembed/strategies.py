@@ -18,6 +18,7 @@ Runs on chunk tasks (every strategy ranks the task's identical chunks):
 
 Runs on document tasks are the methods themselves (``none``, ``pi``, ...). Importing this module loads no torch.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,10 @@ import logging
 import numpy as np
 
 STRATEGIES = ("naive", "late", "whole")
-NO_LATE = {"pcw": "pcw averages separate windows into one vector and has no token states to pool per chunk; "
-                  "late:none with --window-overlap 0 reads the same trained-size windows"}
+NO_LATE = {
+    "pcw": "pcw averages separate windows into one vector and has no token states to pool per chunk; "
+    "late:none with --window-overlap 0 reads the same trained-size windows"
+}
 log = logging.getLogger("longctx_plugins.longembed")
 
 
@@ -39,20 +42,24 @@ def expand(items: list[str], methods: list[str], all_methods, skipped: dict | No
     for item in items:
         strategy, colon, method = item.partition(":")
         if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {item!r}; valid: {', '.join(STRATEGIES)}, or late:<method> / "
-                             "whole:<method>")
+            raise ValueError(
+                f"unknown strategy {item!r}; valid: {', '.join(STRATEGIES)}, or late:<method> / whole:<method>"
+            )
         if strategy == "naive":
             if method:
                 raise ValueError(f"--strategies {item!r}: naive embeds each chunk alone and takes no method")
             runs.append("naive")
             continue
         if colon and not method:
-            raise ValueError(f"--strategies {item!r} names no method; write {strategy}:<method> (e.g. {strategy}:pi), "
-                             f"or {strategy} alone for every --method")
-        for m in ([method] if method else methods):
+            raise ValueError(
+                f"--strategies {item!r} names no method; write {strategy}:<method> (e.g. {strategy}:pi), "
+                f"or {strategy} alone for every --method"
+            )
+        for m in [method] if method else methods:
             if m not in all_methods:
-                raise ValueError(f"--strategies {item!r}: unknown method {m!r}; valid methods: "
-                                 f"{', '.join(all_methods)}")
+                raise ValueError(
+                    f"--strategies {item!r}: unknown method {m!r}; valid methods: {', '.join(all_methods)}"
+                )
             if strategy == "late" and m in NO_LATE:
                 if skipped is not None and not method:
                     skipped[f"late:{m}"] = NO_LATE[m]
@@ -141,8 +148,9 @@ class WholeDocument(_ChunkScorer):
         their document's vector (sha1 of the chunk id), far below any difference between two documents' scores."""
         import hashlib
 
-        return np.asarray([int.from_bytes(hashlib.sha1(c.encode()).digest()[:6], "big") / 2**48 * 1e-6
-                           for c in chunk_ids])
+        return np.asarray(
+            [int.from_bytes(hashlib.sha1(c.encode()).digest()[:6], "big") / 2**48 * 1e-6 for c in chunk_ids]
+        )
 
 
 def wrap(run: str, embedder, overlap_given: bool = True):
@@ -150,10 +158,14 @@ def wrap(run: str, embedder, overlap_given: bool = True):
     how it reads documents longer than its window (and that the overlap is the default when it was not given)."""
     strategy, _ = parse_run(run)
     if strategy == "late":
-        log.info("%s: documents longer than %d tokens are read in windows of %d tokens overlapping by %d tokens%s",
-                 run, embedder.target_length, embedder.target_length, embedder.window_overlap,
-                 "" if overlap_given else " (--window-overlap not given: the embedder's default, a quarter of the "
-                                          "window)")
+        log.info(
+            "%s: documents longer than %d tokens are read in windows of %d tokens overlapping by %d tokens%s",
+            run,
+            embedder.target_length,
+            embedder.target_length,
+            embedder.window_overlap,
+            "" if overlap_given else " (--window-overlap not given: the embedder's default, a quarter of the window)",
+        )
         return LateChunking(embedder)
     if strategy == "whole":
         return WholeDocument(embedder)

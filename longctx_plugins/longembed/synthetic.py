@@ -3,34 +3,53 @@
 Lengths are measured in tokens of the evaluated model's tokenizer (special tokens included): every document of
 split ``test_<L>`` has at most L tokens and, up to one sentence, fills it.
 """
+
 from __future__ import annotations
 
-import gzip
-import json
-import os
 import random
 import re
-from functools import lru_cache
+
+from ..texts import sotu_documents, sotu_sentences  # noqa: F401  (the haystack prose; importable from here)
 
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-FIRST = ("Alice Bruno Chiara Dmitri Elena Farid Greta Hiro Ingrid Jamal Kofi Leila Mateo Nadia Oskar Priya Quentin "
-         "Rosa Sven Tariq Uma Viktor Wanda Xavier Yara Zoltan Amara Boris Celine Dario Esme Felix Gustavo Hana "
-         "Ivan Juno Kasia Lorenzo Mira Nils Olga Pavel Rhea Soren Thea Ugo Vera Wim Yusuf Zelda").split()
-LAST = ("Abbott Brennan Castillo Dubois Eriksen Fontaine Grimaldi Hoffmann Ibarra Jansen Kowalski Lindqvist "
-        "Moreau Novak Okafor Petrov Quinlan Rossi Sato Tanaka Ueda Varga Weber Xu Yilmaz Zimmermann").split()
-CITIES = ("Lisbon Oslo Nairobi Lima Hanoi Quebec Tbilisi Porto Bergen Kyoto Cusco Tallinn Zanzibar Valletta Ghent "
-          "Bruges Lyon Graz Krakow Izmir Cordoba Tromso Hobart Dunedin Cairns Salta Arequipa Cebu Medan Goa Jaipur "
-          "Mysore Hue Luang Kandy Galle Sapporo Nara Busan Jeju Tartu Riga Vilnius Lviv Odessa Varna Plovdiv Sibiu "
-          "Brasov Split Zadar Kotor Ohrid Bitola Skopje Tirana Shkoder Patras Chania Rhodes Limassol Paphos Haifa "
-          "Aqaba Petra Muscat Salalah Doha Kuwait Manama Tabriz Shiraz Yazd Herat Bukhara Khiva Osh Almaty Taraz "
-          "Irkutsk Tomsk Kazan Perm Ufa Samara Tver Pskov Murmansk Arkhangelsk Vologda Kostroma Suzdal Vladimir "
-          "Ryazan Tula Kursk Orel Bryansk Smolensk Vitebsk Grodno Brest Pinsk").split()
-ACTIVITIES = ("paint the old lighthouse at dawn", "eat sour cherry dumplings by the harbour", "ride the night ferry",
-              "climb the bell tower at noon", "swim in the cold spring lake", "listen to street organ music",
-              "buy spiced honey at the Thursday market", "walk the river wall at sunset", "fly kites on the dunes",
-              "sketch the tram depot", "watch the glassblowers", "row across the reservoir",
-              "collect fossils on the cliffs", "play chess in the botanical garden", "bake bread in the village oven",
-              "count the herons at the marsh", "cycle the vineyard road", "learn to carve wooden spoons")
+FIRST = (
+    "Alice Bruno Chiara Dmitri Elena Farid Greta Hiro Ingrid Jamal Kofi Leila Mateo Nadia Oskar Priya Quentin "
+    "Rosa Sven Tariq Uma Viktor Wanda Xavier Yara Zoltan Amara Boris Celine Dario Esme Felix Gustavo Hana "
+    "Ivan Juno Kasia Lorenzo Mira Nils Olga Pavel Rhea Soren Thea Ugo Vera Wim Yusuf Zelda"
+).split()
+LAST = (
+    "Abbott Brennan Castillo Dubois Eriksen Fontaine Grimaldi Hoffmann Ibarra Jansen Kowalski Lindqvist "
+    "Moreau Novak Okafor Petrov Quinlan Rossi Sato Tanaka Ueda Varga Weber Xu Yilmaz Zimmermann"
+).split()
+CITIES = (
+    "Lisbon Oslo Nairobi Lima Hanoi Quebec Tbilisi Porto Bergen Kyoto Cusco Tallinn Zanzibar Valletta Ghent "
+    "Bruges Lyon Graz Krakow Izmir Cordoba Tromso Hobart Dunedin Cairns Salta Arequipa Cebu Medan Goa Jaipur "
+    "Mysore Hue Luang Kandy Galle Sapporo Nara Busan Jeju Tartu Riga Vilnius Lviv Odessa Varna Plovdiv Sibiu "
+    "Brasov Split Zadar Kotor Ohrid Bitola Skopje Tirana Shkoder Patras Chania Rhodes Limassol Paphos Haifa "
+    "Aqaba Petra Muscat Salalah Doha Kuwait Manama Tabriz Shiraz Yazd Herat Bukhara Khiva Osh Almaty Taraz "
+    "Irkutsk Tomsk Kazan Perm Ufa Samara Tver Pskov Murmansk Arkhangelsk Vologda Kostroma Suzdal Vladimir "
+    "Ryazan Tula Kursk Orel Bryansk Smolensk Vitebsk Grodno Brest Pinsk"
+).split()
+ACTIVITIES = (
+    "paint the old lighthouse at dawn",
+    "eat sour cherry dumplings by the harbour",
+    "ride the night ferry",
+    "climb the bell tower at noon",
+    "swim in the cold spring lake",
+    "listen to street organ music",
+    "buy spiced honey at the Thursday market",
+    "walk the river wall at sunset",
+    "fly kites on the dunes",
+    "sketch the tram depot",
+    "watch the glassblowers",
+    "row across the reservoir",
+    "collect fossils on the cliffs",
+    "play chess in the botanical garden",
+    "bake bread in the village oven",
+    "count the herons at the marsh",
+    "cycle the vineyard road",
+    "learn to carve wooden spoons",
+)
 OBJECTS = ("umbrella", "teapot", "bicycle", "notebook", "lantern", "violin", "compass", "kettle", "scarf", "telescope")
 COLOURS = ("turquoise", "amber", "crimson", "olive", "violet", "ochre", "silver", "indigo", "coral", "emerald")
 
@@ -41,22 +60,6 @@ DEFAULT_LENGTHS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 def _names(rng: random.Random, n: int) -> list[str]:
     pool = [f"{f} {l}" for f in FIRST for l in LAST]
     return rng.sample(pool, n)
-
-
-@lru_cache(maxsize=1)
-def sotu_documents() -> tuple[dict, ...]:
-    """The bundled public-domain State of the Union addresses (``data/README.md``): ``({"id", "text"}, ...)``."""
-    path = os.path.join(os.path.dirname(__file__), "data", "sotu.jsonl.gz")
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return tuple(json.loads(line) for line in f)
-
-
-@lru_cache(maxsize=1)
-def sotu_sentences() -> tuple[str, ...]:
-    sentences = []
-    for t in (d["text"] for d in sotu_documents()):
-        sentences.extend(s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(t.split())) if len(s.strip()) > 20)
-    return tuple(sentences)
 
 
 def haystack_sentences() -> tuple[str, ...]:
@@ -128,9 +131,11 @@ def _document(rng, sentences, needle: str, length: int, count: _Counter) -> str:
     budget = length - count.special - count(needle)
     if budget < 0:  # the document would be longer than the length its split is named after
         least = count.length(needle, special=True)
-        raise ValueError(f"length {length} is shorter than one needle sentence of this task ({least} tokens with "
-                         f"this tokenizer, special tokens included: {needle!r}); use lengths of at least "
-                         f"{least} (--lengths).")
+        raise ValueError(
+            f"length {length} is shorter than one needle sentence of this task ({least} tokens with "
+            f"this tokenizer, special tokens included: {needle!r}); use lengths of at least "
+            f"{least} (--lengths)."
+        )
     start = rng.randrange(len(sentences))
     body = _fill(sentences, start, budget, count)
     depth = rng.randint(0, len(body))
@@ -168,23 +173,35 @@ def generate_with_needles(task: str, tokenizer, lengths, n_queries: int = 50, n_
             needles = []
             for name in names:
                 key = "".join(rng.choice("0123456789") for _ in range(5))
-                needles.append((f"{name}'s pass key is {key}. Remember it. {key} is the pass key for {name}.",
-                                f"what is the passkey for {name}?"))
+                needles.append(
+                    (
+                        f"{name}'s pass key is {key}. Remember it. {key} is the pass key for {name}.",
+                        f"what is the passkey for {name}?",
+                    )
+                )
         else:
             sentences = haystack_sentences()
-            cities = rng.sample(CITIES, n_docs) if n_docs <= len(CITIES) else [f"{c} {i}" for i, c in enumerate(
-                rng.choices(CITIES, k=n_docs))]
+            cities = (
+                rng.sample(CITIES, n_docs)
+                if n_docs <= len(CITIES)
+                else [f"{c} {i}" for i, c in enumerate(rng.choices(CITIES, k=n_docs))]
+            )
             needles = []
             for i, city in enumerate(cities):
                 kind = i % 2
                 if kind == 0:
                     act = rng.choice(ACTIVITIES)
-                    needles.append((f"The best thing to do in {city} is to {act}.",
-                                    f"What is the best thing to do in {city}?"))
+                    needles.append(
+                        (f"The best thing to do in {city} is to {act}.", f"What is the best thing to do in {city}?")
+                    )
                 else:
                     obj, col = rng.choice(OBJECTS), rng.choice(COLOURS)
-                    needles.append((f"The lost {obj} found in {city} was painted {col}.",
-                                    f"What colour was the lost {obj} found in {city}?"))
+                    needles.append(
+                        (
+                            f"The lost {obj} found in {city} was painted {col}.",
+                            f"What colour was the lost {obj} found in {city}?",
+                        )
+                    )
         docs = {}
         for i, (needle, _) in enumerate(needles):
             docs[f"{split}_doc{i}"] = _document(rng, sentences, needle, length, count)

@@ -2,6 +2,7 @@
 ``<output>/data``, keyed by the generation parameters, chunk sizes included, the tokenizer's files, the generator's
 code and the tokenizer libraries) and the real tasks (read from their files on every run: reading them costs what
 hashing them would)."""
+
 from __future__ import annotations
 
 import os
@@ -14,12 +15,27 @@ _GENERATOR = ("longembed/synthetic.py", "longembed/tasks.py")
 _CHUNK_GENERATOR = _GENERATOR + ("longembed/chunk_tasks.py", "longembed/contextual.py", "embedding/chunking.py")
 
 
-def generation_key(name: str, seed: int, lengths, n_queries: int, n_docs: int, tokenizer_id,
-                   chunk_size: int | None = None, chunk_overlap: int | None = None) -> dict:
-    key = {"task": name, "seed": seed, "lengths": list(lengths), "n_queries": n_queries, "n_docs": n_docs,
-           "tokenizer": tokenizer_id, "generator": code_fingerprint(*(_CHUNK_GENERATOR if name in CHUNK_TASKS
-                                                                       else _GENERATOR)),
-           "haystack": haystack_source(), "versions": versions("transformers", "tokenizers")}
+def generation_key(
+    name: str,
+    seed: int,
+    lengths,
+    n_queries: int,
+    n_docs: int,
+    tokenizer_id,
+    chunk_size: int | None = None,
+    chunk_overlap: int | None = None,
+) -> dict:
+    key = {
+        "task": name,
+        "seed": seed,
+        "lengths": list(lengths),
+        "n_queries": n_queries,
+        "n_docs": n_docs,
+        "tokenizer": tokenizer_id,
+        "generator": code_fingerprint(*(_CHUNK_GENERATOR if name in CHUNK_TASKS else _GENERATOR)),
+        "haystack": haystack_source(),
+        "versions": versions("transformers", "tokenizers"),
+    }
     if name in CHUNK_TASKS:
         key.update(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
     return key
@@ -52,8 +68,9 @@ def check_task_entry(entry, key: dict, name: str, lengths, n_queries: int, n_doc
         if not all(isinstance(v, str) and v for v in (*corpus.values(), *queries.values())):
             return f"split {split} has a text that is not a non-empty string"
         if set(qrels) != set(queries) or not all(
-                isinstance(rel, dict) and len(rel) == 1 and set(rel) <= set(corpus) and list(rel.values()) == [1]
-                for rel in qrels.values()):
+            isinstance(rel, dict) and len(rel) == 1 and set(rel) <= set(corpus) and list(rel.values()) == [1]
+            for rel in qrels.values()
+        ):
             return f"split {split} has judgements that do not match its queries and documents"
     return None
 
@@ -71,18 +88,34 @@ def load_tasks(args, tokenizer, tokenizer_id, say) -> tuple[dict, dict]:
         for seed in args.seeds:
             task, path = None, None
             if tokenizer_id is not None:
-                key = generation_key(name, seed, args.lengths, args.n_queries, args.n_docs, tokenizer_id,
-                                     *((args.chunk_size, args.chunk_overlap) if name in CHUNK_TASKS else ()))
+                key = generation_key(
+                    name,
+                    seed,
+                    args.lengths,
+                    args.n_queries,
+                    args.n_docs,
+                    tokenizer_id,
+                    *((args.chunk_size, args.chunk_overlap) if name in CHUNK_TASKS else ()),
+                )
                 path = os.path.join(args.output, "data", f"{name}-seed{seed}-{digest(key)}.json")
-                entry = read_json(path, lambda e: check_task_entry(e, key, name, args.lengths, args.n_queries,
-                                                                   args.n_docs))
+                entry = read_json(
+                    path, lambda e: check_task_entry(e, key, name, args.lengths, args.n_queries, args.n_docs)
+                )
                 if entry is not None:
                     task = Task.from_dict(entry["task"])
                     say(f"{name} (seed {seed}): generated data from cache {path}")
             from_cache = task is not None
             if task is None:
-                task = get_task(name, lengths=args.lengths, seed=seed, tokenizer=tokenizer, n_queries=args.n_queries,
-                                n_docs=args.n_docs, chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap)
+                task = get_task(
+                    name,
+                    lengths=args.lengths,
+                    seed=seed,
+                    tokenizer=tokenizer,
+                    n_queries=args.n_queries,
+                    n_docs=args.n_docs,
+                    chunk_size=args.chunk_size,
+                    chunk_overlap=args.chunk_overlap,
+                )
                 if path:
                     write_json(path, {"key": key, "task": task.to_dict()})
             record[f"{name}/seed{seed}"] = {"from_cache": from_cache, "path": path}

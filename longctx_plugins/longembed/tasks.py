@@ -1,5 +1,6 @@
 """LongEmbed tasks: synthetic ``passkey`` / ``needle`` (generated), the four real ones (local files / hub) and the
 generated chunk-level tasks ``contextual`` / ``passkey_chunks`` / ``needle_chunks`` (:mod:`.chunk_tasks`)."""
+
 from __future__ import annotations
 
 import json
@@ -7,30 +8,36 @@ import os
 import warnings
 from dataclasses import dataclass, field
 
+from .._checks import is_int_at_least
 from . import chunk_tasks, synthetic
 
-REAL_TASKS = {"narrativeqa": "narrativeqa", "qmsum": "qmsum", "2wikimqa": "2wikimqa",
-              "summscreenfd": "summ_screen_fd"}
+REAL_TASKS = {"narrativeqa": "narrativeqa", "qmsum": "qmsum", "2wikimqa": "2wikimqa", "summscreenfd": "summ_screen_fd"}
 GENERATED_TASKS = synthetic.SYNTHETIC_TASKS + chunk_tasks.CHUNK_TASKS  # built from --seed, sized by --lengths
 TASKS = synthetic.SYNTHETIC_TASKS + tuple(REAL_TASKS) + chunk_tasks.CHUNK_TASKS
-MTEB_NAMES = {"passkey": "LEMBPasskeyRetrieval", "needle": "LEMBNeedleRetrieval",
-              "narrativeqa": "LEMBNarrativeQARetrieval", "qmsum": "LEMBQMSumRetrieval",
-              "2wikimqa": "LEMBWikimQARetrieval", "summscreenfd": "LEMBSummScreenFDRetrieval",
-              # not LongEmbed tasks: this package's chunk-level tasks, named in the same style
-              "contextual": "ChunkContextualRetrieval", "passkey_chunks": "ChunkPasskeyRetrieval",
-              "needle_chunks": "ChunkNeedleRetrieval"}
+MTEB_NAMES = {
+    "passkey": "LEMBPasskeyRetrieval",
+    "needle": "LEMBNeedleRetrieval",
+    "narrativeqa": "LEMBNarrativeQARetrieval",
+    "qmsum": "LEMBQMSumRetrieval",
+    "2wikimqa": "LEMBWikimQARetrieval",
+    "summscreenfd": "LEMBSummScreenFDRetrieval",
+    # not LongEmbed tasks: this package's chunk-level tasks, named in the same style
+    "contextual": "ChunkContextualRetrieval",
+    "passkey_chunks": "ChunkPasskeyRetrieval",
+    "needle_chunks": "ChunkNeedleRetrieval",
+}
 
 
 @dataclass
 class Task:
     name: str
-    corpus: dict = field(default_factory=dict)   # split -> {doc_id: text}
+    corpus: dict = field(default_factory=dict)  # split -> {doc_id: text}
     queries: dict = field(default_factory=dict)  # split -> {query_id: text}
-    qrels: dict = field(default_factory=dict)    # split -> {query_id: {doc_id: relevance}}
+    qrels: dict = field(default_factory=dict)  # split -> {query_id: {doc_id: relevance}}
     main_score: str = "ndcg_at_1"
     description: str = ""
     documents: dict = field(default_factory=dict)  # chunk tasks: split -> {doc_id: text}
-    chunks: dict = field(default_factory=dict)     # chunk tasks: split -> {chunk_id: [doc_id, start, end]}
+    chunks: dict = field(default_factory=dict)  # chunk tasks: split -> {chunk_id: [doc_id, start, end]}
 
     @property
     def splits(self) -> list[str]:
@@ -41,14 +48,20 @@ class Task:
         return MTEB_NAMES.get(self.name, self.name)
 
     def to_dict(self) -> dict:
-        out = {"name": self.name, "corpus": self.corpus, "queries": self.queries, "qrels": self.qrels,
-               "main_score": self.main_score, "description": self.description}
+        out = {
+            "name": self.name,
+            "corpus": self.corpus,
+            "queries": self.queries,
+            "qrels": self.qrels,
+            "main_score": self.main_score,
+            "description": self.description,
+        }
         if self.chunks:
             out.update(documents=self.documents, chunks=self.chunks)
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Task":
+    def from_dict(cls, d: dict) -> Task:
         return cls(**d)
 
     def to_mteb(self):
@@ -61,15 +74,23 @@ class Task:
 def check_lengths(lengths) -> list[int]:
     out = []
     for x in lengths:
-        if isinstance(x, bool) or not isinstance(x, int) or x <= 0:
+        if not is_int_at_least(x, 1):
             raise ValueError(f"lengths must be positive integers, got {x!r}.")
         out.append(x)
     return out
 
 
-def get_task(name: str, lengths=None, seed: int = 0, data_dir: str | None = None, tokenizer=None,
-             n_queries: int = 50, n_docs: int = 100, chunk_size: int = chunk_tasks.DEFAULT_CHUNK_SIZE,
-             chunk_overlap: int = chunk_tasks.DEFAULT_CHUNK_OVERLAP) -> Task:
+def get_task(
+    name: str,
+    lengths=None,
+    seed: int = 0,
+    data_dir: str | None = None,
+    tokenizer=None,
+    n_queries: int = 50,
+    n_docs: int = 100,
+    chunk_size: int = chunk_tasks.DEFAULT_CHUNK_SIZE,
+    chunk_overlap: int = chunk_tasks.DEFAULT_CHUNK_OVERLAP,
+) -> Task:
     """Build or load a LongEmbed task.
 
     Synthetic tasks are generated deterministically from ``seed`` with lengths counted in ``tokenizer``'s tokens
@@ -89,10 +110,18 @@ def get_task(name: str, lengths=None, seed: int = 0, data_dir: str | None = None
             tokenizer = AutoTokenizer.from_pretrained(default_model_path())
     if name in chunk_tasks.CHUNK_TASKS:
         corpus, queries, qrels, documents, chunks = chunk_tasks.generate(
-            name, tokenizer, lengths, n_queries, n_docs, seed, chunk_size, chunk_overlap)
-        return Task(name, corpus, queries, qrels, chunk_tasks.MAIN_SCORE,
-                    f"chunk-level {name}, seed {seed}, chunks of {chunk_size} tokens, overlap {chunk_overlap}",
-                    documents, chunks)
+            name, tokenizer, lengths, n_queries, n_docs, seed, chunk_size, chunk_overlap
+        )
+        return Task(
+            name,
+            corpus,
+            queries,
+            qrels,
+            chunk_tasks.MAIN_SCORE,
+            f"chunk-level {name}, seed {seed}, chunks of {chunk_size} tokens, overlap {chunk_overlap}",
+            documents,
+            chunks,
+        )
     if name in synthetic.SYNTHETIC_TASKS:
         corpus, queries, qrels = synthetic.generate(name, tokenizer, lengths, n_queries, n_docs, seed)
         return Task(name, corpus, queries, qrels, "ndcg_at_1", f"synthetic {name}, seed {seed}")
@@ -105,8 +134,10 @@ class TaskDataWarning(UserWarning):
 
 def _read_jsonl(path: str) -> list[dict]:
     if not os.path.exists(path):
-        raise FileNotFoundError(f"missing data file {path} (expected the LongEmbed layout: corpus.jsonl, "
-                                "queries.jsonl, qrels.jsonl per task).")
+        raise FileNotFoundError(
+            f"missing data file {path} (expected the LongEmbed layout: corpus.jsonl, "
+            "queries.jsonl, qrels.jsonl per task)."
+        )
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -146,11 +177,15 @@ def check_qrels(corpus: dict, queries: dict, qrels: dict, names=("corpus", "quer
     if not qids:
         raise ValueError(f"{r_name}: no judgements; nothing can be scored.")
     if not qids & set(queries):
-        raise ValueError(f"{r_name}: none of its {len(qids)} query ids appear in {q_name} (e.g. {_examples(qids)}"
-                         f" vs {_examples(queries)}); the query ids of both files must match.")
+        raise ValueError(
+            f"{r_name}: none of its {len(qids)} query ids appear in {q_name} (e.g. {_examples(qids)}"
+            f" vs {_examples(queries)}); the query ids of both files must match."
+        )
     if not dids & set(corpus):
-        raise ValueError(f"{r_name}: none of its {len(dids)} document ids appear in {c_name} (e.g. "
-                         f"{_examples(dids)} vs {_examples(corpus)}); the document ids of both files must match.")
+        raise ValueError(
+            f"{r_name}: none of its {len(dids)} document ids appear in {c_name} (e.g. "
+            f"{_examples(dids)} vs {_examples(corpus)}); the document ids of both files must match."
+        )
     kept = {q: {d: r for d, r in rel.items() if d in corpus} for q, rel in qrels.items() if q in queries}
     kept = {q: rel for q, rel in kept.items() if rel}
     total = sum(len(rel) for rel in qrels.values())
@@ -160,13 +195,19 @@ def check_qrels(corpus: dict, queries: dict, qrels: dict, names=("corpus", "quer
     if dropped:
         bad_q, bad_d = qids - set(queries), dids - set(corpus)
         parts = ([f"{len(bad_q)} query id(s) not in {q_name} (e.g. {_examples(bad_q)})"] if bad_q else []) + (
-            [f"{len(bad_d)} document id(s) not in {c_name} (e.g. {_examples(bad_d)})"] if bad_d else [])
-        warnings.warn(f"{r_name}: dropped {dropped} of {total} judgements: {'; '.join(parts)}.", TaskDataWarning,
-                      stacklevel=2)
+            [f"{len(bad_d)} document id(s) not in {c_name} (e.g. {_examples(bad_d)})"] if bad_d else []
+        )
+        warnings.warn(
+            f"{r_name}: dropped {dropped} of {total} judgements: {'; '.join(parts)}.", TaskDataWarning, stacklevel=2
+        )
     unjudged = set(queries) - set(kept)
     if unjudged:
-        warnings.warn(f"{q_name}: {len(unjudged)} of {len(queries)} queries have no judgement in {r_name} and are "
-                      f"not scored (e.g. {_examples(unjudged)}).", TaskDataWarning, stacklevel=2)
+        warnings.warn(
+            f"{q_name}: {len(unjudged)} of {len(queries)} queries have no judgement in {r_name} and are "
+            f"not scored (e.g. {_examples(unjudged)}).",
+            TaskDataWarning,
+            stacklevel=2,
+        )
     return kept
 
 
@@ -219,6 +260,7 @@ def _load_hub(name: str, split: str) -> Task:
     qrels = {}
     for r in ds["qrels"]:
         qrels.setdefault(str(r["qid"]), {})[str(r["doc_id"])] = 1
-    qrels = check_qrels(corpus, queries, qrels, names=tuple(f"dwzhu/LongEmbed {name} {k}" for k in
-                                                           ("corpus", "queries", "qrels")))
+    qrels = check_qrels(
+        corpus, queries, qrels, names=tuple(f"dwzhu/LongEmbed {name} {k}" for k in ("corpus", "queries", "qrels"))
+    )
     return Task(name, {split: corpus}, {split: queries}, {split: qrels}, "ndcg_at_10", f"LongEmbed {name}")

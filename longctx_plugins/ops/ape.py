@@ -1,8 +1,10 @@
-"""Absolute-position-embedding (APE) extension math (as in LongEmbed, Zhu et al. 2024): table interpolation and position maps.
+"""Absolute-position-embedding (APE) extension math (as in LongEmbed, Zhu et al. 2024): table interpolation and
+position maps.
 
 Every map keeps inputs no longer than the trained window ``L`` on their original positions, so their embeddings
 are exactly those of the unextended model.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +26,7 @@ def interpolate_table(weight: torch.Tensor, trained: int, scale: int, offset: in
     interpolations; rows past the last original row repeat it. The first ``offset`` rows (XLM-R's padding
     rows) are kept. Returns ``[offset + trained * scale, hidden]``.
     """
-    head, real = weight[:offset], weight[offset: offset + trained].to(torch.float32)
+    head, real = weight[:offset], weight[offset : offset + trained].to(torch.float32)
     j = torch.arange(trained * scale, dtype=torch.float64, device=weight.device)
     lo = torch.div(j, scale, rounding_mode="floor").long()
     hi = torch.clamp(lo + 1, max=trained - 1)

@@ -5,6 +5,7 @@ evaluated inside) or full (no masking). For rules made of document ranges and po
 decided from per-block ranges in O((S / block)^2), without compiling or evaluating the rule per element.
 The classification may only err towards "partial": ``mask_mod`` then decides exactly.
 """
+
 from __future__ import annotations
 
 import torch
@@ -45,7 +46,7 @@ def anchor_blocks(doc_ids: torch.Tensor, block: int, causal: bool):
     overlap = (lo[:, :, None] <= hi[:, None, :]) & (lo[:, None, :] <= hi[:, :, None])
     has_anchor_key = (lo == 0)[:, None, :]
     any_ = (overlap | has_anchor_key) & c_any
-    single = (lo == hi)
+    single = lo == hi
     same = single[:, :, None] & single[:, None, :] & (lo[:, :, None] == lo[:, None, :])
     tail = _tail(doc_ids.shape[1], block, doc_ids.device)
     full = same & c_full & ~tail[None, :, None] & ~tail[None, None, :]
@@ -70,7 +71,11 @@ def band_blocks(q_pos, k_pos, key_valid, block: int, band, causal: bool):
     rows_any = ((rhi >= band.rows_from) & (rlo < band.rows_to))[:, :, None]
     rows_all = ((rlo >= band.rows_from) & (rhi < band.rows_to))[:, :, None]
     any_ = (dmax >= band.lo) & (dmin <= band.hi) & c_any & rows_any
-    ok = rows_all & ~_tail(q_pos.shape[1], block, q_pos.device)[None, :, None] & ~_tail(k_pos.shape[1], block, q_pos.device)[None, None, :]
+    ok = (
+        rows_all
+        & ~_tail(q_pos.shape[1], block, q_pos.device)[None, :, None]
+        & ~_tail(k_pos.shape[1], block, q_pos.device)[None, None, :]
+    )
     if key_valid is not None:
         ok = ok & block_all(key_valid, block)[:, None, :]
     full = (dmin >= band.lo) & (dmax <= band.hi) & c_full & ok & any_
@@ -91,8 +96,9 @@ def to_block_mask(any_: torch.Tensor, full: torch.Tensor, mask_mod, q_len: int, 
 
     kv_num, kv_idx = compress(partial)
     full_num, full_idx = compress(full)
-    return BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod,
-                                    seq_lengths=(q_len, kv_len))
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=block, mask_mod=mask_mod, seq_lengths=(q_len, kv_len)
+    )
 
 
 def block_all(values: torch.Tensor, block: int) -> torch.Tensor:

@@ -12,6 +12,7 @@ Parameter names: the authors' code calls ``C`` its "chunk_size" and cuts chunks 
 ``chunk_size`` is the chunk length itself, so the authors' defaults (their chunk_size = 3L/4, local_window = L/8 for a
 trained length L) are ``chunk_size = 5L/8, local_window = L/8``.
 """
+
 from __future__ import annotations
 
 from . import passes as P

@@ -1,4 +1,5 @@
 """Dense attention helper shared by the exact paths: GQA head repetition."""
+
 from __future__ import annotations
 
 import torch

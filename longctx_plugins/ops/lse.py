@@ -1,4 +1,5 @@
 """Exact merge of attention results over disjoint key sets by their log-sum-exps."""
+
 from __future__ import annotations
 
 import torch

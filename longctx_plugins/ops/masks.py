@@ -3,9 +3,10 @@
 Every factory returns an index-based function that works both element-wise under FlexAttention's
 ``create_block_mask`` and on broadcast index tensors (``dense_mask``), so one definition serves all paths.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -47,6 +48,7 @@ def anchor_mod(doc_ids: torch.Tensor, causal: bool = True) -> MaskMod:
 
 def key_valid_mod(valid: torch.Tensor) -> MaskMod:
     """Keys marked False in ``valid [B, K]`` (padding) are never attended."""
+
     def mod(b, h, q_idx, kv_idx):
         return valid[b, kv_idx]
 
@@ -55,25 +57,11 @@ def key_valid_mod(valid: torch.Tensor) -> MaskMod:
 
 def band_mod(band, q_pos: torch.Tensor, k_pos: torch.Tensor, causal: bool, valid: torch.Tensor | None) -> MaskMod:
     """The pairs of ``band`` (a :class:`~longctx_plugins.ops.passes.Band` on positions ``q_pos [B, Q]``,
-    ``k_pos [B, K]``), causal (``kv_idx <= q_idx``) when asked, without padded keys."""
-    import math
+    ``k_pos [B, K]``; its rule is :meth:`~longctx_plugins.ops.passes.Band.pairs`), causal (``kv_idx <= q_idx``) when
+    asked, without padded keys."""
 
     def mod(b, h, q_idx, kv_idx):
-        qp, kp = q_pos[b, q_idx], k_pos[b, kv_idx]
-        if band.q_div != 1:
-            qp = torch.div(qp, band.q_div, rounding_mode="floor")
-        if band.k_div != 1:
-            kp = torch.div(kp, band.k_div, rounding_mode="floor")
-        d = qp - kp
-        out = d == d  # all True, in the right shape
-        if band.lo != -math.inf:
-            out = out & (d >= int(band.lo))
-        if band.hi != math.inf:
-            out = out & (d <= int(band.hi))
-        if band.rows_from != -math.inf:
-            out = out & (q_pos[b, q_idx] >= int(band.rows_from))
-        if band.rows_to != math.inf:
-            out = out & (q_pos[b, q_idx] < int(band.rows_to))
+        out = band.pairs(q_pos[b, q_idx], k_pos[b, kv_idx])
         if causal:
             out = out & (kv_idx <= q_idx)
         if valid is not None:
@@ -105,7 +93,8 @@ def doc_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, batch: int, seq_len: int) 
         raise ValueError(
             f"cu_seq_lens must start at 0 and end at batch*seq_len={batch}*{seq_len}={total}; got "
             f"first={int(cu[0]) if cu.numel() else None}, last={int(cu[-1]) if cu.numel() else None}. "
-            "Build the batch with AnchorPackingCollator (or DataCollatorWithFlattening) and do not truncate it afterwards."
+            "Build the batch with AnchorPackingCollator (or DataCollatorWithFlattening) and do not truncate it "
+            "afterwards."
         )
     if bool((cu[1:] < cu[:-1]).any()):
         raise ValueError("cu_seq_lens must be non-decreasing.")

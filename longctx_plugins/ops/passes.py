@@ -10,6 +10,7 @@ attention per pass and merge them by log-sum-exp (:func:`~longctx_plugins.ops.ls
 q and k arrive already rotated at their true positions; rotating them again by ``new - true`` gives the rotation at
 the new position (rotations compose).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,11 +37,25 @@ class Band:
     rows_from: float = -math.inf
     rows_to: float = math.inf
 
+    def pairs(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
+        """Whether the pairs ``(q_pos, k_pos)`` lie in the band, elementwise over broadcastable position tensors: the
+        one statement of the rule (dense masks through :meth:`contains`, FlexAttention's mask_mod through
+        :func:`~longctx_plugins.ops.masks.band_mod`). Infinite bounds are skipped, never compared."""
+        d = floor_div(q_pos, self.q_div) - floor_div(k_pos, self.k_div)
+        out = d == d  # all True, in the broadcast shape
+        if self.lo != -math.inf:
+            out = out & (d >= int(self.lo))
+        if self.hi != math.inf:
+            out = out & (d <= int(self.hi))
+        if self.rows_from != -math.inf:
+            out = out & (q_pos >= int(self.rows_from))
+        if self.rows_to != math.inf:
+            out = out & (q_pos < int(self.rows_to))
+        return out
+
     def contains(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
         """``[B, Q, K]`` bool for positions ``q_pos [B, Q]``, ``k_pos [B, K]``."""
-        d = floor_div(q_pos, self.q_div)[:, :, None] - floor_div(k_pos, self.k_div)[:, None, :]
-        rows = ((q_pos >= self.rows_from) & (q_pos < self.rows_to))[:, :, None]
-        return (d >= self.lo) & (d <= self.hi) & rows
+        return self.pairs(q_pos[:, :, None], k_pos[:, None, :])
 
     @property
     def all_rows(self) -> bool:
@@ -129,8 +144,19 @@ def gqa_logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     return (out * scale).view(B, Hkv, H // Hkv, Q, k.shape[2])
 
 
-def dense_attention(query, key, value, q_pos, k_pos, passes, inv_freq, *, mask: torch.Tensor | None,
-                    scale: float, logit_scale: torch.Tensor | None = None) -> torch.Tensor:
+def dense_attention(
+    query,
+    key,
+    value,
+    q_pos,
+    k_pos,
+    passes,
+    inv_freq,
+    *,
+    mask: torch.Tensor | None,
+    scale: float,
+    logit_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Exact multi-pass attention: each pair's logit from the pass that covers it, one float32 softmax.
 
     ``query [B,H,Q,D]`` and ``key [B,Hkv,K,D]`` rotated at their true positions ``q_pos [B,Q]``, ``k_pos [B,K]``;

@@ -1,4 +1,5 @@
 """RoPE math: inverse frequencies for the plugin RoPE types and re-rotation helpers."""
+
 from __future__ import annotations
 
 import torch

@@ -9,6 +9,7 @@ authors' decoding computes it). Decoders only.
 
 With all distances inside a trained window L: ``S <= L - 1`` and ``length <= L + S - W`` (at most about 2L).
 """
+
 from __future__ import annotations
 
 from . import passes as P
@@ -16,8 +17,7 @@ from . import passes as P
 DEFAULT_LOCAL_WINDOW = 128  # the authors' default
 
 
-def default_parameters(trained_length: int, target_length: int,
-                       local_window: int | None = None) -> tuple[int, int]:
+def default_parameters(trained_length: int, target_length: int, local_window: int | None = None) -> tuple[int, int]:
     """``(shift, local_window)`` for reaching ``target_length``: the authors' shift of a third of the trained length
     when that reaches the target with trained distances only, else the smallest shift that does
     (``target - L + W``), at most ``L - 1``."""
@@ -32,5 +32,7 @@ def max_length(trained_length: int, shift: int, local_window: int) -> int:
 
 
 def passes(shift: int, local_window: int) -> tuple[P.Pass, ...]:
-    return (P.Pass("window", P.Band(lo=0, hi=shift - 1)),
-            P.Pass("shifted", P.Band(lo=shift), q=P.Positions(c=local_window - shift)))
+    return (
+        P.Pass("window", P.Band(lo=0, hi=shift - 1)),
+        P.Pass("shifted", P.Band(lo=shift), q=P.Positions(c=local_window - shift)),
+    )

@@ -9,6 +9,7 @@ so queries and output need no gather or scatter; only keys/values are gathered t
 (``kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal) -> [total_q, H, D]``);
 :func:`tests.references.varlen_attention_reference` is that kernel in float32.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

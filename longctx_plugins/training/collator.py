@@ -16,13 +16,17 @@ With ``sequence_parallel_size=N > 1`` (DeepSpeed Ulysses, :mod:`longctx_plugins.
 window length is padded to a multiple of N and ``cu_seq_lens_*`` are tuples of ints: DeepSpeed's data-loader
 adapter shards every ``[B, T]`` tensor along T, and the boundaries must reach the attention whole.
 """
+
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
+
+from .._checks import positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +50,24 @@ class AnchorPackingCollator:
             the boundaries as tuples (see the module docstring). 1 (default): plain tensors.
     """
 
-    def __init__(self, tokenizer=None, max_length: int = 32768, anchor_token_id: int | None = None,
-                 pad_token_id: int | None = None, drop_leading_bos: bool = True, split_long_documents: bool = True,
-                 skip_empty: bool = False, padding: str = "longest", pad_to_multiple_of: int | None = None,
-                 sequence_parallel_size: int = 1, return_tensors: str = "pt"):
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 2:
-            raise ValueError(f"max_length must be an integer >= 2 (anchor + at least one token), got {max_length!r}.")
+    def __init__(
+        self,
+        tokenizer=None,
+        max_length: int = 32768,
+        anchor_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        drop_leading_bos: bool = True,
+        split_long_documents: bool = True,
+        skip_empty: bool = False,
+        padding: str = "longest",
+        pad_to_multiple_of: int | None = None,
+        sequence_parallel_size: int = 1,
+        return_tensors: str = "pt",
+    ):
+        positive_int("max_length", max_length, 2, why="anchor + at least one token")
         if padding not in ("longest", "max_length"):
             raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}.")
-        if not isinstance(sequence_parallel_size, int) or isinstance(sequence_parallel_size, bool) \
-                or sequence_parallel_size < 1:
-            raise ValueError(f"sequence_parallel_size must be an integer >= 1, got {sequence_parallel_size!r}.")
+        positive_int("sequence_parallel_size", sequence_parallel_size)
         if padding == "max_length" and max_length % sequence_parallel_size:
             raise ValueError(
                 f"padding='max_length' with sequence_parallel_size={sequence_parallel_size}: max_length={max_length} "
@@ -111,7 +122,7 @@ class AnchorPackingCollator:
                     f"AnchorPackingCollator: document {index} has {len(ids)} tokens, more than the window holds "
                     f"({capacity} = max_length - 1 for the anchor). Pass split_long_documents=True or raise max_length."
                 )
-            docs.extend(ids[i:i + capacity] for i in range(0, len(ids), capacity))
+            docs.extend(ids[i : i + capacity] for i in range(0, len(ids), capacity))
         return docs
 
     def pack(self, features: Sequence[Any]) -> list[list[list[int]]]:
@@ -151,8 +162,8 @@ class AnchorPackingCollator:
             pos = 1
             for doc in window:
                 t = torch.tensor(doc, dtype=torch.long)
-                input_ids[r, pos:pos + len(doc)] = t
-                labels[r, pos + 1:pos + len(doc)] = t[1:]
+                input_ids[r, pos : pos + len(doc)] = t
+                labels[r, pos + 1 : pos + len(doc)] = t[1:]
                 pos += len(doc)
                 cu.append(start + pos)
             attention_mask[r, :pos] = 1
@@ -179,15 +190,21 @@ def _token_ids(feature: Any, index: int) -> list[int]:
     feature and what it holds."""
     if isinstance(feature, dict) or hasattr(feature, "keys"):
         if "input_ids" not in feature:
-            raise ValueError(f"AnchorPackingCollator: feature {index} has no 'input_ids' (keys: {sorted(feature)}). "
-                             "Tokenise the dataset first, e.g. dataset.map(lambda x: tokenizer(x['text'])).")
+            raise ValueError(
+                f"AnchorPackingCollator: feature {index} has no 'input_ids' (keys: {sorted(feature)}). "
+                "Tokenise the dataset first, e.g. dataset.map(lambda x: tokenizer(x['text']))."
+            )
         feature = feature["input_ids"]
     if hasattr(feature, "tolist"):  # torch tensors, numpy arrays
         feature = feature.tolist()
-    if isinstance(feature, (str, bytes)) or not isinstance(feature, (list, tuple)) or not all(
-            isinstance(t, int) and not isinstance(t, bool) for t in feature):
+    if (
+        isinstance(feature, (str, bytes))
+        or not isinstance(feature, (list, tuple))
+        or not all(isinstance(t, int) and not isinstance(t, bool) for t in feature)
+    ):
         shown = repr(feature)[:60]
-        raise ValueError(f"AnchorPackingCollator: feature {index} must be token ids (a list of ints, or a mapping with "
-                         f"'input_ids'), got {type(feature).__name__} {shown}. Tokenise the text first.")
+        raise ValueError(
+            f"AnchorPackingCollator: feature {index} must be token ids (a list of ints, or a mapping with "
+            f"'input_ids'), got {type(feature).__name__} {shown}. Tokenise the text first."
+        )
     return list(feature)
-

@@ -4,11 +4,12 @@ Only the *new* (interpolated) rows of the position table train; everything else,
 exactly as it was. Inputs no longer than the trained window use only original rows (positions ``p * s``), so their
 embeddings stay identical to the unextended model's after tuning.
 """
+
 from __future__ import annotations
 
 import torch
 
-from ..ape import embeddings_module, position_offset
+from ..positions.ape import embeddings_module, position_offset
 
 
 class PositionTuning:
@@ -50,8 +51,10 @@ def prepare_position_tuning(model) -> PositionTuning:
     """Freeze ``model`` except the new rows of its PI-extended position table (see the module docstring)."""
     info = getattr(model.config, "longctx_ape", None)
     if not info or info.get("method") != "pi":
-        raise ValueError("position-only tuning needs a model extended with extend(model, 'pi', target_length) "
-                         "(it trains the interpolated rows of the position table).")
+        raise ValueError(
+            "position-only tuning needs a model extended with extend(model, 'pi', target_length) "
+            "(it trains the interpolated rows of the position table)."
+        )
     offset, trained, scale = position_offset(model.config), info["original_max_position_embeddings"], info["scale"]
     table = embeddings_module(model).position_embeddings.weight
     original = torch.cat([torch.arange(offset), offset + torch.arange(trained) * scale]).to(table.device)

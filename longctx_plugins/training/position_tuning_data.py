@@ -1,13 +1,14 @@
 """Training data for position-only tuning (see :mod:`.position_tuning`): query/passage pairs from the bundled State
 of the Union addresses, and PoSE-style shifted positions (LongEmbed's E5-Base-4k recipe) so that short samples train
 the rows of long inputs."""
+
 from __future__ import annotations
 
 import random
 
 import torch
 
-from ..longembed.synthetic import sotu_documents
+from ..texts import sotu_documents
 
 
 def pairs(tokenizer, n, max_tokens, seed=0, deep_query=False, hard_negatives=False, pose=False):
@@ -23,8 +24,8 @@ def pairs(tokenizer, n, max_tokens, seed=0, deep_query=False, hard_negatives=Fal
         words = rng.choice(texts).split()
         length = rng.randint(150, 350) if pose else rng.randint(600, int(max_tokens * 0.7))
         start = rng.randrange(max(1, len(words) - length))
-        passage = " ".join(words[start:start + length])
-        tail = " ".join(words[start + 380:start + length]) if deep_query and not pose else passage
+        passage = " ".join(words[start : start + length])
+        tail = " ".join(words[start + 380 : start + length]) if deep_query and not pose else passage
         sentences = [s for s in tail.split(". ")[1:] if len(s.split()) > 10]
         if sentences:
             query = rng.choice(sentences)

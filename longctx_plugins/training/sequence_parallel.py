@@ -15,9 +15,11 @@ Usage with ``Trainer`` (launch with ``accelerate launch`` or ``torchrun``, one p
 The whole stack (DeepSpeed's all-to-all, its loss aggregation in ``Trainer``) is DeepSpeed's and accelerate's; nothing
 here communicates. ``examples/train_anchor_sp.py`` is a complete script.
 """
+
 from __future__ import annotations
 
 from .. import _compat
+from .._checks import positive_int
 
 
 def ulysses_parallelism_config(sp_size: int, attn_implementation: str = "anchor", seq_length: int | None = None):
@@ -29,14 +31,14 @@ def ulysses_parallelism_config(sp_size: int, attn_implementation: str = "anchor"
         attn_implementation: the registered attention DeepSpeed wraps; must equal the model's.
         seq_length: fixed global window length, or None for windows whose length varies between batches.
     """
-    if not isinstance(sp_size, int) or isinstance(sp_size, bool) or sp_size < 1:
-        raise ValueError(f"sp_size must be an integer >= 1, got {sp_size!r}.")
+    positive_int("sp_size", sp_size)
     _compat.require_deepspeed_sp()
     from accelerate.parallelism_config import ParallelismConfig
     from accelerate.utils import DeepSpeedSequenceParallelConfig
 
-    handler = DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=seq_length is None, sp_seq_length=seq_length,
-                                              sp_attn_implementation="sdpa")
+    handler = DeepSpeedSequenceParallelConfig(
+        sp_seq_length_is_variable=seq_length is None, sp_seq_length=seq_length, sp_attn_implementation="sdpa"
+    )
     # accelerate's dataclass validates the name against a fixed list (see _compat, beside MIN_DEEPSPEED_SP); DeepSpeed,
     # which does the work, accepts any name in transformers' attention registry.
     handler.sp_attn_implementation = attn_implementation

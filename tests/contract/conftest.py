@@ -1,5 +1,6 @@
 """Shared pieces of the exactness contract: texts of exact token lengths, the models (the bundled MiniLM and tiny
 random RoPE models saved with its tokenizer) and their references, each computed once per session."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,20 +13,30 @@ from longctx_plugins.embedder import default_model_path
 
 from . import definitions as D
 
-WORDS = ("river harbour senate bridge garden window lantern copper meadow violin pepper marble cotton ladder winter "
-         "falcon orchard candle mirror thunder carpet signal pocket silver basket engine timber valley velvet rocket "
-         "parade ticket anchor harvest button jacket magnet pillow saddle tunnel").split()
+WORDS = (
+    "river harbour senate bridge garden window lantern copper meadow violin pepper marble cotton ladder winter "
+    "falcon orchard candle mirror thunder carpet signal pocket silver basket engine timber valley velvet rocket "
+    "parade ticket anchor harvest button jacket magnet pillow saddle tunnel"
+).split()
 APE_TRAINED, APE_TARGET = 512, 2048
 ROPE_TRAINED, ROPE_TARGET = 64, 256
 # Token counts (special tokens included) per scenario: one text, equal lengths (no padding), mixed lengths (padding);
 # inside the trained window and beyond it.
 APE_SCENARIOS = {
-    "inside-one": [14], "inside-equal": [60, 60], "inside-mixed": [20, 90, 45],
-    "beyond-one": [700], "beyond-equal": [650, 650], "beyond-mixed": [900, 30, 600],
+    "inside-one": [14],
+    "inside-equal": [60, 60],
+    "inside-mixed": [20, 90, 45],
+    "beyond-one": [700],
+    "beyond-equal": [650, 650],
+    "beyond-mixed": [900, 30, 600],
 }
 ROPE_SCENARIOS = {
-    "inside-one": [9], "inside-equal": [40, 40], "inside-mixed": [12, 60, 33],
-    "beyond-one": [150], "beyond-equal": [120, 120], "beyond-mixed": [200, 20, 96],
+    "inside-one": [9],
+    "inside-equal": [40, 40],
+    "inside-mixed": [12, 60, 33],
+    "beyond-one": [150],
+    "beyond-equal": [120, 120],
+    "beyond-mixed": [200, 20, 96],
 }
 
 
@@ -86,8 +97,12 @@ def ape_reference(tokenizer):
         model = pi_model if method == "pi" else base
         pos = D.ape_positions(method, len(ids), APE_TRAINED, APE_TARGET)
         with torch.no_grad():
-            out = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                        position_ids=torch.tensor([pos]), token_type_ids=torch.zeros(1, len(ids), dtype=torch.long))
+            out = model(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                position_ids=torch.tensor([pos]),
+                token_type_ids=torch.zeros(1, len(ids), dtype=torch.long),
+            )
         return out.last_hidden_state[0]
 
     def states(method: str, text: str) -> torch.Tensor:
@@ -95,7 +110,7 @@ def ape_reference(tokenizer):
         if key not in cache:
             ids = tokenizer(text)["input_ids"]
             if method == "none" and len(ids) > APE_TRAINED:  # truncated to the trained window, [SEP] kept
-                ids = ids[:APE_TRAINED - 1] + ids[-1:]
+                ids = ids[: APE_TRAINED - 1] + ids[-1:]
             cache[key] = states_of_ids(method, ids)
         return cache[key]
 
@@ -133,9 +148,15 @@ def rope_checkpoints(tmp_path_factory, tokenizer):
     paths = {}
     for name, (cfg_cls, model_cls, extra, _) in ROPE_MODELS.items():
         cfg = getattr(transformers, cfg_cls)(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            vocab_size=len(tokenizer), max_position_embeddings=ROPE_TRAINED, pad_token_id=tokenizer.pad_token_id,
-            **extra)
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=ROPE_TRAINED,
+            pad_token_id=tokenizer.pad_token_id,
+            **extra,
+        )
         torch.manual_seed(0)
         model = getattr(transformers, model_cls)(cfg).eval()
         with torch.no_grad():  # small random weights keep every layer away from saturation
@@ -174,12 +195,19 @@ def rope_reference(rope_checkpoints, tokenizer):
         if key not in cache:
             model = model_for(kind)
             theta = float(model.config.rope_parameters["rope_theta"])  # the checkpoint's own base
-            model.config.contract_reference = {"method": method, "params": params, "trained": ROPE_TRAINED,
-                                               "theta": theta}
+            model.config.contract_reference = {
+                "method": method,
+                "params": params,
+                "trained": ROPE_TRAINED,
+                "theta": theta,
+            }
             n = len(ids)
             with torch.no_grad():
-                out = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, n, dtype=torch.long),
-                            position_ids=torch.arange(n)[None])
+                out = model(
+                    input_ids=torch.tensor([ids]),
+                    attention_mask=torch.ones(1, n, dtype=torch.long),
+                    position_ids=torch.arange(n)[None],
+                )
             cache[key] = out.logits[0] if kind.endswith("-lm") else out.last_hidden_state[0]
         return cache[key]
 

@@ -2,6 +2,7 @@
 PI table, RoPE rotation distances per query/key pair, and a whole-model reference attention that applies them with
 an explicit mask and an eager float32 softmax. Every reference forward passes ``attention_mask`` and
 ``position_ids`` explicitly, so nothing depends on what transformers infers."""
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,7 @@ def pcw_windows(ids: list[int], trained: int) -> list[list[int]]:
     if len(body) <= room:
         return [ids]
     starts = list(range(0, len(body) - room, room)) + [len(body) - room]
-    return [pre + body[a:a + room] + suf for a in starts]
+    return [pre + body[a : a + room] + suf for a in starts]
 
 
 def mean_pool(hidden: torch.Tensor) -> np.ndarray:
@@ -110,7 +111,7 @@ def reference_attention(module, query, key, value, attention_mask, dropout=0.0, 
     batch, heads, q_len, dim = query.shape
     causal = bool(getattr(module, "is_causal", True))
     pos = kwargs["position_ids"].expand(batch, -1)
-    scaling = dim ** -0.5 if scaling is None else scaling
+    scaling = dim**-0.5 if scaling is None else scaling
     key = key.repeat_interleave(heads // key.shape[1], dim=1)
     value = value.repeat_interleave(heads // value.shape[1], dim=1)
     half = dim // 2
@@ -125,8 +126,13 @@ def reference_attention(module, query, key, value, attention_mask, dropout=0.0, 
         kc = torch.complex(k[..., :half], k[..., half:])
         pl = p.tolist()
         longest = max(pl) + 1
-        d = torch.tensor([[method_distance(spec["method"], spec["params"], i, j, causal, longest, spec["trained"])
-                           for j in pl] for i in pl], dtype=torch.float64)
+        d = torch.tensor(
+            [
+                [method_distance(spec["method"], spec["params"], i, j, causal, longest, spec["trained"]) for j in pl]
+                for i in pl
+            ],
+            dtype=torch.float64,
+        )
         phase = torch.exp(1j * d[..., None] * theta_method[None, None, :])  # [Q, K, F]
         logits = torch.einsum("hqf,hkf,qkf->hqk", qc, kc.conj(), phase).real * scaling
         allowed = torch.ones(q_len, q_len, dtype=torch.bool)

@@ -3,6 +3,7 @@ entry point x every method x {one text, equal lengths, mixed lengths with paddin
 
 Inside the window every method must give sentence-transformers' vectors; beyond it, the vector of the method's
 definition (tests/contract/definitions.py) read one text at a time with an explicit mask."""
+
 from __future__ import annotations
 
 import warnings

@@ -1,6 +1,7 @@
 """Exactness contract through the frameworks and saved checkpoints: LangChain's and LlamaIndex's query, document and
 span calls, and a saved extended MiniLM called as users call it (``model(**tokenizer(...))``, without a mask, through
 sentence-transformers), against the same definition references as tests/contract/test_ape_contract.py."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,8 +12,8 @@ import torch
 from transformers import AutoModel
 
 from longctx_plugins import extend
-from longctx_plugins.ape import attach
 from longctx_plugins.embedder import default_model_path
+from longctx_plugins.positions.ape import attach
 
 from .conftest import APE_SCENARIOS, APE_TARGET, ROPE_SCENARIOS, ROPE_TARGET, assert_same_vectors, scenario_texts
 
@@ -55,8 +56,9 @@ def test_framework_span_calls(method, make_text, ape_reference, tokenizer):
     for text in scenario_texts(make_text, APE_SCENARIOS, "beyond-mixed"):
         states = ape_reference["states"](method, text).double().numpy()
         enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
-        starts = np.where(np.asarray(enc["special_tokens_mask"]) == 1, -1,
-                          np.asarray([a for a, _ in enc["offset_mapping"]]))  # special tokens belong to no span
+        starts = np.where(
+            np.asarray(enc["special_tokens_mask"]) == 1, -1, np.asarray([a for a, _ in enc["offset_mapping"]])
+        )  # special tokens belong to no span
         cut = text.index(" ", len(text) // 3)
         spans = [(0, cut), (cut + 1, len(text))]
         rows = [(starts >= a) & (starts < b) for a, b in spans]
@@ -104,8 +106,7 @@ def _mean(hidden, mask):
 
 
 @pytest.mark.parametrize("scenario", ["inside-one", "inside-mixed", "beyond-one", "beyond-equal", "beyond-mixed"])
-def test_saved_extended_checkpoint_as_users_call_it(scenario, saved_pi_checkpoint, tokenizer, make_text,
-                                                     ape_reference):
+def test_saved_extended_checkpoint_as_users_call_it(scenario, saved_pi_checkpoint, tokenizer, make_text, ape_reference):
     from sentence_transformers import SentenceTransformer
 
     from longctx_plugins import LongContextEmbedder

@@ -4,6 +4,7 @@ every method x {one text, equal lengths, mixed lengths with padding} x {inside t
 
 The reference reads each text alone through an attention that applies the method's rotation distance per pair,
 written from its definition (tests/contract/definitions.py), with explicit positions and mask."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,13 @@ ENCODER_METHODS = ["none", "pi", "ntk", "self_extend"]
 DECODER_METHODS = ENCODER_METHODS + ["dca", "string"]
 SCENARIOS = list(ROPE_SCENARIOS)
 # method none reads at most the trained window: beyond it, it truncates (tested in tests/test_embedder.py)
-CASES = [(kind, m, s) for kind, methods in (("encoder", ENCODER_METHODS), ("decoder", DECODER_METHODS))
-         for m in methods for s in SCENARIOS if m != "none" or s.startswith("inside")]
+CASES = [
+    (kind, m, s)
+    for kind, methods in (("encoder", ENCODER_METHODS), ("decoder", DECODER_METHODS))
+    for m in methods
+    for s in SCENARIOS
+    if m != "none" or s.startswith("inside")
+]
 
 
 def _params(model) -> dict:
@@ -43,8 +49,9 @@ def embedders(rope_checkpoints):
 
     def get(kind: str, method: str) -> LongContextEmbedder:
         if (kind, method) not in cache:
-            cache[(kind, method)] = LongContextEmbedder(str(rope_checkpoints[kind]), method=method,
-                                                        target_length=ROPE_TARGET, device="cpu")
+            cache[(kind, method)] = LongContextEmbedder(
+                str(rope_checkpoints[kind]), method=method, target_length=ROPE_TARGET, device="cpu"
+            )
         return cache[(kind, method)]
 
     return get
@@ -82,8 +89,8 @@ def _padded(ids_list, pad_id):
     input_ids = torch.full((len(ids_list), n), pad_id)
     mask = torch.zeros(len(ids_list), n, dtype=torch.long)
     for r, x in enumerate(ids_list):  # right padding: positions 0..n-1 of every row are its own
-        input_ids[r, :len(x)] = torch.tensor(x)
-        mask[r, :len(x)] = 1
+        input_ids[r, : len(x)] = torch.tensor(x)
+        mask[r, : len(x)] = 1
     return input_ids, mask
 
 
@@ -99,13 +106,14 @@ def _check_model_outputs(model, kind, method, scenario, make_text, tokenizer, ro
     got = out.logits if kind.endswith("-lm") else out.last_hidden_state
     for r, ids in enumerate(ids_list):
         ref = rope_reference(kind, method, _params(model), ids)
-        torch.testing.assert_close(got[r, :len(ids)], ref.to(got.dtype), atol=5e-5, rtol=0)
+        torch.testing.assert_close(got[r, : len(ids)], ref.to(got.dtype), atol=5e-5, rtol=0)
 
 
 @pytest.mark.filterwarnings("ignore:string with")
 @pytest.mark.parametrize("scenario", SCENARIOS)
-@pytest.mark.parametrize("kind,method", [("decoder-lm", m) for m in DECODER_METHODS[1:]] +
-                         [("encoder", m) for m in ENCODER_METHODS[1:]])
+@pytest.mark.parametrize(
+    "kind,method", [("decoder-lm", m) for m in DECODER_METHODS[1:]] + [("encoder", m) for m in ENCODER_METHODS[1:]]
+)
 def test_extend_on_models(kind, method, scenario, rope_checkpoints, make_text, tokenizer, rope_reference):
     cls = AutoModelForCausalLM if kind.endswith("-lm") else AutoModel
     model = extend(cls.from_pretrained(rope_checkpoints[kind]).eval(), method, ROPE_TARGET)
@@ -114,8 +122,9 @@ def test_extend_on_models(kind, method, scenario, rope_checkpoints, make_text, t
 
 @pytest.mark.filterwarnings("ignore:string with")
 @pytest.mark.parametrize("method", DECODER_METHODS[1:])
-def test_saved_extended_checkpoint_reloads_exactly(method, rope_checkpoints, tmp_path, make_text, tokenizer,
-                                                   rope_reference):
+def test_saved_extended_checkpoint_reloads_exactly(
+    method, rope_checkpoints, tmp_path, make_text, tokenizer, rope_reference
+):
     model = extend(AutoModelForCausalLM.from_pretrained(rope_checkpoints["decoder-lm"]).eval(), method, ROPE_TARGET)
     model.save_pretrained(tmp_path)
     kwargs = {"attn_implementation": method} if method in ("self_extend", "dca", "string") else {}

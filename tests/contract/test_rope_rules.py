@@ -2,18 +2,29 @@
 missing required key is a ``KeyError`` (as for ``linear``, ``yarn``, ...), a key of another type alone is a missing
 key, an unknown key is warned about, a bad value is a ``ValueError`` naming key and value. The same checks hold
 whichever way the parameters arrive (a config built in code, ``config.validate_rope()``, ``from_pretrained``)."""
+
 from __future__ import annotations
 
 import pytest
 import transformers
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, RotaryEmbeddingConfigMixin
 
-from longctx_plugins import rope
+from longctx_plugins.positions import rope
 
-VALID = {"pi": {"factor": 2.0}, "ntk": {"factor": 2.0}, "self_extend": {"group_size": 4, "window": 16},
-         "dca": {"chunk_size": 40, "local_window": 8}, "string": {"shift": 40, "local_window": 8}}
-BAD_VALUE = {"pi": ("factor", 0), "ntk": ("factor", -1.0), "self_extend": ("group_size", 0),
-             "dca": ("chunk_size", -1), "string": ("shift", "many")}
+VALID = {
+    "pi": {"factor": 2.0},
+    "ntk": {"factor": 2.0},
+    "self_extend": {"group_size": 4, "window": 16},
+    "dca": {"chunk_size": 40, "local_window": 8},
+    "string": {"shift": 40, "local_window": 8},
+}
+BAD_VALUE = {
+    "pi": ("factor", 0),
+    "ntk": ("factor", -1.0),
+    "self_extend": ("group_size", 0),
+    "dca": ("chunk_size", -1),
+    "string": ("shift", "many"),
+}
 OTHER_TYPES_KEYS = ("attention_factor", "beta_fast", "beta_slow", "short_factor", "long_factor", "low_freq_factor")
 
 
@@ -25,8 +36,9 @@ def test_every_registered_type_is_covered_here():
 
 
 def _config(params: dict):
-    config = transformers.LlamaConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=1,
-                                      max_position_embeddings=64)
+    config = transformers.LlamaConfig(
+        hidden_size=64, num_attention_heads=4, num_hidden_layers=1, max_position_embeddings=64
+    )
     config.rope_parameters = {"rope_theta": 10000.0, **params}
     return config
 

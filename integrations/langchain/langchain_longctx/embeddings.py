@@ -1,20 +1,21 @@
 """LangChain ``Embeddings`` over :class:`longctx_plugins.LongContextEmbedder` (no model logic of its own)."""
+
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Iterator, Literal, Optional, Sequence
+from typing import Any, Literal
 
 from langchain_core.embeddings import Embeddings
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-# ``model_kwargs`` keys that would shadow a field of this class (``LongContextEmbedder`` parameter -> field).
-_FIELD_OF = {"model_name_or_path": "model_name", "method": "method", "target_length": "target_length",
-             "pooling": "pooling", "normalize": "normalize", "device": "device", "query_prompt": "query_instruction",
-             "document_prompt": "document_instruction", "overlength": "overlength", "window_overlap": "window_overlap",
-             "truncate": "overlength", "batch_size": "batch_size"}
+from longctx_plugins.frameworks import EmbedderFields
+
+# which field sets which ``LongContextEmbedder`` parameter: longctx_plugins.frameworks.EMBEDDER_FIELDS as they are
+_FIELDS = EmbedderFields()
 
 
 class _Precomputed:
@@ -25,16 +26,17 @@ class _Precomputed:
 
     def take(self, texts: list[str]) -> list[list[float]]:
         n = len(texts)
-        if texts != self.texts[self.used:self.used + n]:
+        if texts != self.texts[self.used : self.used + n]:
             raise ValueError(
                 f"embed_documents was asked for {n} text(s) other than the next precomputed ones (texts "
                 f"{self.used}..{self.used + n - 1} of {len(self.texts)}): inside precomputed(texts, vectors) the "
-                "vector store must embed exactly those texts, in order (batches are fine).")
+                "vector store must embed exactly those texts, in order (batches are fine)."
+            )
         self.used += n
-        return [list(v) for v in self.vectors[self.used - n:self.used]]
+        return [list(v) for v in self.vectors[self.used - n : self.used]]
 
 
-_PRECOMPUTED: ContextVar[Optional[_Precomputed]] = ContextVar("langchain_longctx_precomputed", default=None)
+_PRECOMPUTED: ContextVar[_Precomputed | None] = ContextVar("langchain_longctx_precomputed", default=None)
 
 
 class LongContextEmbeddings(BaseModel, Embeddings):
@@ -69,20 +71,21 @@ class LongContextEmbeddings(BaseModel, Embeddings):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
 
-    model_name: str = Field(default_factory=lambda: os.environ.get("LONGCTX_EMBEDDINGS_MODEL", "default"),
-                            alias="model")
+    model_name: str = Field(
+        default_factory=lambda: os.environ.get("LONGCTX_EMBEDDINGS_MODEL", "default"), alias="model"
+    )
     method: str = "auto"
     target_length: int = Field(default=8192, gt=0)
-    pooling: Optional[str] = None
+    pooling: str | None = None
     normalize: bool = True
-    query_instruction: Optional[str] = None
-    document_instruction: Optional[str] = None
-    device: Optional[str] = None
+    query_instruction: str | None = None
+    document_instruction: str | None = None
+    device: str | None = None
     batch_size: int = Field(default=8, gt=0)
     overlength: Literal["truncate", "error", "windows"] = "truncate"
     """Texts longer than ``target_length`` in ``embed_documents``: ``"truncate"`` (with a warning), ``"error"``, or
     ``"windows"`` (read whole in overlapping windows, mean of the window vectors)."""
-    window_overlap: Optional[int] = Field(default=None, ge=0)
+    window_overlap: int | None = Field(default=None, ge=0)
     """Tokens shared by consecutive windows (None: ``target_length // 4``)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the model's ``from_pretrained`` (``revision``, ``trust_remote_code``,
@@ -93,19 +96,10 @@ class LongContextEmbeddings(BaseModel, Embeddings):
     @field_validator("model_kwargs")
     @classmethod
     def _no_shadowed_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for key in value:
-            if key in _FIELD_OF:
-                raise ValueError(f"model_kwargs[{key!r}]: set the field {_FIELD_OF[key]!r} instead.")
-        return value
+        return dict(_FIELDS.check_model_kwargs(value))
 
     def model_post_init(self, __context: Any) -> None:
-        from longctx_plugins.shared import get_embedder
-
-        self._embedder = get_embedder(self.model_name, method=self.method, target_length=self.target_length,
-                                      device=self.device, pooling=self.pooling, normalize=self.normalize,
-                                      query_prompt=self.query_instruction, document_prompt=self.document_instruction,
-                                      overlength=self.overlength, window_overlap=self.window_overlap,
-                                      **self.model_kwargs)
+        self._embedder = _FIELDS.load(self)
 
     @property
     def embedder(self) -> Any:
@@ -148,15 +142,17 @@ class LongContextEmbeddings(BaseModel, Embeddings):
         elsewhere (late chunking). The store must ask for exactly these texts, in order (in any batches); leaving
         the block with texts not asked for raises ``RuntimeError``. Scoped to the current thread / task (a
         ``ContextVar``), so other callers are not affected."""
-        texts, vectors = list(texts), list(vectors)
-        if len(texts) != len(vectors):
-            raise ValueError(f"precomputed: {len(texts)} texts but {len(vectors)} vectors.")
-        pending = _Precomputed(self._embedder, texts, vectors)
+        texts, rows = list(texts), [[float(x) for x in v] for v in vectors]
+        if len(texts) != len(rows):
+            raise ValueError(f"precomputed: {len(texts)} texts but {len(rows)} vectors.")
+        pending = _Precomputed(self._embedder, texts, rows)
         token = _PRECOMPUTED.set(pending)
         try:
             yield
         finally:
             _PRECOMPUTED.reset(token)
         if pending.used != len(texts):
-            raise RuntimeError(f"precomputed: the vector store embedded {pending.used} of the {len(texts)} texts; "
-                               "it does not embed through embed_documents of these embeddings.")
+            raise RuntimeError(
+                f"precomputed: the vector store embedded {pending.used} of the {len(texts)} texts; "
+                "it does not embed through embed_documents of these embeddings."
+            )

@@ -1,4 +1,5 @@
 """Real LlamaIndex machinery (VectorStoreIndex, retriever, Settings) with the real offline MiniLM."""
+
 import asyncio
 
 import pytest
@@ -7,11 +8,16 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 
 from llama_index.embeddings.longctx import LongContextEmbedding
 
-FACTS = {"lisbon": "The lighthouse keeper of Lisbon collects blue glass bottles.",
-         "oslo": "The baker of Oslo sells cardamom buns shaped like whales.",
-         "lima": "The gardener of Lima grows purple potatoes under the bridge."}
-QUERIES = {"lisbon": "Who collects blue glass bottles?", "oslo": "Who sells cardamom buns shaped like whales?",
-           "lima": "Who grows purple potatoes under the bridge?"}
+FACTS = {
+    "lisbon": "The lighthouse keeper of Lisbon collects blue glass bottles.",
+    "oslo": "The baker of Oslo sells cardamom buns shaped like whales.",
+    "lima": "The gardener of Lima grows purple potatoes under the bridge.",
+}
+QUERIES = {
+    "lisbon": "Who collects blue glass bottles?",
+    "oslo": "Who sells cardamom buns shaped like whales?",
+    "lima": "Who grows purple potatoes under the bridge?",
+}
 FILLER = " ".join(["The committee reviewed the annual report on roads, harbours and the postal service."] * 60)
 
 

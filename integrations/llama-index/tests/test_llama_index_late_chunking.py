@@ -1,7 +1,7 @@
 """Late chunking in LlamaIndex: real SentenceSplitter / IngestionPipeline / VectorStoreIndex, real offline MiniLM."""
+
 import asyncio
 import re
-from typing import List
 
 import numpy as np
 import pytest
@@ -9,31 +9,39 @@ from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.node_parser import NodeParser, SentenceSplitter, TextSplitter, TokenTextSplitter
 from llama_index.core.schema import NodeRelationship, TextNode
-from longctx_plugins.longembed.synthetic import sotu_documents
 
 from llama_index.embeddings.longctx import LateChunkingNodeParser, LongContextEmbedding, ModelTokens
+from longctx_plugins.longembed.synthetic import sotu_documents
 
 # one model load for every test here (and the LangChain ones: same configuration, same shared embedder)
 CONFIG = dict(target_length=512, overlength="windows", window_overlap=64, model_kwargs={"hidden_dropout_prob": 0.0})
 
-HARBOUR = ("Port Elm is a small fishing town on a narrow bay in the north. Its harbour was rebuilt in 1931 after a "
-           "winter storm destroyed the old pier. The lighthouse keeper of Port Elm collects blue glass bottles and "
-           "lines the spiral stairs with them. Every spring the town holds a regatta for wooden boats, and the "
-           "winning crew rings the bell at the end of the pier. The fish market opens at five in the morning and "
-           "closes before noon. Most of the catch is herring and mackerel, sold to restaurants along the coast.")
-ORCHARD = ("The Hallow Valley orchard grows forty varieties of apples on terraces above the river. The oldest trees "
-           "were planted by a monk who kept bees in clay hives. In autumn the orchard presses cider in a stone mill "
-           "turned by a water wheel. The head gardener trains pear trees flat against the south wall so they ripen "
-           "early. Visitors may pick cherries in July, but the apple harvest is reserved for the cider. A small "
-           "museum in the barn shows grafting knives and old ladders.")
-QUERIES = {"Who collects blue glass bottles?": "blue glass bottles",
-           "What turns the stone mill that presses the cider?": "water wheel",
-           "When can visitors pick cherries?": "cherries in July"}
+HARBOUR = (
+    "Port Elm is a small fishing town on a narrow bay in the north. Its harbour was rebuilt in 1931 after a "
+    "winter storm destroyed the old pier. The lighthouse keeper of Port Elm collects blue glass bottles and "
+    "lines the spiral stairs with them. Every spring the town holds a regatta for wooden boats, and the "
+    "winning crew rings the bell at the end of the pier. The fish market opens at five in the morning and "
+    "closes before noon. Most of the catch is herring and mackerel, sold to restaurants along the coast."
+)
+ORCHARD = (
+    "The Hallow Valley orchard grows forty varieties of apples on terraces above the river. The oldest trees "
+    "were planted by a monk who kept bees in clay hives. In autumn the orchard presses cider in a stone mill "
+    "turned by a water wheel. The head gardener trains pear trees flat against the south wall so they ripen "
+    "early. Visitors may pick cherries in July, but the apple harvest is reserved for the cider. A small "
+    "museum in the barn shows grafting knives and old ladders."
+)
+QUERIES = {
+    "Who collects blue glass bottles?": "blue glass bottles",
+    "What turns the stone mill that presses the cider?": "water wheel",
+    "When can visitors pick cherries?": "cherries in July",
+}
 
 
 def short_documents():
-    return [Document(text=HARBOUR, doc_id="harbour", metadata={"topic": "harbour"}),
-            Document(text=ORCHARD, doc_id="orchard", metadata={"topic": "orchard"})]
+    return [
+        Document(text=HARBOUR, doc_id="harbour", metadata={"topic": "harbour"}),
+        Document(text=ORCHARD, doc_id="orchard", metadata={"topic": "orchard"}),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +79,7 @@ def test_long_document_nodes_are_late_chunked(embed_model, long_document, long_n
     assert len(embedder.tokenize([text])[0]) > 3 * embedder.target_length == 3 * 512  # read in windows
     assert len(long_nodes) > 5 and all(isinstance(n, TextNode) for n in long_nodes)
     for node in long_nodes:
-        assert text[node.start_char_idx:node.end_char_idx] == node.get_content()
+        assert text[node.start_char_idx : node.end_char_idx] == node.get_content()
         assert node.ref_doc_id == "sotu-1790"
         assert node.metadata == {"year": 1790, "source": "sotu"}
     starts = [s for s, _ in spans_of(long_nodes)]
@@ -112,8 +120,9 @@ def test_user_splitter_overlap_and_repeated_text(embed_model):
     for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
         assert s0 < s1 <= e0 + 1  # overlapping or adjacent: never jumping ahead to a later repetition
     assert all(text[s:e] == n.get_content() for (s, e), n in zip(spans, nodes))
-    np.testing.assert_allclose(np.array([n.embedding for n in nodes]), embed_model.embedder.encode_spans(text, spans),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        np.array([n.embedding for n in nodes]), embed_model.embedder.encode_spans(text, spans), rtol=0, atol=1e-6
+    )
     with pytest.raises(ValueError, match="chunk_size configure the default splitter; set them on your TokenText"):
         LateChunkingNodeParser(embed_model=embed_model, splitter=splitter, chunk_size=64)
 
@@ -121,7 +130,7 @@ def test_user_splitter_overlap_and_repeated_text(embed_model):
 class Shouting(TextSplitter):
     """A real LlamaIndex TextSplitter that changes the text (upper case)."""
 
-    def split_text(self, text: str) -> List[str]:
+    def split_text(self, text: str) -> list[str]:
         return [part.upper() for part in re.split(r"(?<=\.) ", text)]
 
 
@@ -154,8 +163,12 @@ def test_ingestion_pipeline_then_vector_store_index_keeps_the_vectors(embed_mode
         assert index.vector_store.get(node.node_id) == node.embedding
     for doc in short_documents():
         mine = [n for n in nodes if n.ref_doc_id == doc.doc_id]
-        np.testing.assert_allclose(np.array([n.embedding for n in mine]),
-                                   embed_model.embedder.encode_spans(doc.text, spans_of(mine)), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            np.array([n.embedding for n in mine]),
+            embed_model.embedder.encode_spans(doc.text, spans_of(mine)),
+            rtol=0,
+            atol=1e-6,
+        )
     for query, fact in QUERIES.items():
         assert fact in top_chunk(index, query).get_content(), query
 
@@ -166,9 +179,13 @@ def test_vector_store_index_from_documents_with_the_parser(embed_model, parser):
     assert {n.ref_doc_id for n in nodes} == {"harbour", "orchard"}
     for doc in short_documents():
         mine = [n for n in nodes if n.ref_doc_id == doc.doc_id]
-        assert all(doc.text[n.start_char_idx:n.end_char_idx] == n.get_content() for n in mine)
-        np.testing.assert_allclose(np.array([index.vector_store.get(n.node_id) for n in mine]),
-                                   embed_model.get_span_embeddings(doc.text, spans_of(mine)), rtol=0, atol=1e-6)
+        assert all(doc.text[n.start_char_idx : n.end_char_idx] == n.get_content() for n in mine)
+        np.testing.assert_allclose(
+            np.array([index.vector_store.get(n.node_id) for n in mine]),
+            embed_model.get_span_embeddings(doc.text, spans_of(mine)),
+            rtol=0,
+            atol=1e-6,
+        )
     for query, fact in QUERIES.items():
         hit = top_chunk(index, query)
         assert fact in hit.get_content() and hit.metadata["topic"] in ("harbour", "orchard"), query
@@ -213,8 +230,11 @@ def test_worker_processes_get_the_settings_not_the_model(embed_model):
     again = pickle.loads(blob)  # in this process: the shared model again, not a copy
     assert again.embed_model.embedder is embed_model.embedder
     text = short_documents()[0].text
-    np.testing.assert_allclose(again.embed_model.get_span_embeddings(text, [(0, 60)]),
-                               embed_model.get_span_embeddings(text, [(0, 60)]), atol=1e-6)
+    np.testing.assert_allclose(
+        again.embed_model.get_span_embeddings(text, [(0, 60)]),
+        embed_model.get_span_embeddings(text, [(0, 60)]),
+        atol=1e-6,
+    )
 
 
 def test_ingestion_pipeline_with_two_workers_equals_one(embed_model):

@@ -1,9 +1,10 @@
 """FlexAttention: compiled on CUDA, eager (exact, inference-only) on CPU; optionally with the log-sum-exp."""
+
 from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -21,7 +22,7 @@ SM90_FWD_OPTIONS = {"fwd_BLOCK_M": 128, "fwd_BLOCK_N": 128, "fwd_num_warps": 8, 
 _compiled: dict = {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tuned_forward_applies(device_index) -> bool:
     from ..._compat import flex_prefixed_options
 
@@ -33,8 +34,12 @@ def kernel_options(configured: dict | None, query) -> dict | None:
     measured (sm90, fp16/bf16, head dim 64 or 128), else None. Decided once per forward by the plan."""
     if configured is not None:
         return dict(configured) or None
-    if (query.device.type == "cuda" and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] in (64, 128)
-            and tuned_forward_applies(query.device.index)):
+    if (
+        query.device.type == "cuda"
+        and query.dtype in (torch.float16, torch.bfloat16)
+        and query.shape[-1] in (64, 128)
+        and tuned_forward_applies(query.device.index)
+    ):
         return dict(SM90_FWD_OPTIONS)
     return None
 
@@ -62,15 +67,32 @@ def attention(query, key, value, block_mask, scale: float, kernel_options: dict 
     gqa = query.shape[1] != key.shape[1]
     with _recompile_limit() if query.is_cuda else contextlib.nullcontext():
         if not lse:
-            return fn(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=gqa,
-                      kernel_options=kernel_options)
+            return fn(
+                query, key, value, block_mask=block_mask, scale=scale, enable_gqa=gqa, kernel_options=kernel_options
+            )
         try:
             from torch.nn.attention.flex_attention import AuxRequest
         except ImportError:  # torch < 2.9
-            return fn(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=gqa, return_lse=True,
-                      kernel_options=kernel_options)
-        out, aux = fn(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=gqa,
-                      return_aux=AuxRequest(lse=True), kernel_options=kernel_options)
+            return fn(
+                query,
+                key,
+                value,
+                block_mask=block_mask,
+                scale=scale,
+                enable_gqa=gqa,
+                return_lse=True,
+                kernel_options=kernel_options,
+            )
+        out, aux = fn(
+            query,
+            key,
+            value,
+            block_mask=block_mask,
+            scale=scale,
+            enable_gqa=gqa,
+            return_aux=AuxRequest(lse=True),
+            kernel_options=kernel_options,
+        )
         return out, aux.lse
 
 

@@ -8,6 +8,7 @@ before it is used; a kernel that raises or disagrees is dropped with one log lin
 none is usable the caller falls back to FlexAttention. The order comes from the attention options
 (``dense_lse_kernels``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,7 +33,7 @@ def usable(kernel: str, device, dtype, head_dim: int) -> bool:
     if key not in _status:
         gen = torch.Generator(device=device).manual_seed(0)
         q, k, v = (torch.randn(1, 2, 320, head_dim, device=device, dtype=dtype, generator=gen) for _ in range(3))
-        scale = head_dim ** -0.5
+        scale = head_dim**-0.5
         logits = (q.float() @ k.float().transpose(-1, -2)) * scale
         logits = logits.masked_fill(torch.ones(320, 320, dtype=torch.bool, device=device).triu(1), float("-inf"))
         ref_lse, ref_out = torch.logsumexp(logits, -1), torch.softmax(logits, -1) @ v.float()
@@ -45,8 +46,9 @@ def usable(kernel: str, device, dtype, head_dim: int) -> bool:
             _status[key] = False
             reason = f"raised {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         if not _status[key]:
-            logger.info("the fused %s attention kernel is not used for %s, head dim %d: it %s.", kernel, dtype,
-                        head_dim, reason)
+            logger.info(
+                "the fused %s attention kernel is not used for %s, head dim %d: it %s.", kernel, dtype, head_dim, reason
+            )
     return _status[key]
 
 

@@ -1,4 +1,5 @@
 """The exact dense path: SDPA over a boolean mask (trains on CPU; the reference the fast paths are tested against)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,9 @@ def attention(query, key, value, mask, scale: float, dropout: float = 0.0, empty
 
         backends = sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH])
     with backends:
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale,
-                                             enable_gqa=query.shape[1] != key.shape[1])
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, dropout_p=dropout, scale=scale, enable_gqa=query.shape[1] != key.shape[1]
+        )
     if empty_rows is not None:
         out = out.masked_fill(empty_rows, 0.0)  # [B,1,Q,1] broadcasts over heads and channels
     return out

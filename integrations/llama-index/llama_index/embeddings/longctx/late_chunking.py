@@ -1,8 +1,10 @@
 """``LateChunkingNodeParser``: split documents with any LlamaIndex splitter, embed the chunks by late chunking."""
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, SerializeAsAny
 from llama_index.core.node_parser import NodeParser, SentenceSplitter
@@ -10,7 +12,7 @@ from llama_index.core.schema import BaseNode, Document, MetadataMode
 from llama_index.core.utils import get_tqdm_iterable
 
 from llama_index.embeddings.longctx.base import LongContextEmbedding
-from longctx_plugins.embedding.chunking import locate_chunks
+from longctx_plugins.frameworks import late_chunk_pieces
 
 
 class ModelTokens:
@@ -20,7 +22,7 @@ class ModelTokens:
     def __init__(self, tokenizer: Any) -> None:
         self.tokenizer = tokenizer
 
-    def __call__(self, text: str) -> List[int]:
+    def __call__(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
 
@@ -52,13 +54,17 @@ class LateChunkingNodeParser(NodeParser):
     """
 
     embed_model: SerializeAsAny[LongContextEmbedding] = Field(
-        description="The LongContextEmbedding that embeds the chunks (and, elsewhere, the queries).")
-    splitter: Optional[SerializeAsAny[NodeParser]] = Field(
-        default=None, description="Any LlamaIndex TextSplitter / NodeParser returning exact substrings of the "
-                                  "document; None: SentenceSplitter(chunk_size, chunk_overlap) in model tokens.")
+        description="The LongContextEmbedding that embeds the chunks (and, elsewhere, the queries)."
+    )
+    splitter: SerializeAsAny[NodeParser] | None = Field(
+        default=None,
+        description="Any LlamaIndex TextSplitter / NodeParser returning exact substrings of the "
+        "document; None: SentenceSplitter(chunk_size, chunk_overlap) in model tokens.",
+    )
     chunk_size: int = Field(default=256, gt=0, description="Tokens per chunk of the default splitter.")
-    chunk_overlap: int = Field(default=0, ge=0, description="Tokens shared by consecutive chunks of the default "
-                                                            "splitter.")
+    chunk_overlap: int = Field(
+        default=0, ge=0, description="Tokens shared by consecutive chunks of the default splitter."
+    )
 
     _splitter: NodeParser = PrivateAttr()
 
@@ -67,48 +73,55 @@ class LateChunkingNodeParser(NodeParser):
         if self.splitter is not None:
             given = sorted({"chunk_size", "chunk_overlap"} & self.model_fields_set)
             if given:
-                raise ValueError(f"{' and '.join(given)} configure the default splitter; set them on your "
-                                 f"{type(self.splitter).__name__} instead.")
+                raise ValueError(
+                    f"{' and '.join(given)} configure the default splitter; set them on your "
+                    f"{type(self.splitter).__name__} instead."
+                )
             self._splitter = self.splitter
         else:
             self._splitter = SentenceSplitter(
-                chunk_size=self.chunk_size, chunk_overlap=self.chunk_overlap,
-                tokenizer=ModelTokens(self.embed_model.embedder.tokenizer), include_metadata=self.include_metadata,
-                include_prev_next_rel=self.include_prev_next_rel, id_func=self.id_func,
-                callback_manager=self.callback_manager)
+                chunk_size=self.chunk_size,
+                chunk_overlap=self.chunk_overlap,
+                tokenizer=ModelTokens(self.embed_model.embedder.tokenizer),
+                include_metadata=self.include_metadata,
+                include_prev_next_rel=self.include_prev_next_rel,
+                id_func=self.id_func,
+                callback_manager=self.callback_manager,
+            )
 
     @classmethod
     def class_name(cls) -> str:
         return "LateChunkingNodeParser"
 
-    def _parse_nodes(self, nodes: Sequence[BaseNode], show_progress: bool = False, **kwargs: Any) -> List[BaseNode]:
-        out: List[BaseNode] = []
+    def _parse_nodes(self, nodes: Sequence[BaseNode], show_progress: bool = False, **kwargs: Any) -> list[BaseNode]:
+        out: list[BaseNode] = []
         for node in get_tqdm_iterable(nodes, show_progress, "Late chunking"):
             out.extend(self._late_chunk(node))
         return out
 
-    async def _aparse_nodes(self, nodes: Sequence[BaseNode], show_progress: bool = False,
-                            **kwargs: Any) -> List[BaseNode]:
+    async def _aparse_nodes(
+        self, nodes: Sequence[BaseNode], show_progress: bool = False, **kwargs: Any
+    ) -> list[BaseNode]:
         return await asyncio.to_thread(self._parse_nodes, nodes, show_progress, **kwargs)
 
-    def _late_chunk(self, document: BaseNode) -> List[BaseNode]:
+    def _late_chunk(self, document: BaseNode) -> list[BaseNode]:
         text = document.get_content(metadata_mode=MetadataMode.NONE)
-        name = type(self._splitter).__name__
-        chunks = [n for n in self._splitter.get_nodes_from_documents([document])  # type: ignore[list-item]
-                  if n.get_content(metadata_mode=MetadataMode.NONE).strip()]
-        if not chunks:
-            return []
-        spans = locate_chunks(text, [n.get_content(metadata_mode=MetadataMode.NONE) for n in chunks], name)
-        try:
-            vectors = self.embed_model.get_span_embeddings(text, spans)
-        except ValueError as exc:
-            raise ValueError(f"document {document.node_id!r} split by {name}: {exc}") from exc
-        for node, (start, end), vector in zip(chunks, spans, vectors):
+        nodes = list(self._splitter.get_nodes_from_documents([document]))  # type: ignore[list-item]
+        chunks: list[BaseNode] = []
+        for k, (start, end), vector in late_chunk_pieces(
+            text,
+            [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes],
+            type(self._splitter).__name__,
+            self.embed_model.get_span_embeddings,
+            f"document {document.node_id!r}",
+        ):
+            node = nodes[k]
             node.start_char_idx, node.end_char_idx = start, end  # type: ignore[attr-defined]
             node.embedding = vector
+            chunks.append(node)
         return chunks
 
-    def _postprocess_parsed_nodes(self, nodes: List[BaseNode], parent_doc_map: Dict[str, Document]) -> List[BaseNode]:
+    def _postprocess_parsed_nodes(self, nodes: list[BaseNode], parent_doc_map: dict[str, Document]) -> list[BaseNode]:
         # The base class looks each node's text up again in its document and overwrites the offsets with the first
         # match after the previous node's start; keep the spans that were embedded.
         spans = [(getattr(n, "start_char_idx", None), getattr(n, "end_char_idx", None)) for n in nodes]

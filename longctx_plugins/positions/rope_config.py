@@ -5,18 +5,21 @@ Gemma3 and ModernBERT nest ``rope_parameters`` by layer type (``{"full_attention
 nested configs and leave sliding-window layers unchanged.
 
 ``from_pretrained(path, rope_parameters={...})`` (and the legacy ``rope_scaling=``) replace the checkpoint's whole
-RoPE dict, so its ``rope_theta`` is gone from the config (``None``). :func:`layer_parameters` puts back what the user
+RoPE dict, so its ``rope_theta`` is gone from the config (``None``). :func:`layer_rope_parameters` puts back what the
+user
 did not override (``rope_theta``, ``partial_rotary_factor``, ``original_max_position_embeddings``) from the
 checkpoint the config was loaded from, or raises naming the lost value and how to pass it. It never falls back to a
 default base.
 """
+
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from . import _warn, position_methods
-from ._compat import nested_rope_keys
+from .. import _warn
+from .._compat import nested_rope_keys
+from .catalog import METHODS_BY_TYPE
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +28,7 @@ GLOBAL_LAYER = "full_attention"
 # a plugin type replaces the dict and the user did not give them.
 KEPT_FIELDS = ("rope_theta", "partial_rotary_factor", "original_max_position_embeddings")
 # The plugin's RoPE types, in one place (rope.py registers exactly these): scaling types and position methods.
-SCALING_TYPES = ("pi", "ntk")
-PLUGIN_TYPES = SCALING_TYPES + tuple(position_methods.METHODS)
+PLUGIN_TYPES = tuple(m for m in METHODS_BY_TYPE["rope"] if m != "none")  # the RoPE types the plugin registers
 
 
 def nested_keys(config) -> list[str]:
@@ -73,7 +75,7 @@ def module_parameters(module) -> dict[str, Any]:
     return params
 
 
-def layer_parameters(config, layer_type: str | None = None) -> dict[str, Any]:
+def layer_rope_parameters(config, layer_type: str | None = None) -> dict[str, Any]:
     """The RoPE dict for ``layer_type`` (transformers' rotary modules pass it), standardised, with the checkpoint's
     own ``rope_theta`` (and the other kept fields) put back where a ``from_pretrained`` override dropped them."""
     config.standardize_rope_params()
@@ -115,7 +117,8 @@ def _restore_from_checkpoint(config, params: dict[str, Any], layer_type: str | N
         raise ValueError(
             f"rope_parameters for rope_type={rope_type!r}{where} has no 'rope_theta': from_pretrained(path, "
             "rope_parameters=...) (and rope_scaling=...) replace the checkpoint's whole RoPE dict, and the "
-            f"checkpoint's own base could not be read back from {getattr(config, '_name_or_path', '') or 'its path'!r}. "
+            "checkpoint's own base could not be read back from "
+            f"{getattr(config, '_name_or_path', '') or 'its path'!r}. "
             f"Pass it with your override, e.g. rope_parameters={{'rope_type': {rope_type!r}, ..., 'rope_theta': "
             "<rope_theta from the checkpoint's config.json>}, or load the model unchanged and call "
             f"longctx_plugins.extend(model, {rope_type!r}, target_length), which keeps it."
@@ -129,7 +132,8 @@ def _restore_from_checkpoint(config, params: dict[str, Any], layer_type: str | N
         _warn.warn(
             f"the checkpoint's RoPE scaling rope_type={saved_type!r} {detail}{where} is replaced by "
             f"rope_type={rope_type!r}: positions follow {rope_type!r} on top of the checkpoint's base "
-            f"rope_theta={params['rope_theta']}, without {saved_type!r}'s own scaling.")
+            f"rope_theta={params['rope_theta']}, without {saved_type!r}'s own scaling."
+        )
 
 
 def set_global_parameters(config, new: dict[str, Any]) -> None:

@@ -6,14 +6,15 @@
 ``config.longctx_ape`` so that a saved model reloads extended (call :func:`attach` or load it through
 ``LongContextEmbedder`` to restore the per-sequence positions; a plain forward then uses positions ``0..T-1``).
 """
+
 from __future__ import annotations
 
 import logging
 
 import torch
 
-from .methods import APE_MODEL_TYPES
-from .ops import ape as ape_ops
+from ..ops import ape as ape_ops
+from .catalog import APE_MODEL_TYPES
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ def apply_ape(model, method: str, target_length: int):
         raise ValueError(f"unknown APE method {method!r}; expected one of {ape_ops.APE_METHODS}")
     config = model.config
     if getattr(config, "longctx_ape", None):
-        raise ValueError("this model is already extended (config.longctx_ape is set); reload the original to re-extend.")
+        raise ValueError(
+            "this model is already extended (config.longctx_ape is set); reload the original to re-extend."
+        )
     emb = embeddings_module(model)
     trained = trained_length(config)
     offset = position_offset(config)
@@ -62,8 +65,13 @@ def apply_ape(model, method: str, target_length: int):
     if method == "pi":
         old = emb.position_embeddings
         new_weight = ape_ops.interpolate_table(old.weight.data, trained, scale, offset)
-        new = torch.nn.Embedding(new_weight.shape[0], new_weight.shape[1], padding_idx=old.padding_idx,
-                                 device=new_weight.device, dtype=new_weight.dtype)
+        new = torch.nn.Embedding(
+            new_weight.shape[0],
+            new_weight.shape[1],
+            padding_idx=old.padding_idx,
+            device=new_weight.device,
+            dtype=new_weight.dtype,
+        )
         new.weight.data.copy_(new_weight)
         emb.position_embeddings = new
         config.max_position_embeddings = new_weight.shape[0]
@@ -71,8 +79,12 @@ def apply_ape(model, method: str, target_length: int):
         # table unchanged; inputs up to target_length are accepted (positions stay < L via the map)
         config.max_position_embeddings = max(config.max_position_embeddings, target_length + offset)
     _resize_buffers(emb, max(config.max_position_embeddings, target_length + offset))
-    config.longctx_ape = {"method": method, "original_max_position_embeddings": trained, "scale": scale,
-                          "target_length": int(target_length)}
+    config.longctx_ape = {
+        "method": method,
+        "original_max_position_embeddings": trained,
+        "scale": scale,
+        "target_length": int(target_length),
+    }
     attach(model)
     return model
 
@@ -83,10 +95,17 @@ def position_ids_for(config, input_ids: torch.Tensor, lengths: torch.Tensor | No
     offset = position_offset(config)
     pad = config.pad_token_id
     if lengths is None:
-        lengths = (input_ids != pad).sum(-1) if pad is not None else torch.full(
-            (input_ids.shape[0],), input_ids.shape[1], device=input_ids.device)
-    pos = ape_ops.positions(info["method"], lengths, input_ids.shape[1], info["original_max_position_embeddings"],
-                            info["scale"]) + offset
+        lengths = (
+            (input_ids != pad).sum(-1)
+            if pad is not None
+            else torch.full((input_ids.shape[0],), input_ids.shape[1], device=input_ids.device)
+        )
+    pos = (
+        ape_ops.positions(
+            info["method"], lengths, input_ids.shape[1], info["original_max_position_embeddings"], info["scale"]
+        )
+        + offset
+    )
     # padding slots of short rows can map past the table (p * s); they are masked, but must stay in range
     table_rows = offset + info["original_max_position_embeddings"] * info["scale"]
     pos = pos.clamp(max=table_rows - 1)
@@ -104,8 +123,9 @@ def attach(model):
     old = getattr(emb, _HOOK_ATTR, None)
     if old is not None:
         old.remove()
-    _resize_buffers(emb, max(model.config.max_position_embeddings,
-                             info["target_length"] + position_offset(model.config)))
+    _resize_buffers(
+        emb, max(model.config.max_position_embeddings, info["target_length"] + position_offset(model.config))
+    )
     config = model.config
 
     def hook(module, args, kwargs):
