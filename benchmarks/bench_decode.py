@@ -224,8 +224,7 @@ def main(argv=None):
     ap.add_argument(
         "--check-methods",
         default=None,
-        help="methods whose tokens are checked first (default: every "
-        "timed method; 'none': no check, for a run whose methods were checked by an earlier one)",
+        help="methods whose tokens are checked first (default: every timed method; 'none': timings only)",
     )
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--caches", default="dynamic,static")

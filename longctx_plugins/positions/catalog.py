@@ -21,40 +21,12 @@ APE_MODEL_TYPES: dict[str, str | None] = {
     "xlm-roberta-xl": "padding_idx",
     "mpnet": "padding_idx",  # plus a bucketed relative bias, which needs no change
 }
-ROPE_MODEL_TYPES = frozenset(
-    {
-        "llama",
-        "mistral",
-        "qwen2",
-        "qwen3",
-        "gemma",
-        "gemma2",
-        "gemma3",
-        "gemma3_text",
-        "phi3",
-        "modernbert_decoder",
-        "modernbert",
-        "nomic_bert",
-        "gte",
-        "eurobert",
-        "jina_embeddings_v3",
-    }
-)
-# Causal decoders among them: embedders built on these pool the last token and pad on the left by default.
+# Causal decoders with RoPE: embedders built on these pool the last token and pad on the left by default.
 DECODER_MODEL_TYPES = frozenset(
-    {
-        "llama",
-        "mistral",
-        "qwen2",
-        "qwen3",
-        "gemma",
-        "gemma2",
-        "gemma3",
-        "gemma3_text",
-        "phi3",
-        "modernbert_decoder",
-    }
+    {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "modernbert_decoder"}
 )
+# RoPE models: the decoders and these encoders.
+ROPE_MODEL_TYPES = DECODER_MODEL_TYPES | {"modernbert", "nomic_bert", "gte", "eurobert", "jina_embeddings_v3"}
 
 # RoPE scaling types (a new inv_freq; no attention change), registered as transformers RoPE types.
 SCALING_TYPES = ("pi", "ntk")
