@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import longctx_plugins  # noqa: F401
 from benchmarks._util import environment, time_ms, write_json
-from longctx_plugins.attention import positional
+from longctx_plugins.attention import fast_passes, positional
 from longctx_plugins.attention.kernels import fused_lse
 from longctx_plugins.ops import passes as P
 from longctx_plugins.ops import rope as rope_ops
@@ -99,6 +99,20 @@ def case(method, seq_len, keep, q, k, v, pos, inv):
         assert err < 3e-2, (method, seq_len, err)
         ms = time_ms(run, q.device)
         first = time_ms(lambda: run(plan()), q.device, warmup=1, iters=3)  # a fresh plan: + block masks, layout checks
+        real = fast_passes._window_kernel
+        fast_passes._window_kernel = lambda query, key: None  # the same run without the flash window kernel
+        try:
+            other = plan()
+            without = time_ms(lambda: run(other), q.device)
+        finally:
+            fast_passes._window_kernel = real
+        if PROFILE:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                run()
+                torch.cuda.synchronize()
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
     return {
         "method": method,
         "keep_trained_window": keep,
@@ -106,8 +120,13 @@ def case(method, seq_len, keep, q, k, v, pos, inv):
         "parameters": {k_: params[k_] for k_ in rope_methods.ROPE_METHODS[method].integers},
         "max_abs_err_vs_exact": round(err, 5),
         "fwd_ms": round(ms, 3),
+        "tflops": round(4 * H * seq_len * seq_len * D / 2 / ms / 1e9, 1),
         "first_layer_with_plan_build_ms": round(first, 3),
+        "fwd_ms_without_window_kernel": round(without, 3),
     }
+
+
+PROFILE = False
 
 
 class _Plan:  # the pass list needs a plan only to memoise the sequence length of encoders
@@ -134,7 +153,10 @@ def main():
     ap.add_argument("--methods", default="self_extend,dca,string")
     ap.add_argument("--lengths", default="32768,131072")
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the code path (float32, small lengths)")
+    ap.add_argument("--profile", action="store_true", help="print each case's top CUDA kernels")
     args = ap.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     result = {
         **environment(),
@@ -148,11 +170,17 @@ def main():
     for seq_len in [int(x) for x in args.lengths.split(",")]:
         q, k, v, pos, inv = inputs(seq_len, args.device, dtype)
         result["fused_kernel"] = fused_lse.choose(("cudnn", "flash"), q)
+        result["window_kernel"] = fast_passes._window_kernel(q, k)
         base = sdpa_ms(q, k, v)
         for method in args.methods.split(","):
             for keep in (True, False):
                 c = case(method, seq_len, keep, q, k, v, pos, inv)
-                c.update(sdpa_causal_fwd_ms=round(base, 3), ratio=round(c["fwd_ms"] / base, 3))
+                c.update(
+                    sdpa_causal_fwd_ms=round(base, 3),
+                    sdpa_tflops=round(4 * H * seq_len * seq_len * D / 2 / base / 1e9, 1),
+                    ratio=round(c["fwd_ms"] / base, 3),
+                    ratio_without_window_kernel=round(c["fwd_ms_without_window_kernel"] / base, 3),
+                )
                 print(c, flush=True)
                 result["cases"].append(c)
                 write_json(result, "self_extend.json")

@@ -120,3 +120,55 @@ def self_extend_reference(
         mask=mask,
         scale=scale,
     )
+
+
+def flash_reference(
+    q,
+    k,
+    v,
+    cu_q,
+    cu_k,
+    max_q,
+    max_k,
+    dropout_p,
+    is_causal,
+    debug,
+    *,
+    scale,
+    window_size_left=None,
+    window_size_right=None,
+):
+    """Float32 stand-in for ``torch.ops.aten._flash_attention_forward`` (flash attention's contract, for CPU tests of
+    the code that slices and packs its calls): ``[B, S, H, D]`` inputs, or packed ``[T, H, D]`` with ``cu_seqlens``;
+    grouped key heads; causal and local windows aligned to the bottom right (key j of query i allowed when
+    ``i + sk - sq - left <= j <= i + sk - sq + right``, ``right = 0`` when causal, None / -1 unbounded); lse
+    ``[B, H, S]`` or ``[H, T]``, ``+inf`` on rows with no key (as flash writes it)."""
+
+    def one(qs, ks, vs):  # [S, H, D] against [Sk, Hk, D]
+        sq, sk = qs.shape[0], ks.shape[0]
+        r = qs.shape[1] // ks.shape[1]
+        ks, vs = ks.repeat_interleave(r, 1), vs.repeat_interleave(r, 1)
+        i = torch.arange(sq)[:, None] + sk - sq
+        j = torch.arange(sk)[None, :]
+        allowed = torch.ones(sq, sk, dtype=torch.bool)
+        right = 0 if is_causal and window_size_right in (None, -1) else window_size_right
+        if right is not None and right >= 0:
+            allowed &= j <= i + right
+        if window_size_left is not None and window_size_left >= 0:
+            allowed &= j >= i - window_size_left
+        logits = torch.einsum("qhd,khd->hqk", qs.float(), ks.float()) * scale
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        lse = torch.logsumexp(logits, -1)
+        out = torch.einsum("hqk,khd->qhd", torch.nan_to_num(torch.softmax(logits, -1), nan=0.0), vs.float())
+        return out.to(qs.dtype), lse.masked_fill(lse.isneginf(), float("inf"))
+
+    if cu_q is None:
+        pieces = [one(q[b], k[b], v[b]) for b in range(q.shape[0])]
+        return torch.stack([p[0] for p in pieces]), torch.stack([p[1] for p in pieces]), None, None, None
+    outs, lses = [], []
+    for s in range(len(cu_q) - 1):
+        qa, qb, ka, kb = int(cu_q[s]), int(cu_q[s + 1]), int(cu_k[s]), int(cu_k[s + 1])
+        o, l_ = one(q[qa:qb], k[ka:kb], v[ka:kb])
+        outs.append(o)
+        lses.append(l_)
+    return torch.cat(outs), torch.cat(lses, dim=-1), None, None, None

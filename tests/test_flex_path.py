@@ -121,11 +121,11 @@ def test_flex_kernel_options_user_setting_wins_and_cpu_gets_torch_defaults():
 @pytest.mark.parametrize("with_position_ids", [True, False])
 def test_self_extend_block_masks_built_once_per_forward(monkeypatch, with_position_ids):
     """Every layer of one forward reuses the block masks (they cost host syncs and argsorts to build)."""
-    from longctx_plugins.attention import positional as se_attn
+    from longctx_plugins.attention import fast_passes
 
     built = []
-    real = se_attn._pass_layout
-    monkeypatch.setattr(se_attn, "_pass_layout", lambda *a: built.append(1) or real(*a))
+    real = fast_passes._pass_layout
+    monkeypatch.setattr(fast_passes, "_pass_layout", lambda *a: built.append(1) or real(*a))
     model = se_model("llama", 4, 40)
     assert model.config.num_hidden_layers >= 2
     ids = torch.randint(3, 100, (1, 301))

@@ -387,3 +387,19 @@ def _assert_values_and_grads(out, ref, inputs):
     gb = torch.autograd.grad((ref * w).sum(), inputs)
     for a, b in zip(ga, gb):
         torch.testing.assert_close(a, b, atol=5e-3, rtol=5e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_flash_window_calls_equal_float32(dtype, head_dim, grouped):
+    """The flash window kernel's band and packed chunk calls (short last chunk, batch 2) against explicit float32
+    masks, and the fast path picks it up for these inputs."""
+    from longctx_plugins.attention import fast_passes
+    from longctx_plugins.attention.kernels import flash_window
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(2, 4, 330, head_dim, device="cuda", dtype=dtype, generator=g)
+    k, v = (torch.randn(2, 2 if grouped else 4, 330, head_dim, device="cuda", dtype=dtype, generator=g) for _ in "kv")
+    assert flash_window._check(q, k, v, head_dim**-0.5) < 3e-2
+    assert fast_passes._window_kernel(q, k) == ("grouped" if grouped else "repeat")
