@@ -183,3 +183,30 @@ def test_generate_compiles_on_cpu_with_identical_tokens():
     # the decode step was compiled, once (a recompile would capture a second graph), for 7 decode steps
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_prompt_into_an_empty_static_cache_takes_the_prefill_path(monkeypatch, method):
+    """A prompt written into an empty static cache (more slots than tokens) is a prefill over its own keys: it runs
+    the prefill path (one plan per forward, as without a cache) and gives the logits of a forward without a cache;
+    a padded batch keeps the decode path, and so does the next step."""
+    from longctx_plugins.attention import positional
+
+    _, model = method_model("llama", method, keep=True)
+    plans_made = []
+    real = positional._fresh_cache_plan
+    monkeypatch.setattr(positional, "_fresh_cache_plan", lambda *a: plans_made.append(real(*a)) or plans_made[-1])
+    ids = torch.randint(3, 100, (2, PROMPT), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        cache = StaticCache(config=model.config, max_cache_len=MAX_CACHE)
+        got = model(input_ids=ids, past_key_values=cache, use_cache=True).logits
+    torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
+    layers = model.config.num_hidden_layers
+    assert len(plans_made) == layers and all(p is not None for p in plans_made)
+    assert len({id(p) for p in plans_made}) == 1  # one plan for every layer of the forward
+    plans_made.clear()
+    ids2, am = _prompt()
+    with torch.no_grad():
+        model(input_ids=ids2, attention_mask=am, past_key_values=StaticCache(config=model.config, max_cache_len=64))
+    assert plans_made and all(p is None for p in plans_made)  # left padding: not a plain causal prefill

@@ -88,6 +88,11 @@ def positional_attention_forward(
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", True)))
     if q_len != kv_len and causal and not isinstance(attention_mask, plans.AttentionPlan):
+        plan = _fresh_cache_plan(module, query, attention_mask, kwargs.get("position_ids"))
+        if plan is not None:  # a prompt into an empty static cache: the prefill path over its own keys
+            return positional_attention_forward(
+                module, query, key[:, :, :q_len], value[:, :, :q_len], plan, dropout, scaling, **kwargs
+            )
         return _decode_forward(module, query, key, value, attention_mask, dropout, scaling, kwargs)
     name = module.config._attn_implementation
     plan = plans.plan_for(name, attention_mask, query, key, (kwargs.get("position_ids"),), causal)
@@ -131,6 +136,34 @@ def positional_attention_forward(
 _INSIDE = P.Pass("inside", P.Band())
 
 
+def _fresh_cache_plan(module, query, attention_mask, position_ids):
+    """A plan for a prompt written into an empty cache (static caches are longer than the prompt): several query rows,
+    positions 0..Q-1, keys seen exactly causally in the cache's first Q slots and no slot after them. Such a call is
+    a prefill over those Q keys, so it takes the prefill path (fused and windowed kernels) instead of the per-step
+    decode path, exactly. Decided once per forward: the plan rides on the mask tensor every layer shares. None for
+    anything else (decode steps, padding, a cache that already holds tokens) and while compiling."""
+    batch, _, q_len, _ = query.shape
+    if q_len < 2 or attention_mask is None or torch.compiler.is_compiling():
+        return None
+    known = getattr(attention_mask, "_longctx_fresh_plan", None)
+    if known is not None:
+        return known or None
+    mask = decode.bool_mask(attention_mask, batch, attention_mask.shape[-1])
+    ok = mask is not None and mask.shape[-2] == q_len and mask.shape[-1] >= q_len
+    if ok:
+        causal = torch.ones(q_len, q_len, dtype=torch.bool, device=mask.device).tril()
+        ok = bool((mask[..., :q_len] == causal).all()) and not bool(mask[..., q_len:].any())
+    if ok and position_ids is not None:
+        ok = bool((position_ids == torch.arange(q_len, device=position_ids.device)).all())
+    plan = (
+        plans.AttentionPlan(module.config._attn_implementation, batch, q_len, q_len, device=query.device)
+        if ok
+        else None
+    )
+    attention_mask._longctx_fresh_plan = plan or False  # every layer of this forward shares the mask tensor
+    return plan
+
+
 def _decode_forward(module, query, key, value, attention_mask, dropout, scaling, kwargs):
     """Causal attention with a KV cache (fewer query rows than keys): the stateless path torch.compile traces in one
     graph with no recompiles from step to step (:mod:`.decode`). No plan: positions and masks from the call's own
@@ -162,7 +195,7 @@ def _decode_forward(module, query, key, value, attention_mask, dropout, scaling,
     logit_scale = None
     if params.get("temperature") == "log":  # true length = the last query's position + 1 (empty slots excluded)
         logit_scale = se_ops.temperature(q_pos[:, -1] + 1, trained)
-    out = _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale)
+    out = decode.pass_attention(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
