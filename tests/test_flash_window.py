@@ -10,10 +10,13 @@ import torch
 
 from longctx_plugins.attention import fast_passes
 from longctx_plugins.attention.kernels import flash_window, fused_lse
+from longctx_plugins.attention.options import configure
 
 from .conftest import outputs
 from .references import flash_reference
 from .test_position_methods import method_model
+
+WITH_WINDOW = ("cudnn", "flash", "window")
 
 
 @pytest.fixture
@@ -76,9 +79,13 @@ def test_window_passes_equal_exact_path(monkeypatch, cpu_flash, method, keep, wi
     assert ext.config.num_key_value_heads < ext.config.num_attention_heads
     ids = torch.randint(3, 100, (2, 77))
     with torch.no_grad():
-        setattr(ext.config, f"{method}_backend", "sdpa")
+        configure(ext, backend="sdpa")
         ref = outputs(ext, input_ids=ids)
-        setattr(ext.config, f"{method}_backend", "flex")
+        configure(ext, backend="flex")
+        outputs(ext, input_ids=ids)
+        assert not cpu_flash  # the window kernel is opt-in
+        chunk_calls.clear()
+        configure(ext, backend="flex", dense_lse_kernels=WITH_WINDOW)
         fast = outputs(ext, input_ids=ids)
     assert cpu_flash, "the window kernel was not used"
     assert not chunk_calls  # every pass ran on a fused or window kernel
@@ -96,7 +103,7 @@ def test_dca_takes_no_per_chunk_loop_with_the_window_kernel(monkeypatch, cpu_fla
     _, ext = method_model("llama", "dca", keep=False)
     ids = torch.randint(3, 100, (1, 77))
     with torch.no_grad():
-        ext.config.dca_backend = "flex"
+        configure(ext, backend="flex", dense_lse_kernels=WITH_WINDOW)
         outputs(ext, input_ids=ids)
     layers = ext.config.num_hidden_layers
     assert len(causal_calls) == layers  # the inter pass's keys at distance >= 2c: one causal call per layer

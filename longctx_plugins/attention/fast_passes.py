@@ -4,8 +4,9 @@ per pass, merged by log-sum-exp.
 Each pass takes the first of these that applies to it:
 * every pair beyond a distance (a far pass): a causal kernel with its log-sum-exp over rows and keys sliced so the
   band becomes ordinary causal attention (:mod:`.kernels.fused_lse`, cuDNN / flash);
-* a neighbour window (SelfExtend's near pass, STRING's window) or a chunk relation (Dual Chunk Attention): flash
-  attention's local window or its packed chunks (:mod:`.kernels.flash_window`), each pass at the FLOPs of its pairs;
+* with ``dense_lse_kernels`` including ``"window"`` (opt-in: slower than FlexAttention on an H200), a neighbour window
+  (SelfExtend's near pass, STRING's window) or a chunk relation (Dual Chunk Attention) on flash attention's local
+  window or its packed chunks (:mod:`.kernels.flash_window`), each pass at the FLOPs of its pairs;
 * DCA's chunks one at a time on the causal kernel, when the window kernel is not usable;
 * otherwise FlexAttention with a block-sparse mask built from the pass's band (also the path with gradients).
 The fused kernels need positions 0..L-1 without padding (decided once per forward).
@@ -46,10 +47,10 @@ def flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, passes, scale, 
     apply = flex.compiled(rope_ops.apply_rotation, query.device)  # tables stay outside: no per-head cos/sin
     layout = plan.once("pass_layout", lambda: _pass_layout(plan, q_pos, k_pos))
     fast = layout["contiguous"] and not torch.is_grad_enabled()
-    kernel = plan.once(
-        "fused_kernel", lambda: fused_lse.choose(plan.options.dense_lse_kernels, query) if fast else None
-    )
-    window = plan.once("window_kernel", lambda: _window_kernel(query, key) if fast else None)
+    kernels = plan.options.dense_lse_kernels
+    causal_kernels = tuple(k for k in kernels if k != "window")
+    kernel = plan.once("fused_kernel", lambda: fused_lse.choose(causal_kernels, query) if fast else None)
+    window = plan.once("window_kernel", lambda: _window_kernel(query, key) if fast and _window_opted(kernels) else None)
     if logit_scale is not None:
         query = query * logit_scale.to(query.dtype)[:, None, None, None]
     out = lse = None
@@ -141,6 +142,11 @@ def _fused_chunk_pass(kernel, p: P.Pass, q, k, v, scale):
         o, l_ = fused_lse.causal_attention_lse(kernel, q[:, :, a:e], kk, vv, scale, causal=causal)
         parts.append((o[:, :, r0 - a : r1 - a], l_[..., r0 - a : r1 - a], slice(r0, r1)))
     return parts or "empty"
+
+
+def _window_opted(kernels: tuple[str, ...]) -> bool:
+    """Whether the options ask for the flash window kernel (off by default)."""
+    return "window" in kernels
 
 
 def _window_kernel(query, key) -> str | None:

@@ -16,7 +16,8 @@ attention plan is built, never per layer.
   configuration where one was measured).
 * ``flex_expand_kv``: copy KV heads per query head before FlexAttention (None = when gradients are on).
 * ``dense_lse_kernels``: the fused kernels the position methods' grouped passes may use, in order of preference
-  (``cudnn``, ``flash``; empty = FlexAttention only).
+  (``cudnn``, ``flash``; empty = FlexAttention only), and ``window``: neighbour windows and Dual Chunk Attention's
+  chunk relations on flash attention's local window instead of FlexAttention (off by default: slower on H200).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 
 BACKENDS = {"anchor": ("auto", "flex", "sdpa", "flash")}
 POSITIONAL_BACKENDS = ("auto", "flex", "sdpa")
-DENSE_LSE_KERNELS = ("cudnn", "flash")
+DENSE_LSE_KERNELS = ("cudnn", "flash")  # the default
+KNOWN_LSE_KERNELS = (*DENSE_LSE_KERNELS, "window")
 _ATTR = "_longctx_attention_options"  # module attribute (modules are not serialised; configs are)
 
 
@@ -62,9 +64,9 @@ def make_options(
         raise ValueError(f"flex_expand_kv must be True, False or None, got {flex_expand_kv!r}.")
     if isinstance(dense_lse_kernels, str):
         dense_lse_kernels = tuple(k.strip() for k in dense_lse_kernels.split(",") if k.strip() not in ("", "none"))
-    unknown = [k for k in dense_lse_kernels if k not in DENSE_LSE_KERNELS]
+    unknown = [k for k in dense_lse_kernels if k not in KNOWN_LSE_KERNELS]
     if unknown:
-        raise ValueError(f"unknown dense lse kernel(s) {unknown}; choose from {DENSE_LSE_KERNELS} or 'none'.")
+        raise ValueError(f"unknown dense lse kernel(s) {unknown}; choose from {KNOWN_LSE_KERNELS} or 'none'.")
     items = None if flex_kernel_options is None else tuple(sorted(flex_kernel_options.items()))
     return AttentionOptions(backend, items, flex_expand_kv, tuple(dense_lse_kernels))
 
