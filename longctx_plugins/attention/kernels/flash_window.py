@@ -24,8 +24,13 @@ logger = logging.getLogger("longctx_plugins")
 _status: dict[tuple, bool] = {}
 
 
+def _flash_op():
+    """PyTorch's flash attention forward (its local window and packed sequences are what this module uses)."""
+    return torch.ops.aten._flash_attention_forward
+
+
 def _flash(q, k, v, scale: float, causal: bool, left: int | None, right: int | None, cu_q=None, cu_k=None, mq=0, mk=0):
-    res = torch.ops.aten._flash_attention_forward(
+    res = _flash_op()(
         q, k, v, cu_q, cu_k, mq, mk, 0.0, causal, False, scale=scale, window_size_left=left, window_size_right=right
     )
     lse = res[1].to(torch.float32)
