@@ -172,3 +172,15 @@ def flash_reference(
         outs.append(o)
         lses.append(l_)
     return torch.cat(outs), torch.cat(lses, dim=-1), None, None, None
+
+
+def causal_lse_reference(kernel, q, k, v, scale, causal=True):
+    """Float32 stand-in for :func:`longctx_plugins.attention.kernels.fused_lse.causal_attention_lse` (cuDNN / flash on
+    CUDA): ``(out, lse)`` of ``q [B,H,n,D]`` against ``k``/``v`` ``[B,H,m,D]``, top-left causal when ``causal``; a row
+    that sees no key gets zeros and ``-inf``."""
+    n, m = q.shape[2], k.shape[2]
+    allowed = torch.ones(n, m, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed = allowed.tril()
+    logits = (q.float() @ k.float().transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
+    return torch.nan_to_num(torch.softmax(logits, -1), nan=0.0) @ v.float(), torch.logsumexp(logits, -1)

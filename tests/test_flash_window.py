@@ -13,7 +13,7 @@ from longctx_plugins.attention.kernels import flash_window, fused_lse
 from longctx_plugins.attention.options import configure
 
 from .conftest import outputs
-from .references import flash_reference
+from .references import causal_lse_reference, flash_reference
 from .test_position_methods import method_model
 
 WITH_WINDOW = ("cudnn", "flash", "window")
@@ -55,22 +55,16 @@ def test_check_catches_a_wrong_kernel(monkeypatch):
     assert flash_window._check(q, k, v, 32**-0.5) > 1e-2
 
 
-def _exact_lse(kernel, q, k, v, scale, causal=True):
-    allowed = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool)
-    if causal:
-        allowed = allowed.tril()
-    logits = (q.float() @ k.float().transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
-    return torch.softmax(logits, -1) @ v.float(), torch.logsumexp(logits, -1)
-
-
 @pytest.mark.parametrize("method", ["dca", "string", "self_extend"])
 @pytest.mark.parametrize("keep", [True, False])
 @pytest.mark.parametrize("window", ["grouped", "repeat"])
 def test_window_passes_equal_exact_path(monkeypatch, cpu_flash, method, keep, window):
     """The whole fast path with the window kernel (neighbour windows, DCA's chunk relations; 77 tokens: a short last
     chunk), GQA model, batch 2 == the exact reference path."""
-    monkeypatch.setattr(fused_lse, "choose", lambda kernels, query: "exact")
-    monkeypatch.setattr(fused_lse, "causal_attention_lse", _exact_lse)
+    # DCA's inter pass needs the causal kernel with the window kernel; the others run their windows on the window
+    # kernel only when no causal kernel is usable (else on causal tiles)
+    monkeypatch.setattr(fused_lse, "choose", lambda kernels, query: "exact" if method == "dca" else None)
+    monkeypatch.setattr(fused_lse, "causal_attention_lse", causal_lse_reference)
     monkeypatch.setattr(fast_passes, "_window_kernel", lambda query, key: window)
     chunk_calls = []
     real = fast_passes._fused_chunk_pass
@@ -97,7 +91,7 @@ def test_dca_takes_no_per_chunk_loop_with_the_window_kernel(monkeypatch, cpu_fla
     monkeypatch.setattr(fused_lse, "choose", lambda kernels, query: "exact")
     causal_calls = []
     monkeypatch.setattr(
-        fused_lse, "causal_attention_lse", lambda *a, **kw: causal_calls.append(1) or _exact_lse(*a, **kw)
+        fused_lse, "causal_attention_lse", lambda *a, **kw: causal_calls.append(1) or causal_lse_reference(*a, **kw)
     )
     monkeypatch.setattr(fast_passes, "_window_kernel", lambda query, key: "grouped")
     _, ext = method_model("llama", "dca", keep=False)

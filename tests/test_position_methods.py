@@ -12,7 +12,12 @@ from longctx_plugins.ops import rope as rope_ops
 from longctx_plugins.ops.dense import repeat_kv
 
 from .conftest import outputs, tiny_config, tiny_model
-from .references import dca_relative_position, masked_softmax_attention, string_relative_position
+from .references import (
+    causal_lse_reference,
+    dca_relative_position,
+    masked_softmax_attention,
+    string_relative_position,
+)
 
 # Worked example (trained length 8, 20 tokens): DCA with the authors' chunk_size C = 6 and local_window 2 has chunks
 # of 4 tokens, i.e. chunk_size=4, local_window=2 here. Rows 0..19, the rotation distance of every causal pair.
@@ -260,11 +265,7 @@ def test_fused_kernel_passes_equal_exact_path(monkeypatch, method, keep):
 
     def exact_lse(kernel, q, k, v, scale, causal=True):
         calls.append(causal)
-        allowed = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool)
-        if causal:
-            allowed = allowed.tril()
-        logits = (q.float() @ k.float().transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
-        return torch.softmax(logits, -1) @ v.float(), torch.logsumexp(logits, -1)
+        return causal_lse_reference(kernel, q, k, v, scale, causal)
 
     _, ext = method_model("llama", method, keep=keep)
     ids = torch.randint(3, 100, (2, 77))

@@ -4,9 +4,11 @@ per pass, merged by log-sum-exp.
 Each pass takes the first of these that applies to it:
 * every pair beyond a distance (a far pass): a causal kernel with its log-sum-exp over rows and keys sliced so the
   band becomes ordinary causal attention (:mod:`.kernels.fused_lse`, cuDNN / flash);
-* with ``dense_lse_kernels`` including ``"window"`` (opt-in: slower than FlexAttention on an H200), a neighbour window
-  (SelfExtend's near pass, STRING's window) or a chunk relation (Dual Chunk Attention) on flash attention's local
-  window or its packed chunks (:mod:`.kernels.flash_window`), each pass at the FLOPs of its pairs;
+* a neighbour window (SelfExtend's near pass, STRING's window): the same kernel over chunks of the window's width
+  (:mod:`.kernels.causal_tiles`);
+* with ``dense_lse_kernels`` including ``"window"`` (opt-in: slower on an H200), Dual Chunk Attention's chunk
+  relations (and neighbour windows when no causal kernel is usable) on flash attention's local window or its packed
+  chunks (:mod:`.kernels.flash_window`);
 * DCA's chunks one at a time on the causal kernel, when the window kernel is not usable;
 * otherwise FlexAttention with a block-sparse mask built from the pass's band (also the path with gradients).
 The fused kernels need positions 0..L-1 without padding (decided once per forward).
@@ -22,7 +24,7 @@ from ..ops import rope as rope_ops
 from ..ops.dense import repeat_kv
 from ..ops.lse import merge_pair
 from . import plan as plans
-from .kernels import flash_window, flex, fused_lse
+from .kernels import causal_tiles, flash_window, flex, fused_lse
 
 
 def _pass_layout(plan, q_pos, k_pos):
@@ -86,6 +88,12 @@ def _fused_pass(kernel, p: P.Pass, q, k, v, scale, causal: bool):
         return None
     n_rep = q.shape[1] // k.shape[1]
     lo = max(band.lo, 0) if causal else band.lo
+    if causal and lo == 0 and 0 <= band.hi < float("inf"):  # a neighbour window: causal tiles
+        r0, r1 = int(max(band.rows_from, 0)), int(min(L, band.rows_to))
+        if r0 >= r1:
+            return "empty"
+        kk, vv = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+        return causal_tiles.window(kernel, q, kk, vv, scale, int(band.hi), r0, r1) or "empty"
     if band.hi == float("inf") and lo >= 0:  # query i sees keys j <= i - off, rows [r0, r1)
         off = int(lo)
         r0, r1 = max(off, band.rows_from), min(L, band.rows_to)

@@ -1,0 +1,78 @@
+"""A neighbour window ``0 <= i - j <= h`` (SelfExtend's near pass, STRING's window) as causal-kernel calls with their
+log-sum-exp (:func:`.fused_lse.causal_attention_lse`: cuDNN or flash, CUDA, inference).
+
+The query rows are cut into chunks of ``C = h + 1``. A row's window is then its own chunk up to itself (a causal
+block: every chunk at once, as one batch of short sequences) and the keys of the previous chunk strictly after its own
+offset (``y > x``). That second part is causal too once both chunks are read backwards (``y' < x'``), so the whole
+window runs at the causal kernel's speed, with the FLOPs of its own pairs: no mask, no block-sparse bookkeeping. A
+short last chunk takes its own calls. Results are parts ``(out [B,H,n,D], lse [B,H,n] float32, rows)`` to merge.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import fused_lse
+
+
+def _chunks(t, start: int, n: int, c: int):
+    """Rows ``[start, start + n c)`` of ``t [B, H, L, D]`` as ``[B n, H, c, D]`` (a view when B == 1)."""
+    B, H, _, D = t.shape
+    return t[:, :, start : start + n * c].reshape(B, H, n, c, D).transpose(1, 2).reshape(B * n, H, c, D)
+
+
+def _unchunk(t, batch: int):
+    """``[B n, H, c, ...]`` back to ``[B, H, n c, ...]``."""
+    bn, H, c = t.shape[:3]
+    n = bn // batch
+    return t.reshape(batch, n, H, c, *t.shape[3:]).transpose(1, 2).reshape(batch, H, n * c, *t.shape[3:])
+
+
+def _strictly_after(kernel, q, k, v, scale):
+    """Query row x against keys y > x (same lengths): causal on both read backwards, the last row sees nothing."""
+    qf, kf, vf = (t.flip(2) for t in (q, k, v))
+    o, l_ = fused_lse.causal_attention_lse(kernel, qf[:, :, 1:], kf[:, :, :-1], vf[:, :, :-1], scale)
+    o = torch.cat([o.new_zeros(*o.shape[:2], 1, o.shape[-1]), o], dim=2)
+    l_ = torch.cat([l_.new_full((*l_.shape[:2], 1), float("-inf")), l_], dim=2)
+    return o.flip(2), l_.flip(2)
+
+
+def window(kernel, q, k, v, scale: float, h: int, r0: int, r1: int) -> list:
+    """Rows ``[r0, r1)`` of causal attention over keys ``i - h <= j <= i``; ``k``/``v`` with ``q``'s head count."""
+    c, B = h + 1, q.shape[0]
+    start = (r0 // c) * c
+    n, t = divmod(r1 - start, c)
+    parts = []
+    if n:
+        rows = slice(start, start + n * c)
+        qc, kc, vc = (_chunks(x, start, n, c) for x in (q, k, v))
+        o, l_ = fused_lse.causal_attention_lse(kernel, qc, kc, vc, scale)
+        parts.append((_unchunk(o, B), _unchunk(l_, B), rows))
+        first = max(start, c)  # chunks with a previous chunk
+        m = (start + n * c - first) // c
+        if m:
+            qp = _chunks(q, first, m, c)
+            kp, vp = (_chunks(x, first - c, m, c) for x in (k, v))
+            o, l_ = _strictly_after(kernel, qp, kp, vp, scale)
+            parts.append((_unchunk(o, B), _unchunk(l_, B), slice(first, first + m * c)))
+    if t:
+        a = r1 - t
+        o, l_ = fused_lse.causal_attention_lse(kernel, q[:, :, a:r1], k[:, :, a:r1], v[:, :, a:r1], scale)
+        parts.append((o, l_, slice(a, r1)))
+        if a >= c:  # the previous chunk: its first t keys after the row's offset, the rest all
+            o, l_ = _strictly_after(
+                kernel, q[:, :, a:r1], k[:, :, a - c : a - c + t], v[:, :, a - c : a - c + t], scale
+            )
+            parts.append((o, l_, slice(a, r1)))
+            if t < c:
+                o, l_ = fused_lse.causal_attention_lse(
+                    kernel, q[:, :, a:r1], k[:, :, a - c + t : a], v[:, :, a - c + t : a], scale, causal=False
+                )
+                parts.append((o, l_, slice(a, r1)))
+    return [_from_row(p, r0) for p in parts if p[2].stop > r0]
+
+
+def _from_row(part, r0: int):
+    o, l_, rows = part
+    cut = max(r0 - rows.start, 0)
+    return o[:, :, cut:], l_[..., cut:], slice(rows.start + cut, rows.stop)
