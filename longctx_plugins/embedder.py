@@ -1,14 +1,16 @@
 """``LongContextEmbedder``: embed whole long documents (and chunks of them) with a training-free extended model.
 
 The pieces live in :mod:`longctx_plugins.embedding`: loading (model, tokenizer, sentence-transformers settings),
-tokenisation, batching and the multi-device scheduler, the forward pass, pooling, windows and chunking. This class
-ties them together and holds the user's settings, validated once here.
+tokenisation, batching and the multi-device scheduler, the encode pipeline (the next block of texts tokenised while
+the device reads the current one), the forward pass, pooling, windows and chunking. This class ties them together and
+holds the user's settings, validated once here.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 
 from . import _warn
 from ._checks import positive_int
-from .embedding import batching, late_chunking
+from .embedding import batching, encoding, late_chunking
 from .embedding.loading import DEFAULT_MODEL, default_model_path, load
 from .embedding.pooling import POOLING_MODES, l2_normalize
 from .embedding.reader import Reader
@@ -181,19 +183,9 @@ class LongContextEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         unique = list(dict.fromkeys(texts))
-        encoded = self.reader.tokenize(unique, prompt)
-        pieces, owner = [], []
-        for i, e in enumerate(encoded):
-            for piece in self._pieces(e, i, prompt):
-                pieces.append(piece)
-                owner.append(i)
-        vectors = self.embed_token_ids(
-            pieces, normalize=False, batch_size=batch_size, show_progress_bar=show_progress_bar, devices=devices
-        )
-        if len(pieces) != len(unique):  # windows: the mean of each text's window vectors
-            sums = np.zeros((len(unique), vectors.shape[1]), dtype=np.float64)
-            np.add.at(sums, owner, vectors)
-            vectors = (sums / np.bincount(owner, minlength=len(unique))[:, None]).astype(np.float32)
+        show = self._show_progress(show_progress_bar, len(unique))
+        pieces = partial(self._pieces, prompt=prompt)
+        vectors = encoding.embed_texts(self, unique, prompt, pieces, batch_size or self.batch_size, devices, show)
         if self.normalize:
             vectors = l2_normalize(vectors)
         index = {t: i for i, t in enumerate(unique)}
@@ -259,25 +251,17 @@ class LongContextEmbedder:
     ) -> np.ndarray:
         """Pooled vectors ``[n, dim]`` of already tokenised inputs (special tokens included, used as given)."""
         arrays = [np.asarray(x, dtype=np.int64) for x in ids]
-        out: list[torch.Tensor] = [torch.empty(0)] * len(arrays)  # every slot is filled by its batch
-
-        def step(model, device, batch):
-            hidden, mask = self.reader.states([arrays[i] for i in batch], model, device)
-            vec = self.reader.pool(hidden, mask, self.pooling)
-            for row, i in enumerate(batch):
-                out[i] = vec[row]
-
-        show = self.show_progress_bar if show_progress_bar is None else show_progress_bar
-        if show is None:
-            show = len(arrays) > 256 and logger.getEffectiveLevel() <= logging.INFO
-        self.reader.run(arrays, step, batch_size or self.batch_size, self.max_batch_tokens, devices, progress=show)
-        vectors = np.zeros((len(arrays), self.dim), dtype=np.float32)
-        for device in {v.device for v in out}:  # one copy per device, after all its batches were queued
-            rows = [i for i, v in enumerate(out) if v.device == device]
-            vectors[rows] = torch.stack([out[i] for i in rows]).cpu().numpy()
+        show = self._show_progress(show_progress_bar, len(arrays))
+        vectors = encoding.embed_ids(self, arrays, batch_size or self.batch_size, devices, show)
         if self.normalize if normalize is None else normalize:
             vectors = l2_normalize(vectors)
         return vectors.astype(np.float32)
+
+    def _show_progress(self, asked: bool | None, n: int) -> bool:
+        show = self.show_progress_bar if asked is None else asked
+        if show is None:
+            show = n > 256 and logger.getEffectiveLevel() <= logging.INFO
+        return bool(show)
 
     # ------------------------------------------------------------------------------------------- late chunking
     def token_states(self, text: str, prompt: str | None = None):

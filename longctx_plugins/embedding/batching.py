@@ -33,6 +33,23 @@ def plan(lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]
     return batches
 
 
+def blocks(sizes: list[int], max_items: int, max_size: int) -> list[list[int]]:
+    """Indices grouped for tokenisation ahead of the forward passes: sorted by ``sizes`` (characters), largest first,
+    cut into consecutive blocks of at most ``max_items`` indices that close once they hold ``max_size`` (a larger
+    item is a block of its own). Texts of similar length share a block, so token-budget batches planned inside each
+    block (:func:`plan`) pad about as little as batches planned over all texts at once."""
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    out: list[list[int]] = []
+    used = max_size
+    for i in order:
+        if used >= max_size or len(out[-1]) >= max_items:
+            out.append([])
+            used = 0
+        out[-1].append(i)
+        used += sizes[i]
+    return out
+
+
 def check_devices(devices) -> list[torch.device]:
     """``devices`` as torch devices, or ValueError naming the one that does not exist here."""
     if isinstance(devices, (str, torch.device)):
@@ -70,22 +87,70 @@ def assign(batches: list[list[int]], lengths: list[int], n_devices: int) -> list
     for batch in batches:
         d = load.index(min(load))
         work[d].append(batch)
-        load[d] += sum(lengths[i] ** 2 + lengths[i] for i in batch)
+        load[d] += _cost(batch, lengths)
     return work
+
+
+def _cost(batch: list[int], lengths) -> int:
+    return sum(lengths[i] ** 2 + lengths[i] for i in batch)
 
 
 def run(work: list[list[list[int]]], step) -> None:
     """``step(device_index, batch)`` for every batch, one thread per device when there are several (a worker's
     exception is re-raised)."""
+    with Runner(len(work), step) as runner:
+        for d, batches in enumerate(work):
+            for batch in batches:
+                runner.submit(d, batch)
 
-    def device_loop(d):
-        for batch in work[d]:
-            step(d, batch)
 
-    if len(work) == 1:
-        device_loop(0)
-        return
-    from concurrent.futures import ThreadPoolExecutor
+class Runner:
+    """Runs ``step(device_index, batch)`` for batches handed over one at a time (:meth:`submit`) or balanced over the
+    devices (:meth:`spread`, the greedy rule of :func:`assign` with the work counted over every call).
 
-    with ThreadPoolExecutor(len(work)) as pool:
-        list(pool.map(device_loop, range(len(work))))
+    One device: each step runs in the calling thread, at once. Several: each device has one worker thread that runs
+    its steps in the order given, so the caller can hand over the next batches while the devices work. Leaving the
+    ``with`` block waits for every step; the first exception of a worker is re-raised there (the steps not yet
+    started are dropped), and no worker thread outlives the block."""
+
+    def __init__(self, n_devices: int, step):
+        self.step = step
+        self.load = [0] * n_devices
+        self._pools: list = []
+        self._futures: list = []
+        if n_devices > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pools = [ThreadPoolExecutor(1, thread_name_prefix=f"longctx-device{d}") for d in range(n_devices)]
+
+    def submit(self, device: int, batch: list[int]) -> None:
+        if not self._pools:
+            self.step(device, batch)
+            return
+        self._futures.append(self._pools[device].submit(self.step, device, batch))
+        if self._futures[0].done():  # surface a failure early instead of queueing more work behind it
+            self._futures.pop(0).result()
+
+    def spread(self, batches: list[list[int]], lengths) -> None:
+        for batch in batches:
+            d = self.load.index(min(self.load))
+            self.load[d] += _cost(batch, lengths)
+            self.submit(d, batch)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        error = None
+        try:
+            for f in self._futures:  # in submission order: the first failure cancels what has not started
+                if exc_type is not None or error is not None:
+                    f.cancel()
+                else:
+                    error = f.exception()
+        finally:
+            for pool in self._pools:
+                pool.shutdown(wait=True, cancel_futures=True)
+        if exc_type is None and error is not None:
+            raise error
+        return False

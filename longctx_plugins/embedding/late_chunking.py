@@ -11,31 +11,44 @@ import torch
 
 from .._checks import positive_int
 from .chunking import chunk_spans
+from .encoding import text_blocks
 from .pooling import l2_normalize, span_means, span_token_ranges
+from .prefetch import prefetched
+from .transfer import to_device
 from .windows import cover, most_context
 
 
 def _windowed_states(emb, e) -> torch.Tensor:
     """States of one tokenised text longer than ``target_length``: overlapping windows of ``target_length`` tokens,
-    each token's state from the window where it has the most context."""
+    each token's state from the window where it has the most context (special and prompt tokens: the first window's
+    leading ones, the last window's trailing ones). The windows, all of one width, run in unpadded batches; each
+    batch's states are copied into place with one gather on the device."""
     n = len(e.ids)
     reader = emb.reader
     pre, body, suf = reader.split_specials(e)
     n_prompt = int(np.sum(e.starts[len(pre) : len(pre) + len(body)] < 0))
+    n_text = len(body) - n_prompt
     room = emb.target_length - len(pre) - len(suf) - n_prompt
-    windows = cover(len(body) - n_prompt, room, min(emb.window_overlap, room - 1))
-    owner = most_context(len(body) - n_prompt, windows, causal=emb.is_decoder)
-    inputs = [np.concatenate([pre, body[:n_prompt], body[n_prompt + a : n_prompt + b], suf]) for a, b in windows]
+    windows = cover(n_text, room, min(emb.window_overlap, room - 1))
+    owner = most_context(n_text, windows, causal=emb.is_decoder)
+    head = np.concatenate([pre, body[:n_prompt]])  # in front of every window
+    inputs = [np.concatenate([head, body[n_prompt + a : n_prompt + b], suf]) for a, b in windows]
+    first, width = len(head), len(inputs[0])  # cover(): every window is ``room`` tokens when n_text > room
+    # where each token of e.ids is read: a row of the windows' states flattened to [len(windows) * width, H]
+    src = np.empty(n, dtype=np.int64)
+    src[:first] = np.arange(first)
+    window_starts = np.asarray([a for a, _ in windows], dtype=np.int64)
+    src[first : first + n_text] = owner * width + first + np.arange(n_text) - window_starts[owner]
+    src[first + n_text :] = len(windows) * width - len(suf) + np.arange(len(suf))
+    window_of = src // width
     states = torch.empty(n, emb.dim, dtype=torch.float32, device=emb.device)
-    first = len(pre) + n_prompt  # index of the text's first token in ``e.ids``
-    for w, (a, b) in enumerate(windows):
-        hidden, _ = reader.states([inputs[w]])
-        mine = np.flatnonzero(owner[a:b] == w)
-        idx = torch.as_tensor(mine, device=emb.device)
-        states[first + a + idx] = hidden[0, first + idx]
-        if w == 0:  # special / prompt tokens: from the first window
-            states[:first] = hidden[0, :first]
-    states[n - len(suf) :] = hidden[0, hidden.shape[1] - len(suf) :]
+    per = max(1, min(emb.batch_size, emb.max_batch_tokens // width))
+    for w0 in range(0, len(windows), per):
+        w1 = min(len(windows), w0 + per)
+        hidden, _ = reader.states(inputs[w0:w1])
+        dst = np.flatnonzero((window_of >= w0) & (window_of < w1))
+        idx = to_device(np.stack([dst, src[dst] - w0 * width]), emb.device)
+        states.index_copy_(0, idx[0], hidden.reshape(-1, hidden.shape[-1]).index_select(0, idx[1]))
     return states
 
 
@@ -71,8 +84,9 @@ def encode_spans_many(
     prompt: str | None = None,
     batch_size: int | None = None,
 ) -> list[np.ndarray]:
-    """:func:`encode_spans` for many texts at once: one tokenizer call, texts within ``target_length`` batched by
-    the embedder's token budget (one forward pass each, spans pooled on the device), longer texts in windows; the
+    """:func:`encode_spans` for many texts at once. Texts are tokenised in blocks, the next block in a worker thread
+    while the device reads the current one; texts within ``target_length`` run in token-budget batches (one forward
+    pass each, the spans of all the batch's texts pooled on the device in one call), longer texts in windows. The
     vectors are copied to the host once at the end. Returns one ``[len(spans_i), dim]`` float32 array per text."""
     prompt = emb.document_prompt if prompt is None else prompt
     if len(texts) != len(spans):
@@ -81,36 +95,48 @@ def encode_spans_many(
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] must be a str, got {type(t).__name__}.")
     arrays = [_check_spans(t, s) for t, s in zip(texts, spans)]
-    encoded = emb.reader.tokenize(list(texts), prompt, offsets=True)
-    ranges = [_ranges(t, e, a) if len(a) else None for t, e, a in zip(texts, encoded, arrays)]
-    out: list = [None] * len(texts)
-    short = [i for i, e in enumerate(encoded) if len(e.ids) <= emb.target_length and ranges[i] is not None]
-    for i, e in enumerate(encoded):  # longer texts: windows
-        if ranges[i] is not None and i not in set(short):
-            out[i] = span_means(_windowed_states(emb, e), *ranges[i])
-    ids = [encoded[i].ids for i in short]
+    wanted = [i for i, a in enumerate(arrays) if len(a)]  # texts without spans are not read
+    reader = emb.reader
+    size = batch_size or emb.batch_size
+    parts: list[tuple[list[int], torch.Tensor]] = []  # (texts, their span vectors [sum of spans, H]) in host order
+    owner: list[int] = []  # the text of each input of the stream
+    ranges: list[tuple[np.ndarray, np.ndarray]] = []  # its spans' token ranges
+
+    def tokenize(block: list[int]):
+        encoded = reader.tokenize([texts[wanted[j]] for j in block], prompt, offsets=True)
+        return [(e, _ranges(texts[wanted[j]], e, arrays[wanted[j]])) for j, e in zip(block, encoded)]
 
     def step(model, device, batch):
-        hidden, _ = emb.reader.states([ids[j] for j in batch], model, device)
-        T = hidden.shape[1]
-        for row, j in enumerate(batch):
-            i = short[j]
-            shift = T - len(ids[j]) if emb.is_decoder else 0  # decoders' rows are padded on the left
-            lo, hi = ranges[i]
-            out[i] = span_means(hidden[row], lo + shift, hi + shift)
+        hidden, _ = reader.states([stream.ids[j] for j in batch], model, device)
+        B, T, H = hidden.shape
+        shifts = [row * T + (T - len(stream.ids[j]) if emb.is_decoder else 0) for row, j in enumerate(batch)]
+        lo = np.concatenate([ranges[j][0] + shift for j, shift in zip(batch, shifts)])  # decoders: padded on the left
+        hi = np.concatenate([ranges[j][1] + shift for j, shift in zip(batch, shifts)])
+        parts.append(([owner[j] for j in batch], span_means(hidden.reshape(B * T, H), lo, hi)))
 
-    if short:
-        emb.reader.run(ids, step, batch_size or emb.batch_size, emb.max_batch_tokens)
-    results = []
-    for i, vec in enumerate(out):
-        if vec is None:
-            results.append(np.zeros((0, emb.dim), dtype=np.float32))
-            continue
-        v = vec.cpu().numpy()
+    blocks = text_blocks([texts[i] for i in wanted], size, emb.max_batch_tokens)
+    with prefetched(tokenize, blocks) as tokenized, reader.stream(step, size, emb.max_batch_tokens) as stream:
+        for block, results in tokenized:
+            short = []
+            for j, (e, r) in zip(block, results):
+                if len(e.ids) > emb.target_length:  # windows, read at once
+                    parts.append(([wanted[j]], span_means(_windowed_states(emb, e), *r)))
+                else:
+                    short.append(e.ids)
+                    owner.append(wanted[j])
+                    ranges.append(r)
+            stream.add(short)
+    out = [np.zeros((0, emb.dim), dtype=np.float32) for _ in texts]
+    if parts:
+        vectors = torch.cat([v for _, v in parts]).cpu().numpy()  # the one copy to the host
         if emb.normalize:
-            v = l2_normalize(v)
-        results.append(v.astype(np.float32))
-    return results
+            vectors = l2_normalize(vectors)
+        at = 0
+        for owners, _ in parts:
+            for i in owners:
+                out[i] = vectors[at : at + len(arrays[i])]
+                at += len(arrays[i])
+    return out
 
 
 def encode_spans(emb, text: str, spans: Sequence[tuple[int, int]], prompt: str | None = None) -> np.ndarray:

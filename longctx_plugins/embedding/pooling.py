@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .transfer import to_device
+
 POOLING_MODES = ("mean", "cls", "lasttoken", "max")
 
 
@@ -50,8 +52,46 @@ def span_token_ranges(starts: np.ndarray, spans: np.ndarray) -> tuple[np.ndarray
 
 
 def span_means(states: torch.Tensor, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
-    """Mean of ``states [n, H]`` over rows ``[lo_k, hi_k)`` for every span k, vectorised with one cumulative sum.
-    Real tokens are contiguous between the special tokens, so a span's tokens are one contiguous range."""
-    c = torch.nn.functional.pad(states.to(torch.float64).cumsum(0), (0, 0, 1, 0))
-    lo_t, hi_t = torch.as_tensor(lo, device=states.device), torch.as_tensor(hi, device=states.device)
-    return ((c[hi_t] - c[lo_t]) / (hi_t - lo_t).clamp(min=1)[:, None].to(c.dtype)).to(torch.float32)
+    """``[k, H]`` float32 on ``states``' device: the mean of ``states [n, H]`` over rows ``[lo_j, hi_j)`` for every
+    span j (zeros for an empty span). Spans may overlap, nest or touch; the rows of several texts' states flattened
+    into one ``[B * T, H]`` are pooled in one call by shifting each text's ranges to its rows.
+
+    Every (row, span) pair is summed into its span on the device with one ``index_add_`` (float32 accumulation, also
+    for half-precision states), from a pair list built there (no host synchronisation; the host sends two numbers per
+    span). Overlapping spans make more pairs than rows: then the spans are pooled in groups of at most
+    ``max(n, MIN_PAIRS)`` pairs each (one ``index_add_`` per group) so memory stays bounded."""
+    lo, hi = np.asarray(lo, dtype=np.int64).reshape(-1), np.asarray(hi, dtype=np.int64).reshape(-1)
+    k, device = len(lo), states.device
+    out = torch.zeros(k, states.shape[1], dtype=torch.float32, device=device)
+    counts = np.maximum(hi - lo, 0)
+    budget = max(states.shape[0], MIN_PAIRS)
+    for a, b in _pair_groups(counts, budget):
+        n_pairs = int(counts[a:b].sum())
+        if n_pairs == 0:
+            continue
+        before = np.cumsum(counts[a:b]) - counts[a:b]  # pairs of the group's earlier spans
+        meta = to_device(np.stack([lo[a:b] - before, counts[a:b]]), device)
+        shift, count = meta[0], meta[1]
+        span = torch.repeat_interleave(torch.arange(b - a, device=device), count, output_size=n_pairs)
+        row = torch.arange(n_pairs, device=device) + torch.repeat_interleave(shift, count, output_size=n_pairs)
+        group = out[a:b]
+        group.index_add_(0, span, states.index_select(0, row).to(torch.float32))
+        group /= count.clamp(min=1)[:, None].to(torch.float32)
+    return out
+
+
+MIN_PAIRS = 1 << 16  # (row, span) pairs one index_add_ may gather, at the least (see span_means)
+
+
+def _pair_groups(counts: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """``[a, b)`` runs of consecutive spans with at most ``budget`` pairs each (a longer span is a run of its own)."""
+    if len(counts) == 0 or int(counts.sum()) <= budget:
+        return [(0, len(counts))] if len(counts) else []
+    groups, a, used = [], 0, 0
+    for j, c in enumerate(counts.tolist()):
+        if j > a and used + c > budget:
+            groups.append((a, j))
+            a, used = j, 0
+        used += c
+    groups.append((a, len(counts)))
+    return groups

@@ -10,7 +10,8 @@ through it, so code that needs token-level access (span pooling, custom windows)
 * :meth:`Reader.states`: the final hidden states of one padded batch (one forward pass).
 * :meth:`Reader.pool`: one vector per row of such states.
 * :meth:`Reader.run`: a ``step(model, device, batch)`` over many inputs, in token-budget batches spread over one model
-  replica per device.
+  replica per device; :meth:`Reader.stream` the same for inputs handed over block by block (a block's batches start
+  while the next block is still being tokenised).
 """
 
 from __future__ import annotations
@@ -105,20 +106,63 @@ class Reader:
         ``batch_size`` inputs and ``max_batch_tokens`` padded tokens, longest first, balanced by tokens over one model
         replica per device of ``devices`` (default: the reader's device; several run in threads). ``progress``
         shows a bar counting inputs."""
-        devs = batching.check_devices(devices) if devices is not None else [self.device]
-        lengths = [len(x) for x in ids]
-        batches = batching.plan(lengths, positive_int("batch_size", batch_size), max_batch_tokens)
-        work = batching.assign(batches, lengths, len(devs))
+        with self.stream(step, batch_size, max_batch_tokens, devices, progress, total=len(ids)) as stream:
+            stream.add(ids)
+
+    def stream(
+        self,
+        step: Callable,
+        batch_size: int,
+        max_batch_tokens: int,
+        devices: Sequence[str] | None = None,
+        progress: bool = False,
+        total: int = 0,
+    ) -> Stream:
+        """:meth:`run` for inputs handed over in blocks: ``with reader.stream(step, ...) as s: s.add(block)``. Each
+        block is planned into batches on its own (longest first) and its steps start at once (several devices: queued
+        to one worker thread per device, balanced by the tokens of every block so far); ``batch`` indexes ``s.ids``,
+        every input added so far. Leaving the ``with`` block waits for every step and re-raises a step's exception.
+        ``total``: the inputs expected, for the progress bar (it grows when more are added)."""
+        return Stream(self, step, positive_int("batch_size", batch_size), max_batch_tokens, devices, progress, total)
+
+
+class Stream:
+    """Token-budget batches of inputs handed over block by block (see :meth:`Reader.stream`)."""
+
+    def __init__(
+        self, reader: Reader, step: Callable, batch_size: int, max_batch_tokens: int, devices, progress, total
+    ):
+        self.devices = batching.check_devices(devices) if devices is not None else [reader.device]
+        self.step, self.batch_size, self.max_batch_tokens = step, batch_size, max_batch_tokens
+        self.ids: list[np.ndarray] = []
+        self.lengths: list[int] = []
+        self.models = [reader.replica(d) for d in self.devices]
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(ids), disable=not progress, desc="encode", unit="text")
-        models = [self.replica(d) for d in devs]
+        self.bar = tqdm(total=total, disable=not progress, desc="encode", unit="text")
+        self.runner = batching.Runner(len(self.devices), self._run_one)
 
-        def run_one(d, batch):
-            step(models[d], devs[d], batch)
-            bar.update(len(batch))
+    def _run_one(self, d: int, batch: list[int]) -> None:
+        self.step(self.models[d], self.devices[d], batch)
+        self.bar.update(len(batch))
 
+    def add(self, ids: Sequence[np.ndarray]) -> None:
+        """Plan ``ids`` into batches and start (or queue) their steps; they are ``self.ids[len(self.ids) - len(ids):]``
+        from now on."""
+        start = len(self.ids)
+        self.ids.extend(ids)
+        self.lengths.extend(len(x) for x in ids)
+        if len(self.ids) > (self.bar.total or 0):
+            self.bar.total = len(self.ids)
+            self.bar.refresh()
+        batches = batching.plan(self.lengths[start:], self.batch_size, self.max_batch_tokens)
+        self.runner.spread([[start + i for i in b] for b in batches], self.lengths)
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
         try:
-            batching.run(work, run_one)
+            return self.runner.__exit__(exc_type, exc, tb)
         finally:
-            bar.close()
+            self.bar.close()

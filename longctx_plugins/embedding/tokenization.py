@@ -1,10 +1,10 @@
 """Tokenisation for the embedder: ids (and character offsets for late chunking) of many texts at once.
 
-Long texts are cut at whitespace into pieces that the fast tokenizer encodes in parallel (its batch call runs on all
-cores), then joined and wrapped in the model's special tokens. That is exact only when tokenisation never looks
-across whitespace, so it is used only for tokenizers whose pre-tokenizer splits on whitespace and whose normaliser
-works character by character (BERT-style WordPiece: MiniLM, BERT, E5, BGE, ...; the tables below). Every other
-tokenizer encodes each text whole.
+Every call is one batch call of the fast tokenizer over all the texts it is given (it runs on all cores). Long texts
+are cut at whitespace into pieces that the batch encodes in parallel, then joined and wrapped in the model's special
+tokens. That is exact only when tokenisation never looks across whitespace, so it is used only for tokenizers whose
+pre-tokenizer splits on whitespace and whose normaliser works character by character (BERT-style WordPiece: MiniLM,
+BERT, E5, BGE, ...; the tables below). Every other tokenizer encodes each text whole.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 # with both, the tokens of "a b" are the tokens of "a" followed by those of " b".
 SPLIT_SAFE_PRE_TOKENIZERS = frozenset({"BertPreTokenizer", "Whitespace", "WhitespaceSplit"})
 SPLIT_SAFE_NORMALIZERS = frozenset({"BertNormalizer", "Lowercase", "StripAccents", "NFD", "NFC", "NFKD", "NFKC"})
-PIECE_CHARS = 16_384  # texts longer than two pieces are split (about 3-4k tokens a piece)
+PIECE_CHARS = 4096  # texts longer than two pieces are split (about 1k tokens a piece: enough pieces for every core)
 
 
 @dataclass
@@ -89,22 +89,13 @@ class Tokenization:
             for a, b in cuts:
                 jobs.append((s[a:b], a))
                 owner.append(i)
-        enc = self.tokenizer(
-            [j[0] for j in jobs],
-            add_special_tokens=False,
-            truncation=False,
-            verbose=False,
-            return_offsets_mapping=offsets,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
+        ids_lists, offset_lists = self._encode_bodies([j[0] for j in jobs], offsets)
         ids_parts: list[list[np.ndarray]] = [[] for _ in full]
         start_parts: list[list[np.ndarray]] = [[] for _ in full]
         for j, i in enumerate(owner):
-            ids_parts[i].append(np.asarray(enc["input_ids"][j], dtype=np.int64))
+            ids_parts[i].append(np.asarray(ids_lists[j], dtype=np.int64))
             if offsets:
-                off = np.asarray(enc["offset_mapping"][j], dtype=np.int64).reshape(-1, 2)
-                start_parts[i].append(off[:, 0] + jobs[j][1])
+                start_parts[i].append(_starts(offset_lists[j]) + jobs[j][1])
         pre, suf = np.asarray(self.prefix, dtype=np.int64), np.asarray(self.suffix, dtype=np.int64)
         out = []
         for i in range(len(full)):
@@ -117,6 +108,20 @@ class Tokenization:
                 ).astype(np.int64)
             out.append(Encoded(ids, starts))
         return out
+
+    def _encode_bodies(self, strings: list[str], offsets: bool) -> tuple[list, list]:
+        """Token ids (and ``(start, end)`` offsets when asked) of each string, without special tokens: one batch call
+        of the fast tokenizer."""
+        enc = self.tokenizer(
+            strings,
+            add_special_tokens=False,
+            truncation=False,
+            verbose=False,
+            return_offsets_mapping=offsets,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        return enc["input_ids"], enc["offset_mapping"] if offsets else []
 
     def _whole(self, full: list[str], prompt_chars: int, offsets: bool) -> list[Encoded]:
         enc = self.tokenizer(
@@ -134,11 +139,16 @@ class Tokenization:
             ids = np.asarray(enc["input_ids"][j], dtype=np.int64)
             starts = None
             if offsets:
-                off = np.asarray(enc["offset_mapping"][j], dtype=np.int64).reshape(-1, 2)[:, 0]
+                off = _starts(enc["offset_mapping"][j])
                 special = np.asarray(enc["special_tokens_mask"][j], dtype=bool)
                 starts = np.where(special, -1, _text_starts(off, prompt_chars))
             out.append(Encoded(ids, starts))
         return out
+
+
+def _starts(offsets) -> np.ndarray:
+    """The start characters of a list of ``(start, end)`` offsets, as int64 (without building an ``[n, 2]`` array)."""
+    return np.fromiter((a for a, _ in offsets), dtype=np.int64, count=len(offsets))
 
 
 def _text_starts(starts: np.ndarray, prompt_chars: int) -> np.ndarray:
