@@ -67,8 +67,8 @@ def test_window_passes_equal_exact_path(monkeypatch, cpu_flash, method, keep, wi
     monkeypatch.setattr(fused_lse, "causal_attention_lse", causal_lse_reference)
     monkeypatch.setattr(fast_passes, "_window_kernel", lambda query, key: window)
     chunk_calls = []
-    real = fast_passes._fused_chunk_pass
-    monkeypatch.setattr(fast_passes, "_fused_chunk_pass", lambda *a: chunk_calls.append(1) or real(*a))
+    real = fast_passes._chunk_pass
+    monkeypatch.setattr(fast_passes, "_chunk_pass", lambda *a: chunk_calls.append(1) or real(*a))
     _, ext = method_model("llama", method, keep=keep)
     assert ext.config.num_key_value_heads < ext.config.num_attention_heads
     ids = torch.randint(3, 100, (2, 77))

@@ -9,7 +9,7 @@ Each pass takes the first of these that applies to it:
 * with ``dense_lse_kernels`` including ``"window"`` (opt-in: slower on an H200), Dual Chunk Attention's chunk
   relations (and neighbour windows when no causal kernel is usable) on flash attention's local window or its packed
   chunks (:mod:`.kernels.flash_window`);
-* DCA's chunks one at a time on the causal kernel, when the window kernel is not usable;
+* Dual Chunk Attention's chunk relations: the same kernel over chunks (:mod:`.kernels.causal_tiles`);
 * otherwise FlexAttention with a block-sparse mask built from the pass's band (also the path with gradients).
 The fused kernels need positions 0..L-1 without padding (decided once per forward).
 """
@@ -115,43 +115,6 @@ def _fused_pass(kernel, p: P.Pass, q, k, v, scale, causal: bool):
     return None
 
 
-def _fused_chunk_pass(kernel, p: P.Pass, q, k, v, scale):
-    """A pass over whole chunks (Dual Chunk Attention: ``floor(i/c) - floor(j/c)`` equal to 0, equal to 1, or >= 2) on
-    fused kernels, one query chunk at a time: its own chunk causally, the previous chunk or everything before that in
-    full. Returns a list of ``(out, lse, rows)`` parts, "empty", or None when the pass is not such a band. Query rows
-    outside the pass's row range are computed and dropped (at most one chunk)."""
-    band, L = p.band, q.shape[2]
-    c = band.q_div
-    if (
-        band.k_div != c
-        or c == 1
-        or band.lo not in (0, 1, 2)
-        or band.hi not in (band.lo, float("inf"))
-        or (band.lo == 2) != (band.hi == float("inf"))
-    ):
-        return None
-    n_rep = q.shape[1] // k.shape[1]
-    parts = []
-    first_chunk = int(max(band.rows_from, 0)) // c
-    for m in range(first_chunk, -(-L // c)):
-        a, e = m * c, min((m + 1) * c, L)
-        r0, r1 = int(max(a, band.rows_from)), int(min(e, band.rows_to))
-        if r0 >= r1:
-            continue
-        if band.lo == 0:
-            keys, causal = slice(a, e), True
-        elif band.lo == 1:
-            keys, causal = slice(a - c, a), False
-        else:
-            keys, causal = slice(0, a - c), False
-        if keys.stop <= keys.start or keys.start < 0:
-            continue
-        kk, vv = repeat_kv(k[:, :, keys], n_rep), repeat_kv(v[:, :, keys], n_rep)
-        o, l_ = fused_lse.causal_attention_lse(kernel, q[:, :, a:e], kk, vv, scale, causal=causal)
-        parts.append((o[:, :, r0 - a : r1 - a], l_[..., r0 - a : r1 - a], slice(r0, r1)))
-    return parts or "empty"
-
-
 def _window_opted(kernels: tuple[str, ...]) -> bool:
     """Whether the options ask for the flash window kernel (off by default)."""
     return "window" in kernels
@@ -173,13 +136,39 @@ def _fast_pass(kernel, window, p: P.Pass, q, k, v, scale, causal: bool):
     when no fused kernel takes it."""
     res = _fused_pass(kernel, p, q, k, v, scale, causal) if kernel else None
     if res is None and window and causal:
-        if window == "repeat" and q.shape[1] != k.shape[1]:
-            n_rep = q.shape[1] // k.shape[1]
-            k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
-        res = _window_pass(kernel, p, q, k, v, scale)
-    if res is None and kernel:
-        res = _fused_chunk_pass(kernel, p, q, k, v, scale)
+        kw, vw = (k, v) if window == "grouped" else (repeat_kv(x, q.shape[1] // k.shape[1]) for x in (k, v))
+        res = _window_pass(kernel, p, q, kw, vw, scale)
+    if res is None and kernel and causal:
+        res = _chunk_pass(kernel, p, q, k, v, scale)
     return res
+
+
+def _chunk_pass(kernel, p: P.Pass, q, k, v, scale):
+    """One of Dual Chunk Attention's chunk relations (``floor(i/c) - floor(j/c)`` equal to 0, equal to 1, or >= 2) on
+    the causal kernel (:func:`.kernels.causal_tiles.chunk_blocks`; for >= 2 also every key at distance >= 2c, one
+    causal call over shifted rows). Returns a list of ``(out, lse, rows)``, "empty", or None."""
+    band, L = p.band, q.shape[2]
+    c = band.q_div
+    if band.is_distance or band.k_div != c:
+        return None
+    r0, r1 = _rows(band, L)
+    if r0 >= r1:
+        return "empty"
+    n_rep = q.shape[1] // k.shape[1]
+    kk, vv = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+    if (band.lo, band.hi) in ((0, 0), (1, 1)):
+        d, shape = int(band.lo), ("causal" if band.lo == 0 else "full")
+        return causal_tiles.chunk_blocks(kernel, q, kk, vv, scale, c, d, shape, r0, r1) or "empty"
+    if band.lo != 2 or band.hi != float("inf"):
+        return None
+    parts = causal_tiles.chunk_blocks(kernel, q, kk, vv, scale, c, 2, "after", r0, r1)
+    a = max(r0, 2 * c)
+    if a < r1:  # query i sees every key j <= i - 2c
+        o, l_ = fused_lse.causal_attention_lse(
+            kernel, q[:, :, 2 * c : r1], kk[:, :, : r1 - 2 * c], vv[:, :, : r1 - 2 * c], scale
+        )
+        parts.append((o[:, :, a - 2 * c :], l_[..., a - 2 * c :], slice(a, r1)))
+    return parts or "empty"
 
 
 def _rows(band: P.Band, L: int) -> tuple[int, int]:
@@ -216,15 +205,6 @@ def _window_pass(kernel, p: P.Pass, q, k, v, scale):
             kk, vv = repeat_kv(k[:, :, : L - 2 * c], n_rep), repeat_kv(v[:, :, : L - 2 * c], n_rep)
             o, l_ = fused_lse.causal_attention_lse(kernel, q[:, :, 2 * c :], kk, vv, scale)
             parts.append((o[:, :, a - 2 * c :], l_[..., a - 2 * c :], slice(a, L)))
-        parts = [_from_row(part, r0) for part in parts]
+        parts = [causal_tiles.from_row(part, r0) for part in parts]
         return [part for part in parts if part is not None] or "empty"
     return None
-
-
-def _from_row(part, r0: int):
-    """``part`` restricted to rows >= ``r0`` (None when nothing is left)."""
-    o, l_, rows = part
-    if rows.stop <= r0:
-        return None
-    cut = max(r0 - rows.start, 0)
-    return o[:, :, cut:], l_[..., cut:], slice(rows.start + cut, rows.stop)

@@ -1,11 +1,14 @@
-"""A neighbour window ``0 <= i - j <= h`` (SelfExtend's near pass, STRING's window) as causal-kernel calls with their
-log-sum-exp (:func:`.fused_lse.causal_attention_lse`: cuDNN or flash, CUDA, inference).
+"""A neighbour window ``0 <= i - j <= h`` (SelfExtend's near pass, STRING's window) and Dual Chunk Attention's chunk
+relations as causal-kernel calls with their log-sum-exp (:func:`.fused_lse.causal_attention_lse`: cuDNN or flash,
+CUDA, inference).
 
 The query rows are cut into chunks of ``C = h + 1``. A row's window is then its own chunk up to itself (a causal
 block: every chunk at once, as one batch of short sequences) and the keys of the previous chunk strictly after its own
 offset (``y > x``). That second part is causal too once both chunks are read backwards (``y' < x'``), so the whole
-window runs at the causal kernel's speed, with the FLOPs of its own pairs: no mask, no block-sparse bookkeeping. A
-short last chunk takes its own calls. Results are parts ``(out [B,H,n,D], lse [B,H,n] float32, rows)`` to merge.
+window runs at the causal kernel's speed, with the FLOPs of its own pairs: no mask, no block-sparse bookkeeping. DCA's
+relations (a chunk against itself causally, against the previous chunk in full, against the chunk before that after
+its own offset) are the same blocks over chunks aligned at 0 (:func:`chunk_blocks`). A short last chunk takes its own
+calls. Results are parts ``(out [B,H,n,D], lse [B,H,n] float32, rows)`` to merge.
 """
 
 from __future__ import annotations
@@ -69,10 +72,50 @@ def window(kernel, q, k, v, scale: float, h: int, r0: int, r1: int) -> list:
                     kernel, q[:, :, a:r1], k[:, :, a - c + t : a], v[:, :, a - c + t : a], scale, causal=False
                 )
                 parts.append((o, l_, slice(a, r1)))
-    return [_from_row(p, r0) for p in parts if p[2].stop > r0]
+    return [from_row(p, r0) for p in parts if p[2].stop > r0]
 
 
-def _from_row(part, r0: int):
+def chunk_blocks(kernel, q, k, v, scale: float, c: int, d: int, shape: str, r0: int, r1: int) -> list:
+    """Rows ``[r0, r1)`` of attention of each chunk of ``c`` rows (chunks aligned at 0) against chunk ``m - d``:
+    ``shape`` "causal" (its own chunk up to itself, d = 0), "full" or "after" (keys after the row's offset). Every
+    whole chunk in one call; a short last chunk takes its own calls."""
+    B, L = q.shape[0], q.shape[2]
+    start = max(r0 // c, d) * c
+    n, t = divmod(min(r1, L) - start, c) if start < r1 else (0, 0)
+    parts = []
+
+    def block(qq, kk, vv):
+        if shape == "after":
+            return _strictly_after(kernel, qq, kk, vv, scale)
+        return fused_lse.causal_attention_lse(kernel, qq, kk, vv, scale, causal=shape == "causal")
+
+    if n:
+        kc, vc = (_chunks(x, start - d * c, n, c) for x in (k, v))
+        o, l_ = block(_chunks(q, start, n, c), kc, vc)
+        parts.append((_unchunk(o, B), _unchunk(l_, B), slice(start, start + n * c)))
+    if t:
+        a = start + n * c
+        qt, ka = q[:, :, a : a + t], a - d * c
+        if shape == "after":  # the first t keys after the row's offset, the rest of the chunk all
+            parts.append(
+                (*_strictly_after(kernel, qt, k[:, :, ka : ka + t], v[:, :, ka : ka + t], scale), slice(a, a + t))
+            )
+            if d and t < c:
+                o, l_ = fused_lse.causal_attention_lse(
+                    kernel, qt, k[:, :, ka + t : ka + c], v[:, :, ka + t : ka + c], scale, causal=False
+                )
+                parts.append((o, l_, slice(a, a + t)))
+        else:
+            kl = t if shape == "causal" else c
+            o, l_ = block(qt, k[:, :, ka : ka + kl], v[:, :, ka : ka + kl])
+            parts.append((o, l_, slice(a, a + t)))
+    return [from_row(p, r0) for p in parts if p[2].stop > r0]
+
+
+def from_row(part, r0: int):
+    """``part`` ``(out, lse, rows)`` restricted to rows >= ``r0`` (None when nothing is left)."""
+    if part[2].stop <= r0:
+        return None
     o, l_, rows = part
     cut = max(r0 - rows.start, 0)
     return o[:, :, cut:], l_[..., cut:], slice(rows.start + cut, rows.stop)
