@@ -66,3 +66,14 @@ def test_chunk_blocks_equal_their_masks(d, shape, L, c, r0):
     torch.testing.assert_close(
         lse[seen][..., None], ref_lse[seen][..., None], atol=1e-5, rtol=1e-5
     ) if r0 == 0 else None
+
+
+def test_usable_accepts_an_exact_kernel_and_rejects_a_wrong_one(monkeypatch):
+    assert causal_tiles.usable("exact", "cpu", torch.float32, 16)
+
+    def no_causal(kernel, q, k, v, scale, causal=True):
+        return causal_lse_reference(kernel, q, k, v, scale, causal=False)
+
+    monkeypatch.setattr(fused_lse, "causal_attention_lse", no_causal)
+    monkeypatch.setattr(causal_tiles, "_status", {})
+    assert not causal_tiles.usable("exact", "cpu", torch.float32, 16)

@@ -52,6 +52,7 @@ def flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, passes, scale, 
     kernels = plan.options.dense_lse_kernels
     causal_kernels = tuple(k for k in kernels if k != "window")
     kernel = plan.once("fused_kernel", lambda: fused_lse.choose(causal_kernels, query) if fast else None)
+    tiles = plan.once("causal_tiles", lambda: _tiles_usable(kernel, query))
     window = plan.once("window_kernel", lambda: _window_kernel(query, key) if fast and _window_opted(kernels) else None)
     if logit_scale is not None:
         query = query * logit_scale.to(query.dtype)[:, None, None, None]
@@ -62,7 +63,7 @@ def flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, passes, scale, 
         if p.k not in rotated_k:  # passes that rotate keys alike share them
             rotated_k[p.k] = P.rotated(key, k_pos, p.k, inv_freq, apply)
         k = rotated_k[p.k]
-        res = _fast_pass(kernel, window, p, q, k, value, scale, plan.causal)
+        res = _fast_pass(kernel, window, tiles, p, q, k, value, scale, plan.causal)
         if res is None:
             bm = plan.once(("pass_block_mask", p), lambda: _block_mask(plan, p, q_pos, k_pos, layout))
             o, l_ = flex.attention(q, k, value, bm, scale, plan.kernel_options, lse=True)
@@ -78,7 +79,7 @@ def flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, passes, scale, 
     return out
 
 
-def _fused_pass(kernel, p: P.Pass, q, k, v, scale, causal: bool):
+def _fused_pass(kernel, tiles: bool, p: P.Pass, q, k, v, scale, causal: bool):
     """A pass over all pairs at distance >= lo (or <= hi, keys right of the query in encoders) on a fused causal
     kernel: rows and keys sliced so the band becomes ordinary causal attention (reversed for the right side).
     Returns ``(out, lse, rows)`` for the query rows the pass reaches (its row range included), None when the pass is
@@ -88,7 +89,7 @@ def _fused_pass(kernel, p: P.Pass, q, k, v, scale, causal: bool):
         return None
     n_rep = q.shape[1] // k.shape[1]
     lo = max(band.lo, 0) if causal else band.lo
-    if causal and lo == 0 and 0 <= band.hi < float("inf"):  # a neighbour window: causal tiles
+    if tiles and causal and lo == 0 and 0 <= band.hi < float("inf"):  # a neighbour window: causal tiles
         r0, r1 = int(max(band.rows_from, 0)), int(min(L, band.rows_to))
         if r0 >= r1:
             return "empty"
@@ -131,14 +132,23 @@ def _window_kernel(query, key) -> str | None:
     return "repeat" if flash_window.usable(query.device, query.dtype, d) else None
 
 
-def _fast_pass(kernel, window, p: P.Pass, q, k, v, scale, causal: bool):
+def _tiles_usable(kernel, query) -> bool:
+    """Whether windows and chunks may run as causal tiles on ``kernel`` (checked once per device, dtype, head dim)."""
+    if kernel is None:
+        return False
+    if kernel == "exact":  # tests' float32 stand-in for the kernel
+        return True
+    return causal_tiles.usable(kernel, query.device, query.dtype, query.shape[-1])
+
+
+def _fast_pass(kernel, window, tiles: bool, p: P.Pass, q, k, v, scale, causal: bool):
     """The pass on fused kernels (see the module docstring): ``(out, lse, rows)``, a list of them, "empty", or None
     when no fused kernel takes it."""
-    res = _fused_pass(kernel, p, q, k, v, scale, causal) if kernel else None
+    res = _fused_pass(kernel, tiles, p, q, k, v, scale, causal) if kernel else None
     if res is None and window and causal:
         kw, vw = (k, v) if window == "grouped" else (repeat_kv(x, q.shape[1] // k.shape[1]) for x in (k, v))
         res = _window_pass(kernel, p, q, kw, vw, scale)
-    if res is None and kernel and causal:
+    if res is None and tiles and causal:
         res = _chunk_pass(kernel, p, q, k, v, scale)
     return res
 

@@ -119,3 +119,67 @@ def from_row(part, r0: int):
     o, l_, rows = part
     cut = max(r0 - rows.start, 0)
     return o[:, :, cut:], l_[..., cut:], slice(rows.start + cut, rows.stop)
+
+
+_status: dict[tuple, bool] = {}
+
+
+def _check(kernel: str, q, k, v, scale: float) -> float:
+    """Largest difference of :func:`window` and :func:`chunk_blocks` (short last chunks, a row range) merged, against
+    explicit float32 masks."""
+    from ...ops.lse import merge_pair
+
+    B, H, L, D = q.shape
+    i, j = torch.arange(L, device=q.device)[:, None], torch.arange(L, device=q.device)[None, :]
+    c, r0 = 48, 70
+    cases = [
+        (window(kernel, q, k, v, scale, c - 1, r0, L), (i - j >= 0) & (i - j < c)),
+        (chunk_blocks(kernel, q, k, v, scale, c, 0, "causal", r0, L), (i // c == j // c) & (j <= i)),
+        (chunk_blocks(kernel, q, k, v, scale, c, 1, "full", r0, L), i // c - j // c == 1),
+        (chunk_blocks(kernel, q, k, v, scale, c, 2, "after", r0, L), (i // c - j // c == 2) & (j % c > i % c)),
+    ]
+    err = 0.0
+    for parts, allowed in cases:
+        out = q.new_zeros(B, H, L, D, dtype=torch.float32)
+        lse = torch.full((B, H, L), float("-inf"), device=q.device)
+        for o, l_, rows in parts:
+            out[:, :, rows], lse[..., rows] = merge_pair(out[:, :, rows], lse[..., rows], o.float(), l_)
+        logits = (q.float() @ k.float().transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
+        ref = torch.nan_to_num(torch.softmax(logits, -1), nan=0.0) @ v.float()
+        ref_lse = torch.logsumexp(logits, -1)
+        seen = torch.isfinite(ref_lse[..., r0:])
+        if not bool((torch.isfinite(lse[..., r0:]) == seen).all()):
+            return float("inf")
+        err = max(err, float((out[:, :, r0:] - ref[:, :, r0:]).abs().max()))
+        err = max(err, float((lse[..., r0:] - ref_lse[..., r0:]).abs().masked_fill(~seen, 0).max()))
+    return err
+
+
+def usable(kernel: str, device, dtype, head_dim: int) -> bool:
+    """Whether the tiles run on ``kernel`` here and agree with float32 (checked once per kernel, device, dtype and
+    head dim, for one sequence and for a batch of two)."""
+    key = (kernel, str(device), dtype, head_dim)
+    if key not in _status:
+        gen = torch.Generator(device=device).manual_seed(0)
+        err = 0.0
+        try:
+            for batch in (1, 2):
+                q, k, v = (
+                    torch.randn(batch, 2, 250, head_dim, device=device, dtype=dtype, generator=gen) for _ in range(3)
+                )
+                err = max(err, _check(kernel, q, k, v, head_dim**-0.5))
+            _status[key] = err < 3e-2
+            reason = f"differs from the float32 computation by {err:.3g}"
+        except RuntimeError as exc:  # the kernel rejects these layouts on this GPU / build
+            _status[key] = False
+            reason = f"raised {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        if not _status[key]:
+            fused_lse.logger.info(
+                "causal tiles on the %s kernel are not used for %s, head dim %d: they %s; FlexAttention runs those "
+                "passes.",
+                kernel,
+                dtype,
+                head_dim,
+                reason,
+            )
+    return _status[key]
