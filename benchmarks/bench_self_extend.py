@@ -99,13 +99,15 @@ def case(method, seq_len, keep, q, k, v, pos, inv):
         assert err < 3e-2, (method, seq_len, err)
         ms = time_ms(run, q.device)
         first = time_ms(lambda: run(plan()), q.device, warmup=1, iters=3)  # a fresh plan: + block masks, layout checks
-        real = fast_passes._window_opted
-        fast_passes._window_opted = lambda kernels: True  # the same run with the flash window kernel (opt-in)
+        opt_in = {}
+        real = fast_passes._opted
         try:
-            other = plan()  # (the plan decides the kernels once)
-            with_window = time_ms(lambda: run(other), q.device)
+            for variant in ("tiles", "window"):  # the same run with each opt-in kernel (the plan decides once)
+                fast_passes._opted = lambda kernels, name, variant=variant: name == variant
+                other = plan()
+                opt_in[variant] = time_ms(lambda other=other: run(other), q.device)
         finally:
-            fast_passes._window_opted = real
+            fast_passes._opted = real
         if PROFILE:
             from torch.profiler import ProfilerActivity, profile
 
@@ -122,7 +124,8 @@ def case(method, seq_len, keep, q, k, v, pos, inv):
         "fwd_ms": round(ms, 3),
         "tflops": round(4 * H * seq_len * seq_len * D / 2 / ms / 1e9, 1),
         "first_layer_with_plan_build_ms": round(first, 3),
-        "fwd_ms_with_window_kernel": round(with_window, 3),
+        "fwd_ms_with_tiles": round(opt_in["tiles"], 3),
+        "fwd_ms_with_window_kernel": round(opt_in["window"], 3),
     }
 
 
@@ -179,6 +182,7 @@ def main():
                     sdpa_causal_fwd_ms=round(base, 3),
                     sdpa_tflops=round(4 * H * seq_len * seq_len * D / 2 / base / 1e9, 1),
                     ratio=round(c["fwd_ms"] / base, 3),
+                    ratio_with_tiles=round(c["fwd_ms_with_tiles"] / base, 3),
                     ratio_with_window_kernel=round(c["fwd_ms_with_window_kernel"] / base, 3),
                 )
                 print(c, flush=True)

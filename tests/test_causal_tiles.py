@@ -77,3 +77,32 @@ def test_usable_accepts_an_exact_kernel_and_rejects_a_wrong_one(monkeypatch):
     monkeypatch.setattr(fused_lse, "causal_attention_lse", no_causal)
     monkeypatch.setattr(causal_tiles, "_status", {})
     assert not causal_tiles.usable("exact", "cpu", torch.float32, 16)
+
+
+@pytest.mark.parametrize("method", ["dca", "string", "self_extend"])
+@pytest.mark.parametrize("keep", [True, False])
+def test_tiles_opted_in_equal_exact_path(monkeypatch, method, keep):
+    """A model with ``dense_lse_kernels`` including "tiles" (windows and chunks on the causal kernel; 77 tokens: short
+    last chunks; GQA, batch 2) == the exact reference path, and the tiles ran."""
+    from longctx_plugins.attention import fast_passes
+    from longctx_plugins.attention.options import configure
+
+    from .conftest import outputs
+    from .test_position_methods import method_model
+
+    monkeypatch.setattr(fused_lse, "choose", lambda kernels, query: "exact")
+    used = []
+    real = causal_tiles._strictly_after
+    monkeypatch.setattr(causal_tiles, "_strictly_after", lambda *a: used.append(1) or real(*a))
+    _, ext = method_model("llama", method, keep=keep)
+    ids = torch.randint(3, 100, (2, 77))
+    with torch.no_grad():
+        configure(ext, backend="sdpa")
+        ref = outputs(ext, input_ids=ids)
+        configure(ext, backend="flex")
+        outputs(ext, input_ids=ids)
+        assert not used  # opt-in
+        configure(ext, backend="flex", dense_lse_kernels=("cudnn", "tiles"))
+        fast = outputs(ext, input_ids=ids)
+    assert used and fast_passes._opted(("cudnn", "tiles"), "tiles")
+    torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-5)

@@ -7,9 +7,8 @@ or by object identity, and never reads a tensor's value on the host: query posit
 each row's key positions from the ``[B, 1, Q, K]`` bool mask transformers passes (:func:`plan.mask_function`'s
 ``sdpa_mask`` branch; static caches have empty slots after the real ones, batches may be left padded), both with
 tensor ops only. The passes and inverse frequencies are plain Python values of the layer's parameters, built once
-outside any trace (:func:`cached`). The attention (:func:`pass_attention`) is exact, equal to
-:func:`longctx_plugins.ops.passes.dense_attention`, and reads the cache once where the passes allow it
-(:mod:`longctx_plugins.ops.pass_decode`): a few query rows against the cache is memory-bound.
+outside any trace (:func:`cached`). The attention is the exact reference
+(:func:`longctx_plugins.ops.passes.dense_attention`): a few query rows against the cache is memory-bound.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from typing import Any
 
 import torch
 
-from ..ops import pass_decode
 from .kernels import sdpa
 
 # Values of plain-Python keys (a layer's parameters, device): passes, inverse frequencies. Filled eagerly (prefill or
@@ -27,9 +25,6 @@ from .kernels import sdpa
 # Also holds the position attentions' RoPE frequencies for prefill. At most CACHE_MAX entries (oldest dropped).
 _CACHE: dict[Any, Any] = {}
 CACHE_MAX = 64
-# Float32 logits one pass_attention call may hold (all its copies together); longer calls (a prefill into a static
-# cache) run over query-row chunks: the same math per row, memory bounded (~0.5 GiB).
-LOGIT_ELEMENTS = 2**27
 
 
 def cached(key, build: Callable[[], Any]):
@@ -94,30 +89,3 @@ def plain_attention(query, key, value, mask, scaling: float, dropout: float) -> 
         return sdpa.attention(query, key, value, None, scaling, dropout)
     empty = ~mask.any(dim=-1, keepdim=True)
     return sdpa.attention(query, key, value, mask | empty, scaling, dropout, empty)
-
-
-def pass_attention(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scale: float, logit_scale) -> torch.Tensor:
-    """The position methods' attention with a KV cache, :func:`longctx_plugins.ops.pass_decode.pass_attention` over
-    query-row chunks when the rows' logits would exceed :data:`LOGIT_ELEMENTS` (a decode step is one chunk).
-    Returns ``[B, H, Q, D]`` float32."""
-    batch, heads, q_len, _ = query.shape
-    per_row = batch * heads * key.shape[2] * pass_decode.logit_copies(passes, int(key.shape[2]))
-    rows = q_len if torch.is_grad_enabled() else max(1, LOGIT_ELEMENTS // per_row)
-    outs = []
-    for a in range(0, q_len, rows):
-        sl = slice(a, a + rows)
-        outs.append(
-            pass_decode.pass_attention(
-                query[:, :, sl],
-                key,
-                value,
-                q_pos[:, sl],
-                k_pos,
-                passes,
-                inv_freq,
-                mask=None if mask is None else mask[:, :, sl],
-                scale=scale,
-                logit_scale=logit_scale,
-            )
-        )
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

@@ -4,12 +4,11 @@ per pass, merged by log-sum-exp.
 Each pass takes the first of these that applies to it:
 * every pair beyond a distance (a far pass): a causal kernel with its log-sum-exp over rows and keys sliced so the
   band becomes ordinary causal attention (:mod:`.kernels.fused_lse`, cuDNN / flash);
-* a neighbour window (SelfExtend's near pass, STRING's window): the same kernel over chunks of the window's width
-  (:mod:`.kernels.causal_tiles`);
-* with ``dense_lse_kernels`` including ``"window"`` (opt-in: slower on an H200), Dual Chunk Attention's chunk
-  relations (and neighbour windows when no causal kernel is usable) on flash attention's local window or its packed
-  chunks (:mod:`.kernels.flash_window`);
-* Dual Chunk Attention's chunk relations: the same kernel over chunks (:mod:`.kernels.causal_tiles`);
+* opt-in (``dense_lse_kernels`` including ``"tiles"`` or ``"window"``; both measured slower than the default on H100 /
+  H200): neighbour windows and Dual Chunk Attention's chunk relations as causal-kernel calls over chunks
+  (:mod:`.kernels.causal_tiles`), or on flash attention's local window and packed chunks
+  (:mod:`.kernels.flash_window`);
+* Dual Chunk Attention's chunks one query chunk at a time on the causal kernel;
 * otherwise FlexAttention with a block-sparse mask built from the pass's band (also the path with gradients).
 The fused kernels need positions 0..L-1 without padding (decided once per forward).
 """
@@ -50,10 +49,12 @@ def flex_passes(plan, query, key, value, q_pos, k_pos, inv_freq, passes, scale, 
     layout = plan.once("pass_layout", lambda: _pass_layout(plan, q_pos, k_pos))
     fast = layout["contiguous"] and not torch.is_grad_enabled()
     kernels = plan.options.dense_lse_kernels
-    causal_kernels = tuple(k for k in kernels if k != "window")
+    causal_kernels = tuple(k for k in kernels if k not in ("tiles", "window"))
     kernel = plan.once("fused_kernel", lambda: fused_lse.choose(causal_kernels, query) if fast else None)
-    tiles = plan.once("causal_tiles", lambda: _tiles_usable(kernel, query))
-    window = plan.once("window_kernel", lambda: _window_kernel(query, key) if fast and _window_opted(kernels) else None)
+    tiles = plan.once("causal_tiles", lambda: _opted(kernels, "tiles") and _tiles_usable(kernel, query))
+    window = plan.once(
+        "window_kernel", lambda: _window_kernel(query, key) if fast and _opted(kernels, "window") else None
+    )
     if logit_scale is not None:
         query = query * logit_scale.to(query.dtype)[:, None, None, None]
     out = lse = None
@@ -116,9 +117,9 @@ def _fused_pass(kernel, tiles: bool, p: P.Pass, q, k, v, scale, causal: bool):
     return None
 
 
-def _window_opted(kernels: tuple[str, ...]) -> bool:
-    """Whether the options ask for the flash window kernel (off by default)."""
-    return "window" in kernels
+def _opted(kernels: tuple[str, ...], name: str) -> bool:
+    """Whether the options ask for ``name`` ("tiles", "window": opt-in, off by default)."""
+    return name in kernels
 
 
 def _window_kernel(query, key) -> str | None:
@@ -150,6 +151,8 @@ def _fast_pass(kernel, window, tiles: bool, p: P.Pass, q, k, v, scale, causal: b
         res = _window_pass(kernel, p, q, kw, vw, scale)
     if res is None and tiles and causal:
         res = _chunk_pass(kernel, p, q, k, v, scale)
+    if res is None and kernel:
+        res = _fused_chunk_pass(kernel, p, q, k, v, scale)
     return res
 
 
@@ -218,3 +221,40 @@ def _window_pass(kernel, p: P.Pass, q, k, v, scale):
         parts = [causal_tiles.from_row(part, r0) for part in parts]
         return [part for part in parts if part is not None] or "empty"
     return None
+
+
+def _fused_chunk_pass(kernel, p: P.Pass, q, k, v, scale):
+    """A pass over whole chunks (Dual Chunk Attention: ``floor(i/c) - floor(j/c)`` equal to 0, equal to 1, or >= 2) on
+    fused kernels, one query chunk at a time: its own chunk causally, the previous chunk or everything before that in
+    full. Returns a list of ``(out, lse, rows)`` parts, "empty", or None when the pass is not such a band. Query rows
+    outside the pass's row range are computed and dropped (at most one chunk)."""
+    band, L = p.band, q.shape[2]
+    c = band.q_div
+    if (
+        band.k_div != c
+        or c == 1
+        or band.lo not in (0, 1, 2)
+        or band.hi not in (band.lo, float("inf"))
+        or (band.lo == 2) != (band.hi == float("inf"))
+    ):
+        return None
+    n_rep = q.shape[1] // k.shape[1]
+    parts = []
+    first_chunk = int(max(band.rows_from, 0)) // c
+    for m in range(first_chunk, -(-L // c)):
+        a, e = m * c, min((m + 1) * c, L)
+        r0, r1 = int(max(a, band.rows_from)), int(min(e, band.rows_to))
+        if r0 >= r1:
+            continue
+        if band.lo == 0:
+            keys, causal = slice(a, e), True
+        elif band.lo == 1:
+            keys, causal = slice(a - c, a), False
+        else:
+            keys, causal = slice(0, a - c), False
+        if keys.stop <= keys.start or keys.start < 0:
+            continue
+        kk, vv = repeat_kv(k[:, :, keys], n_rep), repeat_kv(v[:, :, keys], n_rep)
+        o, l_ = fused_lse.causal_attention_lse(kernel, q[:, :, a:e], kk, vv, scale, causal=causal)
+        parts.append((o[:, :, r0 - a : r1 - a], l_[..., r0 - a : r1 - a], slice(r0, r1)))
+    return parts or "empty"

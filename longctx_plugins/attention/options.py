@@ -16,8 +16,9 @@ attention plan is built, never per layer.
   configuration where one was measured).
 * ``flex_expand_kv``: copy KV heads per query head before FlexAttention (None = when gradients are on).
 * ``dense_lse_kernels``: the fused kernels the position methods' grouped passes may use, in order of preference
-  (``cudnn``, ``flash``; empty = FlexAttention only), and ``window``: neighbour windows and Dual Chunk Attention's
-  chunk relations on flash attention's local window instead of FlexAttention (off by default: slower on H200).
+  (``cudnn``, ``flash``; empty = FlexAttention only), and, opt-in (measured slower than the default), ``tiles``:
+  neighbour windows and Dual Chunk Attention's chunk relations as causal-kernel calls over chunks, ``window``: the
+  same on flash attention's local window.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 BACKENDS = {"anchor": ("auto", "flex", "sdpa", "flash")}
 POSITIONAL_BACKENDS = ("auto", "flex", "sdpa")
 DENSE_LSE_KERNELS = ("cudnn", "flash")  # the default
-KNOWN_LSE_KERNELS = (*DENSE_LSE_KERNELS, "window")
+KNOWN_LSE_KERNELS = (*DENSE_LSE_KERNELS, "tiles", "window")
 _ATTR = "_longctx_attention_options"  # module attribute (modules are not serialised; configs are)
 
 

@@ -195,7 +195,7 @@ def _decode_forward(module, query, key, value, attention_mask, dropout, scaling,
     logit_scale = None
     if params.get("temperature") == "log":  # true length = the last query's position + 1 (empty slots excluded)
         logit_scale = se_ops.temperature(q_pos[:, -1] + 1, trained)
-    out = decode.pass_attention(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale)
+    out = _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
