@@ -105,6 +105,8 @@ def case(method, seq_len, keep, q, k, v, pos, inv):
             for variant in ("tiles", "window"):  # the same run with each opt-in kernel (the plan decides once)
                 fast_passes._opted = lambda kernels, name, variant=variant: name == variant
                 other = plan()
+                diff = float((run(other).float() - out.float()).abs().max())
+                assert diff < 3e-2, (method, seq_len, variant, diff)  # the default is checked against the exact path
                 opt_in[variant] = time_ms(lambda other=other: run(other), q.device)
         finally:
             fast_passes._opted = real

@@ -61,14 +61,14 @@ def test_check_catches_a_wrong_kernel(monkeypatch):
 def test_window_passes_equal_exact_path(monkeypatch, cpu_flash, method, keep, window):
     """The whole fast path with the window kernel (neighbour windows, DCA's chunk relations; 77 tokens: a short last
     chunk), GQA model, batch 2 == the exact reference path."""
-    # DCA's inter pass needs the causal kernel with the window kernel; the others run their windows on the window
-    # kernel only when no causal kernel is usable (else on causal tiles)
+    # DCA's inter pass needs the causal kernel beside the window kernel; the other methods' windows are taken by the
+    # window kernel here with no causal kernel (their far passes then run on FlexAttention)
     monkeypatch.setattr(fused_lse, "choose", lambda kernels, query: "exact" if method == "dca" else None)
     monkeypatch.setattr(fused_lse, "causal_attention_lse", causal_lse_reference)
     monkeypatch.setattr(fast_passes, "_window_kernel", lambda query, key: window)
     chunk_calls = []
-    real = fast_passes._chunk_pass
-    monkeypatch.setattr(fast_passes, "_chunk_pass", lambda *a: chunk_calls.append(1) or real(*a))
+    real = fast_passes._fused_chunk_pass  # the default per-chunk loop: not run when the window kernel takes DCA
+    monkeypatch.setattr(fast_passes, "_fused_chunk_pass", lambda *a: chunk_calls.append(1) or real(*a))
     _, ext = method_model("llama", method, keep=keep)
     assert ext.config.num_key_value_heads < ext.config.num_attention_heads
     ids = torch.randint(3, 100, (2, 77))

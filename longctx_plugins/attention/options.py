@@ -68,6 +68,11 @@ def make_options(
     unknown = [k for k in dense_lse_kernels if k not in KNOWN_LSE_KERNELS]
     if unknown:
         raise ValueError(f"unknown dense lse kernel(s) {unknown}; choose from {KNOWN_LSE_KERNELS} or 'none'.")
+    if {"tiles", "window"} & set(dense_lse_kernels) and not set(DENSE_LSE_KERNELS) & set(dense_lse_kernels):
+        raise ValueError(
+            f"dense_lse_kernels={tuple(dense_lse_kernels)}: 'tiles' and 'window' run beside a causal kernel; add "
+            "'cudnn' and/or 'flash', e.g. ('cudnn', 'flash', 'tiles')."
+        )
     items = None if flex_kernel_options is None else tuple(sorted(flex_kernel_options.items()))
     return AttentionOptions(backend, items, flex_expand_kv, tuple(dense_lse_kernels))
 

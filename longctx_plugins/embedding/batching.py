@@ -95,15 +95,6 @@ def _cost(batch: list[int], lengths) -> int:
     return sum(lengths[i] ** 2 + lengths[i] for i in batch)
 
 
-def run(work: list[list[list[int]]], step) -> None:
-    """``step(device_index, batch)`` for every batch, one thread per device when there are several (a worker's
-    exception is re-raised)."""
-    with Runner(len(work), step) as runner:
-        for d, batches in enumerate(work):
-            for batch in batches:
-                runner.submit(d, batch)
-
-
 class Runner:
     """Runs ``step(device_index, batch)`` for batches handed over one at a time (:meth:`submit`) or balanced over the
     devices (:meth:`spread`, the greedy rule of :func:`assign` with the work counted over every call).

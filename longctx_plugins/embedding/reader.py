@@ -45,6 +45,7 @@ class Reader:
         self.tokenization = Tokenization(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.replicas: dict[torch.device, Any] = {}
+        self._prompt_counts: dict[str, int] = {}  # by prompt text (this reader's tokenizer is fixed)
 
     # ---------------------------------------------------------------------------------------------- tokenising
     def tokenize(self, texts: list[str], prompt: str = "", offsets: bool = False) -> list[Encoded]:
@@ -62,8 +63,10 @@ class Reader:
         """How many tokens ``prompt`` adds in front of a text (0 for no prompt)."""
         if not prompt:
             return 0
-        t = self.tokenization
-        return len(t([""], prompt)[0].ids) - len(t.prefix) - len(t.suffix)
+        if prompt not in self._prompt_counts:  # counted once, not once per text
+            t = self.tokenization
+            self._prompt_counts[prompt] = len(t([""], prompt)[0].ids) - len(t.prefix) - len(t.suffix)
+        return self._prompt_counts[prompt]
 
     # ------------------------------------------------------------------------------------------------- reading
     def states(self, batch: Sequence[np.ndarray], model=None, device: torch.device | None = None):
