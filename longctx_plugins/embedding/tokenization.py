@@ -109,31 +109,27 @@ class Tokenization:
             out.append(Encoded(ids, starts))
         return out
 
-    def _encode_bodies(self, strings: list[str], offsets: bool) -> tuple[list, list]:
-        """Token ids (and ``(start, end)`` offsets when asked) of each string, without special tokens: one batch call
-        of the fast tokenizer."""
-        enc = self.tokenizer(
+    def _call(self, strings: list[str], special: bool, offsets: bool):
+        """One batch call of the fast tokenizer: never truncated, special tokens added when ``special``, character
+        offsets (and, with special tokens, their mask) when ``offsets``."""
+        return self.tokenizer(
             strings,
-            add_special_tokens=False,
+            add_special_tokens=special,
             truncation=False,
             verbose=False,
             return_offsets_mapping=offsets,
+            return_special_tokens_mask=offsets and special,
             return_attention_mask=False,
             return_token_type_ids=False,
         )
+
+    def _encode_bodies(self, strings: list[str], offsets: bool) -> tuple[list, list]:
+        """Token ids (and ``(start, end)`` offsets when asked) of each string, without special tokens."""
+        enc = self._call(strings, False, offsets)
         return enc["input_ids"], enc["offset_mapping"] if offsets else []
 
     def _whole(self, full: list[str], prompt_chars: int, offsets: bool) -> list[Encoded]:
-        enc = self.tokenizer(
-            full,
-            add_special_tokens=True,
-            truncation=False,
-            verbose=False,
-            return_offsets_mapping=offsets,
-            return_special_tokens_mask=offsets,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
+        enc = self._call(full, True, offsets)
         out = []
         for j in range(len(full)):
             ids = np.asarray(enc["input_ids"][j], dtype=np.int64)

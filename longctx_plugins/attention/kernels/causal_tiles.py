@@ -130,9 +130,7 @@ _status: dict[tuple, bool] = {}
 def _check(kernel: str, q, k, v, scale: float) -> float:
     """Largest difference of :func:`window` and :func:`chunk_blocks` (short last chunks, a row range) merged, against
     explicit float32 masks."""
-    from ...ops.lse import merge_pair
-
-    B, H, L, D = q.shape
+    L = q.shape[2]
     i, j = torch.arange(L, device=q.device)[:, None], torch.arange(L, device=q.device)[None, :]
     c, r0 = 48, 70
     cases = [
@@ -143,18 +141,9 @@ def _check(kernel: str, q, k, v, scale: float) -> float:
     ]
     err = 0.0
     for parts, allowed in cases:
-        out = q.new_zeros(B, H, L, D, dtype=torch.float32)
-        lse = torch.full((B, H, L), float("-inf"), device=q.device)
-        for o, l_, rows in parts:
-            out[:, :, rows], lse[..., rows] = merge_pair(out[:, :, rows], lse[..., rows], o.float(), l_)
-        logits = (q.float() @ k.float().transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
-        ref = torch.nan_to_num(torch.softmax(logits, -1), nan=0.0) @ v.float()
-        ref_lse = torch.logsumexp(logits, -1)
-        seen = torch.isfinite(ref_lse[..., r0:])
-        if not bool((torch.isfinite(lse[..., r0:]) == seen).all()):
-            return float("inf")
-        err = max(err, float((out[:, :, r0:] - ref[:, :, r0:]).abs().max()))
-        err = max(err, float((lse[..., r0:] - ref_lse[..., r0:]).abs().masked_fill(~seen, 0).max()))
+        out, lse = fused_lse.merged(parts, q, L)
+        ref_out, ref_lse = fused_lse.explicit(q[:, :, r0:], k, v, scale, allowed[r0:])
+        err = max(err, fused_lse.difference(out[:, :, r0:], lse[..., r0:], ref_out, ref_lse))
     return err
 
 

@@ -18,7 +18,7 @@ import logging
 
 import torch
 
-from ...ops.lse import merge_pair
+from . import fused_lse
 
 logger = logging.getLogger("longctx_plugins")
 _status: dict[tuple, bool] = {}
@@ -125,43 +125,23 @@ def chunk_upper(q, k, v, scale: float, c: int, m0: int, d: int = 2):
     return parts
 
 
-def _reference(q, k, v, scale, allowed):
-    """Explicit float32 ``(out, lse)`` of ``q [B,H,Q,D]`` against ``k`` over ``allowed [Q, K]``."""
-    logits = (q.float() @ k.float().transpose(-1, -2)) * scale
-    logits = logits.masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(logits, -1)
-    probs = torch.nan_to_num(torch.softmax(logits, -1), nan=0.0)
-    return probs @ v.float(), lse
-
-
 def _check(q, k, v, scale) -> float:
-    """Largest difference of :func:`band` and the chunk calls against :func:`_reference` (a short last chunk
+    """Largest difference of :func:`band` and the chunk calls against explicit float32 masks (a short last chunk
     included)."""
     L = q.shape[2]
     i = torch.arange(L, device=q.device)[:, None]
     j = torch.arange(L, device=q.device)[None, :]
     c = 96
-    cases = [(band(q, k, v, scale, 37, 50, L), (i - j >= 0) & (i - j <= 37), slice(50, L))]
-    for name, rule in (("diag", i // c == j // c), ("prev", i // c - j // c == 1)):
-        fn = chunk_diagonal if name == "diag" else chunk_previous
-        o, l_ = fn(q, k, v, scale, c, 1)
-        cases.append(((o, l_), rule & (j <= i), slice(c, L)))
-    B, H, _, D = q.shape
-    out = q.new_zeros(B, H, L - 2 * c + 1, D)
-    lse = torch.full((B, H, L - 2 * c + 1), float("-inf"), device=q.device)
-    for o, l_, rows in chunk_upper(q, k, v, scale, c, 2):  # merged: a short last chunk comes in two parts
-        at = slice(rows.start - 2 * c + 1, rows.stop - 2 * c + 1)
-        out[:, :, at], lse[..., at] = merge_pair(out[:, :, at], lse[..., at], o, l_)
-    cases.append(((out, lse), (i // c - j // c == 2) & (j % c > i % c), slice(2 * c - 1, L)))
-    err = 0.0
+    cases = [([(*band(q, k, v, scale, 37, 50, L), slice(50, L))], (i - j >= 0) & (i - j <= 37), 50)]
+    cases.append(([(*chunk_diagonal(q, k, v, scale, c, 1), slice(c, L))], (i // c == j // c) & (j <= i), c))
+    cases.append(([(*chunk_previous(q, k, v, scale, c, 1), slice(c, L))], i // c - j // c == 1, c))
+    cases.append((chunk_upper(q, k, v, scale, c, 2), (i // c - j // c == 2) & (j % c > i % c), 2 * c - 1))
     k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], 1) for t in (k, v))
-    for (o, l_), allowed, rows in cases:
-        ref_o, ref_l = _reference(q[:, :, rows], k, v, scale, allowed[rows])
-        seen = torch.isfinite(ref_l)
-        err = max(err, float((o.float() - ref_o).abs().max()))
-        err = max(err, float((l_ - ref_l).abs().masked_fill(~seen, 0).max()))
-        if not bool((torch.isfinite(l_) == seen).all()):
-            return float("inf")
+    err = 0.0
+    for parts, allowed, r0 in cases:  # parts merged: a short last chunk comes in two
+        out, lse = fused_lse.merged(parts, q, L)
+        ref_out, ref_lse = fused_lse.explicit(q[:, :, r0:], k, v, scale, allowed[r0:])
+        err = max(err, fused_lse.difference(out[:, :, r0:], lse[..., r0:], ref_out, ref_lse))
     return err
 
 

@@ -15,6 +15,8 @@ import logging
 
 import torch
 
+from ...ops.lse import merge_pair
+
 logger = logging.getLogger("longctx_plugins")
 _status: dict[tuple, bool] = {}
 
@@ -28,18 +30,42 @@ def _run(kernel: str, q, k, v, scale: float, causal: bool = True):
     return res[0], res[1].reshape(b, h, n).to(torch.float32)
 
 
+def explicit(q, k, v, scale: float, allowed):
+    """Float32 ``(out, lse)`` of ``q [B,H,Q,D]`` against ``k``/``v`` (same head count) over ``allowed [Q, K]``: what
+    the fused kernels are checked against; a row that sees no key gives zeros and ``-inf``."""
+    logits = ((q.float() @ k.float().transpose(-1, -2)) * scale).masked_fill(~allowed, float("-inf"))
+    return torch.nan_to_num(torch.softmax(logits, -1), nan=0.0) @ v.float(), torch.logsumexp(logits, -1)
+
+
+def merged(parts, like, length: int):
+    """Parts ``(out, lse, rows)`` merged into float32 ``(out [B,H,length,D], lse [B,H,length])`` (rows no part
+    reaches: zeros, ``-inf``)."""
+    B, H, _, D = like.shape
+    out = like.new_zeros(B, H, length, D, dtype=torch.float32)
+    lse = torch.full((B, H, length), float("-inf"), device=like.device)
+    for o, l_, rows in parts:
+        out[:, :, rows], lse[..., rows] = merge_pair(out[:, :, rows], lse[..., rows], o.float(), l_)
+    return out, lse
+
+
+def difference(out, lse, ref_out, ref_lse) -> float:
+    """Largest difference of ``(out, lse)`` from the reference; infinite when they disagree on which rows see a key."""
+    seen = torch.isfinite(ref_lse)
+    if not bool((torch.isfinite(lse) == seen).all()):
+        return float("inf")
+    return max(float((out.float() - ref_out).abs().max()), float((lse - ref_lse).abs().masked_fill(~seen, 0).max()))
+
+
 def usable(kernel: str, device, dtype, head_dim: int) -> bool:
     key = (kernel, str(device), dtype, head_dim)
     if key not in _status:
         gen = torch.Generator(device=device).manual_seed(0)
         q, k, v = (torch.randn(1, 2, 320, head_dim, device=device, dtype=dtype, generator=gen) for _ in range(3))
         scale = head_dim**-0.5
-        logits = (q.float() @ k.float().transpose(-1, -2)) * scale
-        logits = logits.masked_fill(torch.ones(320, 320, dtype=torch.bool, device=device).triu(1), float("-inf"))
-        ref_lse, ref_out = torch.logsumexp(logits, -1), torch.softmax(logits, -1) @ v.float()
+        ref_out, ref_lse = explicit(q, k, v, scale, torch.ones(320, 320, dtype=torch.bool, device=device).tril())
         try:
             out, lse = _run(kernel, q, k, v, scale)
-            err = max(float((lse - ref_lse).abs().max()), float((out.float() - ref_out).abs().max()))
+            err = difference(out, lse, ref_out, ref_lse)
             _status[key] = err < 3e-2
             reason = f"differs from the float32 computation by {err:.3g}"
         except RuntimeError as exc:  # kernel unavailable for this GPU / dtype / head dim
