@@ -22,6 +22,9 @@ PROMPT, PAD, MAX_CACHE = 40, 5, 64
 
 @pytest.fixture(autouse=True)
 def fresh_dynamo():
+    from longctx_plugins.attention import decode
+
+    decode._CACHE.clear()  # each test starts as a fresh process would: nothing stored by an earlier test
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     yield
@@ -167,21 +170,27 @@ def test_dynamic_cache_decode_is_stateless(method, monkeypatch):
     assert len(decode._CACHE) == cached
 
 
-def test_generate_compiles_on_cpu_with_identical_tokens():
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("padded", [True, False])
+def test_generate_compiles_on_cpu_with_identical_tokens(method, padded):
     """``generate(..., cache_implementation="static")`` compiles the decode step itself (on CPU only when the
-    compile config allows every device); the tokens equal an uncompiled generate and no step recompiles."""
+    compile config allows every device); the tokens equal an uncompiled generate and no step recompiles. Unpadded,
+    the prompt takes the prefill path (not the decode path), and the compiled steps still trace in one graph."""
     from transformers import CompileConfig
 
-    _, ext = method_model("llama", "self_extend")
+    _, ext = method_model("llama", method)
     ids, am = _prompt()
+    if not padded:
+        am = torch.ones_like(am)
     kw = dict(attention_mask=am, max_new_tokens=8, min_new_tokens=8, do_sample=False, cache_implementation="static")
-    with torch.no_grad():
-        ref = ext.generate(ids, disable_compile=True, **kw)
+    with torch.no_grad():  # compiled first: no eager decode step has run before it
         cfg = CompileConfig(backend="eager", fullgraph=True, mode=None)
         cfg._compile_all_devices = True
         out = ext.generate(ids, compile_config=cfg, **kw)
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        ref = ext.generate(ids, disable_compile=True, **kw)
     # the decode step was compiled, once (a recompile would capture a second graph), for 7 decode steps
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert graphs == 1
     assert torch.equal(out, ref)
 
 

@@ -115,6 +115,8 @@ def positional_attention_forward(
         )
     q_pos, k_pos = plan.inputs["q_pos"], plan.inputs["k_pos"]
     passes, plain_rows = _passes(plan, module, params, causal, k_pos)
+    if causal and not torch.compiler.is_compiling():
+        _decode_passes(module, params)  # ready for the decode steps that may follow (compiled ones only read it)
     inv_freq = _inv_freq(module.config, params, query.device)
     logit_scale = None
     if params.get("temperature") == "log":
@@ -188,15 +190,22 @@ def _decode_forward(module, query, key, value, attention_mask, dropout, scaling,
             f"{params['rope_type']}: attention dropout is not supported; set the model's attention_dropout to 0."
         )
     trained = int(params.get("original_max_position_embeddings") or module.config.max_position_embeddings)
-    passes = decode.cached(
-        ("passes", decode.parameters_key(params), trained), lambda: _passes(None, module, params, True, None)[0]
-    )
+    passes = _decode_passes(module, params)
     inv_freq = _inv_freq(module.config, params, query.device)
     logit_scale = None
     if params.get("temperature") == "log":  # true length = the last query's position + 1 (empty slots excluded)
         logit_scale = se_ops.temperature(q_pos[:, -1] + 1, trained)
     out = _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _decode_passes(module, params):
+    """A causal layer's passes for decode steps, stored by value (:func:`.decode.cached`). Every causal prefill
+    stores them eagerly, so a compiled decode step only reads them: building them imports the method's ops module,
+    which dynamo cannot trace (a graph break in every step, each cut into more graphs)."""
+    trained = int(params.get("original_max_position_embeddings") or module.config.max_position_embeddings)
+    key = ("passes", decode.parameters_key(params), trained)
+    return decode.cached(key, lambda: _passes(None, module, params, True, None)[0])
 
 
 def _passes(plan, module, params, causal, k_pos):
