@@ -190,22 +190,28 @@ def _decode_forward(module, query, key, value, attention_mask, dropout, scaling,
             f"{params['rope_type']}: attention dropout is not supported; set the model's attention_dropout to 0."
         )
     trained = int(params.get("original_max_position_embeddings") or module.config.max_position_embeddings)
-    passes = _decode_passes(module, params)
+    passes, reads = _decode_passes(module, params)
     inv_freq = _inv_freq(module.config, params, query.device)
     logit_scale = None
     if params.get("temperature") == "log":  # true length = the last query's position + 1 (empty slots excluded)
         logit_scale = se_ops.temperature(q_pos[:, -1] + 1, trained)
-    out = _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale)
+    out = _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale, reads)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
 def _decode_passes(module, params):
-    """A causal layer's passes for decode steps, stored by value (:func:`.decode.cached`). Every causal prefill
+    """A causal layer's passes for decode steps and how they read the keys (:func:`~longctx_plugins.ops.passes.
+    key_reads`), stored by value (:func:`.decode.cached`). Every causal prefill
     stores them eagerly, so a compiled decode step only reads them: building them imports the method's ops module,
     which dynamo cannot trace (a graph break in every step, each cut into more graphs)."""
     trained = int(params.get("original_max_position_embeddings") or module.config.max_position_embeddings)
     key = ("passes", decode.parameters_key(params), trained)
-    return decode.cached(key, lambda: _passes(None, module, params, True, None)[0])
+
+    def build():
+        passes = _passes(None, module, params, True, None)[0]
+        return passes, P.key_reads(passes)
+
+    return decode.cached(key, build)
 
 
 def _passes(plan, module, params, causal, k_pos):
@@ -244,9 +250,12 @@ def _rows_inside(plan, k_pos, trained: int):
     return inside if bool(inside.any()) else False
 
 
-def _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scale, logit_scale):
+def _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scale, logit_scale, reads=None):
+    reads = P.key_reads(passes) if reads is None else reads
     batch, heads, q_len, _ = query.shape
-    rows = q_len if torch.is_grad_enabled() else max(1, REFERENCE_CHUNK_ELEMENTS // (batch * heads * key.shape[2]))
+    # the reference reads each key rotation once, for all its query rotations stacked: that many logits per row
+    per_row = batch * heads * key.shape[2] * max(len(q_maps) for _, q_maps, _ in reads)
+    rows = q_len if torch.is_grad_enabled() else max(1, REFERENCE_CHUNK_ELEMENTS // per_row)
     outs = []
     for a in range(0, q_len, rows):
         sl = slice(a, a + rows)
@@ -262,6 +271,7 @@ def _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scale, logit
                 mask=None if mask is None else mask[:, :, sl],
                 scale=scale,
                 logit_scale=logit_scale,
+                reads=reads,
             )
         )
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)

@@ -144,6 +144,18 @@ def gqa_logits(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     return (out * scale).view(B, Hkv, H // Hkv, Q, k.shape[2])
 
 
+def key_reads(passes) -> tuple:
+    """How :func:`dense_attention` reads the keys: per distinct key rotation ``(k_map, q_maps, members)``, the
+    distinct query rotations paired with it (stacked as the rows of one matmul) and each pass with the index of its
+    query rotation among them."""
+    out = []
+    for k_map in dict.fromkeys(p.k for p in passes):
+        group = [p for p in passes if p.k == k_map]
+        q_maps = tuple(dict.fromkeys(p.q for p in group))
+        out.append((k_map, q_maps, tuple((p, q_maps.index(p.q)) for p in group)))
+    return tuple(out)
+
+
 def dense_attention(
     query,
     key,
@@ -156,24 +168,29 @@ def dense_attention(
     mask: torch.Tensor | None,
     scale: float,
     logit_scale: torch.Tensor | None = None,
+    reads: tuple | None = None,
 ) -> torch.Tensor:
     """Exact multi-pass attention: each pair's logit from the pass that covers it, one float32 softmax.
 
     ``query [B,H,Q,D]`` and ``key [B,Hkv,K,D]`` rotated at their true positions ``q_pos [B,Q]``, ``k_pos [B,K]``;
     ``mask [B,1,Q,K]`` bool (causality and padding); ``logit_scale [B]`` optional. A pair no pass covers is masked.
-    Grouped query heads read their key head once (no copies of K); keys are re-rotated only by passes that move
-    them. Returns ``[B,H,Q,D]`` float32."""
+    Grouped query heads read their key head once (no copies of K); keys are re-rotated once per distinct key
+    rotation, and read once by one matmul for every query rotation the passes pair with them (passes with the same
+    rotations, such as the plain rows and the near window, share their logits). ``reads``: :func:`key_reads` of
+    ``passes``, built ahead for a compiled caller. Returns ``[B,H,Q,D]`` float32."""
     B, H, Q, _ = query.shape
     Hkv = key.shape[1]
     logits = covered = None
-    rotated_k: dict = {}
-    for p in passes:
-        sel = p.band.contains(q_pos, k_pos)[:, None, None]  # [B, 1, 1, Q, K]
-        if p.k not in rotated_k:
-            rotated_k[p.k] = rotated(key, k_pos, p.k, inv_freq)
-        lg = gqa_logits(rotated(query, q_pos, p.q, inv_freq), rotated_k[p.k], scale)
-        logits = torch.where(sel, lg, lg.new_tensor(-math.inf) if logits is None else logits)
-        covered = sel if covered is None else covered | sel
+    for k_map, q_maps, members in reads if reads is not None else key_reads(passes):
+        qs = [rotated(query, q_pos, m, inv_freq) for m in q_maps]
+        lg_all = gqa_logits(
+            qs[0] if len(qs) == 1 else torch.cat(qs, dim=2), rotated(key, k_pos, k_map, inv_freq), scale
+        )
+        for p, at in members:
+            lg = lg_all[..., at * Q : (at + 1) * Q, :]
+            sel = p.band.contains(q_pos, k_pos)[:, None, None]  # [B, 1, 1, Q, K]
+            logits = torch.where(sel, lg, lg.new_tensor(-math.inf) if logits is None else logits)
+            covered = sel if covered is None else covered | sel
     if logit_scale is not None:
         logits = logits * logit_scale.to(torch.float32)[:, None, None, None, None]
     allowed = covered if mask is None else covered & mask[:, :, None]
