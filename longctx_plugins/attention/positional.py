@@ -25,7 +25,7 @@ from ..positions.rope_methods import ROPE_METHODS
 from . import decode
 from . import plan as plans
 from .fast_passes import flex_passes as _flex_passes
-from .kernels import flex, sdpa
+from .kernels import decode_passes, flex, sdpa
 from .support import UnsupportedModelError, position_method_problem
 
 MASK_FUNCTIONS = {name: plans.mask_function(name) for name in ROPE_METHODS}
@@ -115,8 +115,8 @@ def positional_attention_forward(
         )
     q_pos, k_pos = plan.inputs["q_pos"], plan.inputs["k_pos"]
     passes, plain_rows = _passes(plan, module, params, causal, k_pos)
-    if causal and not torch.compiler.is_compiling():
-        _decode_passes(module, params)  # ready for the decode steps that may follow (compiled ones only read it)
+    if causal and not torch.compiler.is_compiling():  # ready for the decode steps that may follow (compiled ones
+        _decode_kernel_on(module, query, _decode_passes(module, params)[0])  # only read what is decided here)
     inv_freq = _inv_freq(module.config, params, query.device)
     logit_scale = None
     if params.get("temperature") == "log":
@@ -195,8 +195,44 @@ def _decode_forward(module, query, key, value, attention_mask, dropout, scaling,
     logit_scale = None
     if params.get("temperature") == "log":  # true length = the last query's position + 1 (empty slots excluded)
         logit_scale = se_ops.temperature(q_pos[:, -1] + 1, trained)
-    out = _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale, reads)
+    if (
+        q_len == 1
+        and _decode_kernel_on(module, query, passes)
+        and not (torch.is_grad_enabled() and query.requires_grad)
+    ):
+        out = decode_passes.attention(
+            query,
+            key,
+            value,
+            q_pos,
+            k_pos,
+            passes,
+            inv_freq,
+            key_valid=mask[:, 0, -1],
+            scale=scaling,
+            logit_scale=logit_scale,
+        )
+    else:
+        out = _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale, reads)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _decode_kernel_on(module, query, passes) -> bool:
+    """Whether this layer's one-row decode steps run the split-K decode kernel (:mod:`.kernels.decode_passes`): the
+    ``auto`` backend, and the kernel usable for the query's device, dtype and head dim with these passes. Decided
+    eagerly (each causal prefill, or an uncompiled step) and kept on the module; a compiled step reads the decision
+    (none yet: the reference)."""
+    if torch.compiler.is_compiling():
+        return bool(getattr(module, "_longctx_decode_kernel", False))
+    from ..positions.rope import rotary_dim
+    from .options import options_for
+
+    params = method_parameters(module)
+    on = options_for(module, module.config._attn_implementation).backend == "auto" and decode_passes.usable(
+        query.device, query.dtype, query.shape[-1], rotary_dim(module.config, params), passes
+    )
+    module._longctx_decode_kernel = on
+    return on
 
 
 def _decode_passes(module, params):

@@ -1,0 +1,215 @@
+"""A decode step of a position method (SelfExtend, Dual Chunk Attention, STRING) in one split-K Triton kernel.
+
+A decode step has one query row per sequence and reads the whole KV cache: it is memory-bound, so the cache should be
+read once. The exact reference (:func:`longctx_plugins.ops.passes.dense_attention`) reads it once per key rotation,
+writes re-rotated copies of the keys and materialises float32 logits; :func:`attention` reads each key and value
+block once, re-rotates keys in registers for the passes that move them, and keeps one online softmax over all passes
+(:mod:`._decode_kernel`). The cache is split along its length over enough programs to fill the GPU; the splits'
+partial softmax states are merged here.
+
+Semantics are the reference's for passes that partition the pairs (every method's do): pairs no pass covers and
+keys ``key_valid`` hides are masked; ``logit_scale [B]`` multiplies the logits; a row that sees no key gives zeros.
+Keys a pass re-rotates are rounded to the cache's dtype before the product, as the reference's rotated copies are;
+half inputs multiply on the tensor cores with float32 accumulation and probabilities rounded to the input dtype before
+``P @ V`` (as flash attention does), float32 inputs in IEEE float32.
+
+:func:`usable` decides once per (device, dtype, head dim, passes) whether the kernel may run: CUDA (or Triton's
+interpreter), rotary dimension = head dimension, at most :data:`MAX_PASSES` passes with integer bands, and the kernel
+agreeing with the reference on a small problem. Inference only; callers fall back to the reference otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from ...ops import passes as P
+
+logger = logging.getLogger("longctx_plugins")
+HEAD_DIMS = (32, 64, 128, 256)
+MAX_PASSES = 4
+BLOCK_N = 64
+NUM_WARPS = 8  # 4 spill registers at head dim 128 (sm_90)
+TARGET_PROGRAMS = 512  # programs per launch: several per SM on a Hopper GPU
+_LIMIT = 1 << 30
+_status: dict = {}
+
+
+def _kernel():
+    from . import _decode_kernel
+
+    return _decode_kernel
+
+
+def _int(x) -> int:
+    return _LIMIT if x == math.inf else -_LIMIT if x == -math.inf else int(x)
+
+
+def pass_table(passes) -> tuple[tuple[int, ...], int, tuple]:
+    """``(table, kmoves, q_maps)``: 12 ints per pass (band ``lo, hi, q_div, k_div, rows_from, rows_to``; the index
+    of its query copy; its key map ``a, b, div, c, max``), the bit mask of passes that re-rotate keys, and the
+    distinct query maps in copy order."""
+    q_maps = tuple(dict.fromkeys(p.q for p in passes))
+    table: list[int] = []
+    kmoves = 0
+    for n, p in enumerate(passes):
+        b, k = p.band, p.k
+        table += [_int(b.lo), _int(b.hi), int(b.q_div), int(b.k_div), _int(b.rows_from), _int(b.rows_to)]
+        table += [q_maps.index(p.q), k.a, k.b, k.div, k.c, _LIMIT if k.max is None else int(k.max)]
+        kmoves |= (not k.is_identity) << n
+    return tuple(table), kmoves, q_maps
+
+
+def _problem(passes) -> str | None:
+    if not 1 <= len(passes) <= MAX_PASSES:
+        return f"{len(passes)} passes (the kernel takes 1 to {MAX_PASSES})"
+    for p in passes:
+        values = (p.band.lo, p.band.hi, p.band.rows_from, p.band.rows_to, p.k.a, p.k.b, p.k.c)
+        if any(not math.isinf(v) and (v != int(v) or abs(v) >= _LIMIT // 4) for v in values):
+            return f"pass {p.name!r} has a bound that is not an integer below 2**28"
+        if not (1 <= p.band.q_div < _LIMIT // 4 and 1 <= p.band.k_div < _LIMIT // 4 and 1 <= p.k.div < _LIMIT // 4):
+            return f"pass {p.name!r} has a divisor outside [1, 2**28)"
+    return None
+
+
+def usable(device, dtype, head_dim: int, rotary_dim: int, passes) -> bool:
+    """Whether :func:`attention` may run for these settings (decided once, logged once when not)."""
+    key = (str(device), dtype, head_dim, rotary_dim, passes)
+    if key not in _status:
+        _status[key] = _decide(torch.device(device), dtype, head_dim, rotary_dim, passes)
+    return _status[key]
+
+
+def _decide(device, dtype, head_dim, rotary_dim, passes) -> bool:
+    try:
+        kern = _kernel()
+    except ImportError:
+        return False
+    if device.type != "cuda" and not kern.INTERPRET:
+        return False
+    reason = None
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        reason = f"dtype {dtype}"
+    elif head_dim not in HEAD_DIMS or rotary_dim != head_dim:
+        reason = f"head dim {head_dim} with rotary dim {rotary_dim} (the kernel takes {HEAD_DIMS}, fully rotary)"
+    else:
+        reason = _problem(passes)
+    if reason is None:
+        reason = _self_check(device, dtype, head_dim, passes)
+    if reason:
+        logger.info("position-method decoding uses the exact reference: the decode kernel is not used (%s).", reason)
+    return reason is None
+
+
+def _self_check(device, dtype, head_dim, passes) -> str | None:
+    """Run the kernel once against the reference on a small cache that reaches every pass (positions up to ~2**15,
+    past every method's trained window in practice)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    B, H, Hkv, K = 2, 4, 2, 300
+    q = torch.randn(B, H, 1, head_dim, device=device, dtype=dtype, generator=gen)
+    k, v = (torch.randn(B, Hkv, K, head_dim, device=device, dtype=dtype, generator=gen) for _ in range(2))
+    k_pos = torch.arange(K, device=device)[None] * 97 + torch.tensor([[0], [-5]], device=device)
+    q_pos = k_pos[:, -1:] + 1
+    valid = torch.ones(B, K, dtype=torch.bool, device=device)
+    valid[1, :7] = False
+    inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    scale = head_dim**-0.5
+    try:
+        out = _launch(q, k, v, q_pos, k_pos, passes, inv, valid, scale, None)
+    except Exception as exc:  # noqa: BLE001 - a kernel that cannot compile here is not used, with the reason
+        return f"it raised {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    ref = P.dense_attention(q, k, v, q_pos, k_pos, passes, inv, mask=valid[:, None, None], scale=scale)
+    err = float((out.float() - ref).abs().max())
+    tol = 2e-5 if dtype == torch.float32 else 3e-2
+    return None if err < tol else f"it differs from the reference by {err:.3g}"
+
+
+def attention(
+    query,
+    key,
+    value,
+    q_pos,
+    k_pos,
+    passes,
+    inv_freq,
+    *,
+    key_valid: torch.Tensor | None = None,
+    scale: float,
+    logit_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One decode step: ``query [B,H,1,D]``, ``key``/``value [B,Hkv,K,D]`` rotated at their true positions
+    ``q_pos [B,1]``, ``k_pos [B,K]``; ``key_valid [B,K]`` bool; ``logit_scale [B]``. Returns ``[B,H,1,D]`` float32.
+    Callers check :func:`usable` first."""
+    if query.shape[2] != 1:
+        raise ValueError(f"the decode kernel takes one query row per sequence, got {query.shape[2]}")
+    return _launch(query, key, value, q_pos, k_pos, passes, inv_freq, key_valid, scale, logit_scale)
+
+
+def _launch(query, key, value, q_pos, k_pos, passes, inv_freq, key_valid, scale, logit_scale) -> torch.Tensor:
+    kern = _kernel()
+    B, H, _, D = query.shape
+    Hkv, K = key.shape[1], key.shape[2]
+    table, kmoves, q_maps = pass_table(passes)
+    qc = torch.stack([P.rotated(query, q_pos, m, inv_freq)[:, :, 0] for m in q_maps]).contiguous()  # [NQ, B, H, D]
+    key = key if key.stride(-1) == 1 else key.contiguous()
+    value = value if value.stride(-1) == 1 else value.contiguous()
+    kp = k_pos.expand(B, K).to(torch.int32).contiguous()
+    qp = q_pos[:, -1].expand(B).to(torch.int32).contiguous()
+    valid = key_valid.expand(B, K).to(torch.int8).contiguous() if key_valid is not None else kp
+    ls = logit_scale.to(torch.float32).expand(B).contiguous() if logit_scale is not None else qp
+    tab = torch.tensor(table, dtype=torch.int32, device=query.device)
+    inv = inv_freq.to(device=query.device, dtype=torch.float32).contiguous()
+    n_blocks = -(-K // BLOCK_N)
+    per_split = -(-n_blocks // max(1, min(n_blocks, TARGET_PROGRAMS // (B * Hkv))))
+    splits = -(-n_blocks // per_split)
+    r = H // Hkv
+    m = torch.empty(B, H, splits, device=query.device, dtype=torch.float32)
+    lsum = torch.empty_like(m)
+    acc = torch.empty(B, H, splits, D, device=query.device, dtype=torch.float32)
+    kern._split[(B * Hkv, splits)](
+        qc,
+        key,
+        value,
+        kp,
+        qp,
+        valid,
+        ls,
+        tab,
+        inv,
+        m,
+        lsum,
+        acc,
+        qc.stride(0),
+        qc.stride(1),
+        qc.stride(2),
+        key.stride(0),
+        key.stride(1),
+        key.stride(2),
+        value.stride(0),
+        value.stride(1),
+        value.stride(2),
+        K,
+        Hkv,
+        r,
+        splits,
+        per_split,
+        float(scale) * 1.4426950408889634,
+        NP=len(passes),
+        KMOVES=kmoves,
+        HALF=D // 2,
+        R_PAD=max(16, 1 << (r - 1).bit_length()),
+        BLOCK_N=BLOCK_N,
+        HAS_VALID=key_valid is not None,
+        HAS_LS=logit_scale is not None,
+        IEEE=query.dtype == torch.float32,
+        UPCAST=kern.INTERPRET and query.dtype != torch.float32,
+        num_warps=NUM_WARPS,
+    )
+    # merge the splits (log2 domain): rows that saw no key anywhere give zeros
+    top = m.amax(-1, keepdim=True)
+    w = torch.exp2(m - top.masked_fill(top == -math.inf, 0.0))
+    den = (w * lsum).sum(-1, keepdim=True)
+    out = (w[..., None] * acc).sum(-2) / den.clamp_min(torch.finfo(torch.float32).tiny)
+    return out[:, :, None]
