@@ -211,6 +211,7 @@ def _decode_forward(module, query, key, value, attention_mask, dropout, scaling,
             key_valid=mask[:, 0, -1],
             scale=scaling,
             logit_scale=logit_scale,
+            layout=_decode_layout(params, trained, passes, query.device),
         )
     else:
         out = _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale, reads)
@@ -232,7 +233,16 @@ def _decode_kernel_on(module, query, passes) -> bool:
         query.device, query.dtype, query.shape[-1], rotary_dim(module.config, params), passes
     )
     module._longctx_decode_kernel = on
+    if on:  # stored now, for compiled steps
+        trained = int(params.get("original_max_position_embeddings") or module.config.max_position_embeddings)
+        _decode_layout(params, trained, passes, query.device)
     return on
+
+
+def _decode_layout(params, trained: int, passes, device):
+    """The decode kernel's pass table on ``device`` (:func:`.kernels.decode_passes.layout_for`), stored by value."""
+    key = ("decode_layout", decode.parameters_key(params), trained, str(device))
+    return decode.cached(key, lambda: decode_passes.layout_for(passes, device))
 
 
 def _decode_passes(module, params):

@@ -138,20 +138,28 @@ def attention(
     key_valid: torch.Tensor | None = None,
     scale: float,
     logit_scale: torch.Tensor | None = None,
+    layout: tuple | None = None,
 ) -> torch.Tensor:
     """One decode step: ``query [B,H,1,D]``, ``key``/``value [B,Hkv,K,D]`` rotated at their true positions
     ``q_pos [B,1]``, ``k_pos [B,K]``; ``key_valid [B,K]`` bool; ``logit_scale [B]``. Returns ``[B,H,1,D]`` float32.
-    Callers check :func:`usable` first."""
+    ``layout``: ``(table tensor on the query's device, kmoves, q_maps)`` of :func:`pass_table`, built ahead by a
+    compiled caller (dynamo cannot build the passes' frozen dataclasses). Callers check :func:`usable` first."""
     if query.shape[2] != 1:
         raise ValueError(f"the decode kernel takes one query row per sequence, got {query.shape[2]}")
-    return _launch(query, key, value, q_pos, k_pos, passes, inv_freq, key_valid, scale, logit_scale)
+    return _launch(query, key, value, q_pos, k_pos, passes, inv_freq, key_valid, scale, logit_scale, layout)
 
 
-def _launch(query, key, value, q_pos, k_pos, passes, inv_freq, key_valid, scale, logit_scale) -> torch.Tensor:
+def layout_for(passes, device) -> tuple:
+    """``(table tensor, kmoves, q_maps)`` for :func:`attention`'s ``layout``."""
+    table, kmoves, q_maps = pass_table(passes)
+    return torch.tensor(table, dtype=torch.int32, device=device), kmoves, q_maps
+
+
+def _launch(query, key, value, q_pos, k_pos, passes, inv_freq, key_valid, scale, logit_scale, layout=None):
     kern = _kernel()
     B, H, _, D = query.shape
     Hkv, K = key.shape[1], key.shape[2]
-    table, kmoves, q_maps = pass_table(passes)
+    tab, kmoves, q_maps = layout if layout is not None else layout_for(passes, query.device)
     qc = torch.stack([P.rotated(query, q_pos, m, inv_freq)[:, :, 0] for m in q_maps]).contiguous()  # [NQ, B, H, D]
     key = key if key.stride(-1) == 1 else key.contiguous()
     value = value if value.stride(-1) == 1 else value.contiguous()
@@ -159,7 +167,6 @@ def _launch(query, key, value, q_pos, k_pos, passes, inv_freq, key_valid, scale,
     qp = q_pos[:, -1].expand(B).to(torch.int32).contiguous()
     valid = key_valid.expand(B, K).to(torch.int8).contiguous() if key_valid is not None else kp
     ls = logit_scale.to(torch.float32).expand(B).contiguous() if logit_scale is not None else qp
-    tab = torch.tensor(table, dtype=torch.int32, device=query.device)
     inv = inv_freq.to(device=query.device, dtype=torch.float32).contiguous()
     n_blocks = -(-K // BLOCK_N)
     per_split = -(-n_blocks // max(1, min(n_blocks, TARGET_PROGRAMS // (B * Hkv))))
