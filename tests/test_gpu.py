@@ -378,6 +378,35 @@ def test_decode_with_cache_matches_prefill_on_gpu(method):
     assert (step - full).abs().max() / full.abs().max() < 3e-2
 
 
+@pytest.mark.parametrize("method", ["dca", "string", "self_extend"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_decode_kernel_equals_reference_on_gpu(method, dtype):
+    """The split-K decode kernel at 32k slots (trained 8k, 32 query / 4 key heads of 128), batch 2 with left
+    padding and empty static-cache slots, against the float32 reference."""
+    from longctx_plugins.attention.kernels import decode_passes as DP
+    from longctx_plugins.ops import passes as P
+    from longctx_plugins.positions.rope_methods import ROPE_METHODS
+
+    params = ROPE_METHODS[method].defaults(8192, 40960, {})
+    passes = P.exact_below(ROPE_METHODS[method].passes(params, True), 8192)
+    assert DP.usable("cuda", dtype, 128, 128, passes)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    slots, real = 32768 + 64, 32768
+    k_pos = torch.arange(slots, device="cuda")[None].repeat(2, 1)
+    k_pos[1] -= 100
+    valid = (k_pos >= 0) & (torch.arange(slots, device="cuda")[None] < real)
+    q_pos = k_pos[:, real - 1 : real]
+    inv = rope_ops.default_inv_freq(128, 10000.0, "cuda")
+    q = rope_ops.rotate(torch.randn(2, 32, 1, 128, device="cuda", generator=gen), q_pos, inv).to(dtype)
+    k = rope_ops.rotate(torch.randn(2, 4, slots, 128, device="cuda", generator=gen), k_pos, inv).to(dtype)
+    v = torch.randn(2, 4, slots, 128, device="cuda", generator=gen).to(dtype)
+    out = DP.attention(q, k, v, q_pos, k_pos, passes, inv, key_valid=valid, scale=128**-0.5)
+    ref = P.dense_attention(
+        q.float(), k.float(), v.float(), q_pos, k_pos, passes, inv, mask=valid[:, None, None], scale=128**-0.5
+    )
+    assert (out - ref).abs().max() < 2e-2
+
+
 def _assert_values_and_grads(out, ref, inputs):
     """``out`` ``[B, T, H, D]`` (fast path) against ``ref`` ``[B, H, T, D]`` (float32 reference), values and
     gradients."""
