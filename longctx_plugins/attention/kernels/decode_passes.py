@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import torch
 
@@ -83,6 +84,8 @@ def usable(device, dtype, head_dim: int, rotary_dim: int, passes) -> bool:
 
 
 def _decide(device, dtype, head_dim, rotary_dim, passes) -> bool:
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False  # decided without importing Triton
     try:
         kern = _kernel()
     except ImportError:
