@@ -23,7 +23,8 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton", reason="Triton is not installed (pip install 'longctx-plugins[dev]')")
 
-# name: (method, exact_below trained length or None, dtype, B, H, Hkv, K, D, padding, logit_scale, empty row)
+# name: (method, exact_below trained length or None, dtype, B, H, Hkv, K, D, padding, logit_scale, empty row[,
+# programs per launch])
 CASES = {
     "self_extend_exact": ("se", 20, "fp32", 2, 4, 2, 150, 64, True, False, False),
     "self_extend": ("se", None, "fp32", 2, 8, 1, 97, 32, True, True, False),
@@ -37,6 +38,10 @@ CASES = {
     "self_extend_d256": ("se", 20, "fp32", 1, 2, 1, 70, 256, False, False, False),
     "one_key": ("se", 20, "fp32", 1, 2, 1, 1, 64, False, False, False),
     "row_without_keys": ("dca", 24, "fp32", 2, 4, 2, 90, 64, True, False, True),
+    # several key blocks per program: the online softmax rescales across blocks (programs per launch given)
+    "blocks_per_program": ("se", 20, "fp32", 1, 4, 1, 300, 64, False, True, False, 1),
+    "blocks_per_program_padded": ("dca", 24, "fp32", 2, 4, 2, 280, 64, True, False, False, 6),
+    "blocks_per_program_bf16": ("string", 30, "bf16", 1, 8, 1, 260, 128, False, False, False, 1),
 }
 TOL = {"fp32": 2e-5, "bf16": 3e-2, "fp16": 4e-3}
 
@@ -60,7 +65,8 @@ def _run_case(name: str, spec, wrong_table: bool = False) -> dict:
     from longctx_plugins.ops import passes as P
     from longctx_plugins.ops import rope
 
-    method, exact, dt, B, H, Hkv, K, D, padding, use_ls, empty = spec
+    method, exact, dt, B, H, Hkv, K, D, padding, use_ls, empty = spec[:11]
+    programs = spec[11] if len(spec) > 11 else None
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dt]
     passes = _passes(method, exact)
     gen = torch.Generator().manual_seed(sum(map(ord, name)))
@@ -85,7 +91,7 @@ def _run_case(name: str, spec, wrong_table: bool = False) -> dict:
         real = DP.pass_table
         DP.pass_table = lambda ps: (lambda t: (t[0], 0, t[2]))(real(ps))
     try:
-        out = DP.attention(q, k, v, q_pos, k_pos, passes, inv, key_valid=valid, scale=scale, logit_scale=ls)
+        out = DP._launch(q, k, v, q_pos, k_pos, passes, inv, valid, scale, ls, programs=programs)
     finally:
         if wrong_table:
             DP.pass_table = real
@@ -155,6 +161,35 @@ def _decode_models() -> dict:
     return out
 
 
+def _self_check_cases() -> dict:
+    """The self-check passes for real models' passes (trained 8k and 128k) and catches a kernel that never
+    re-rotates keys, also when the trained window is long."""
+    import torch
+
+    from longctx_plugins.attention.kernels import decode_passes as DP
+    from longctx_plugins.ops import passes as P
+    from longctx_plugins.positions.rope_methods import ROPE_METHODS
+
+    out = {}
+    for method in ("self_extend", "dca", "string"):
+        for trained in (8192, 131072):
+            spec = ROPE_METHODS[method]
+            passes = P.exact_below(spec.passes(spec.defaults(trained, 4 * trained, {}), True), trained)
+            ok = DP._self_check(torch.device("cpu"), torch.float32, 64, passes)
+            real = DP.pass_table
+            DP.pass_table = lambda ps: (lambda t: (t[0], 0, t[2]))(real(ps))
+            try:
+                broken = DP._self_check(torch.device("cpu"), torch.float32, 64, passes)
+            finally:
+                DP.pass_table = real
+            out[f"{method}-{trained}"] = {
+                "ok": ok,
+                "broken": broken,
+                "moves_keys": any(not p.k.is_identity for p in passes),
+            }
+    return out
+
+
 def _worker() -> None:
     os.environ["TRITON_INTERPRET"] = "1"
     import torch
@@ -164,6 +199,7 @@ def _worker() -> None:
         print(json.dumps(_run_case(name, spec)), flush=True)
     wrong = _run_case("self_extend_exact", CASES["self_extend_exact"], wrong_table=True)
     print(json.dumps({**wrong, "name": "wrong_table"}), flush=True)
+    print(json.dumps({"name": "self_check", **_self_check_cases()}), flush=True)
     print(json.dumps({"name": "models", **_decode_models()}), flush=True)
 
 
@@ -190,6 +226,16 @@ def test_matches_dense_reference(results, name):
     assert r["usable"], r  # the self-check passes for these settings
     assert r["err"] <= TOL[r["dtype"]], r
     assert r["empty_rows_zero"], r
+
+
+@pytest.mark.slow
+def test_self_check_passes_and_catches_a_wrong_kernel(results):
+    for name, r in results["self_check"].items():
+        if name == "name":
+            continue
+        assert r["ok"] is None, (name, r)
+        if r["moves_keys"]:  # a kernel that forgets to re-rotate keys is refused, whatever the trained length
+            assert r["broken"] is not None, (name, r)
 
 
 @pytest.mark.slow

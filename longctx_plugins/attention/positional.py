@@ -197,6 +197,8 @@ def _decode_forward(module, query, key, value, attention_mask, dropout, scaling,
         logit_scale = se_ops.temperature(q_pos[:, -1] + 1, trained)
     if (
         q_len == 1
+        and key.dtype == value.dtype == query.dtype
+        and value.shape[-1] == query.shape[-1]
         and _decode_kernel_on(module, query, passes)
         and not (torch.is_grad_enabled() and query.requires_grad)
     ):

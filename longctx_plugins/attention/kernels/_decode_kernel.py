@@ -69,7 +69,7 @@ def _split(
 ):
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
-    b = pid_bh // HKV
+    b = (pid_bh // HKV).to(tl.int64)  # 64-bit offsets: a batch of long caches passes 2**31 elements
     kvh = pid_bh % HKV
     rows = tl.arange(0, R_PAD)
     row_ok = rows < R

@@ -20,6 +20,7 @@ agreeing with the reference on a small problem. Inference only; callers fall bac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -88,7 +89,8 @@ def _decide(device, dtype, head_dim, rotary_dim, passes) -> bool:
         return False  # decided without importing Triton
     try:
         kern = _kernel()
-    except ImportError:
+    except Exception as exc:  # noqa: BLE001 - no Triton, or one without what the kernel needs
+        logger.info("position-method decoding uses the exact reference: Triton is not usable (%s).", exc)
         return False
     if device.type != "cuda" and not kern.INTERPRET:
         return False
@@ -107,25 +109,28 @@ def _decide(device, dtype, head_dim, rotary_dim, passes) -> bool:
 
 
 def _self_check(device, dtype, head_dim, passes) -> str | None:
-    """Run the kernel once against the reference on a small cache that reaches every pass (positions up to ~2**15,
-    past every method's trained window in practice)."""
+    """Run the kernel once against the reference on a small cache whose positions reach every pass: the query past
+    the last row bound of the passes (the trained window), keys spread from 0 up to it, several key blocks per
+    program (the online softmax across blocks) and a padded row."""
     gen = torch.Generator(device=device).manual_seed(0)
-    B, H, Hkv, K = 2, 4, 2, 300
+    B, H, Hkv, K = 2, 4, 2, 600
+    bounds = [int(b) for p in passes for b in (p.band.rows_from, p.band.rows_to) if not math.isinf(b)]
+    top = max(bounds, default=0) * 3 // 2 + 4096
     q = torch.randn(B, H, 1, head_dim, device=device, dtype=dtype, generator=gen)
     k, v = (torch.randn(B, Hkv, K, head_dim, device=device, dtype=dtype, generator=gen) for _ in range(2))
-    k_pos = torch.arange(K, device=device)[None] * 97 + torch.tensor([[0], [-5]], device=device)
+    k_pos = torch.arange(K, device=device)[None] * (top // K) + torch.tensor([[0], [-5]], device=device)
     q_pos = k_pos[:, -1:] + 1
     valid = torch.ones(B, K, dtype=torch.bool, device=device)
     valid[1, :7] = False
     inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
     scale = head_dim**-0.5
     try:
-        out = _launch(q, k, v, q_pos, k_pos, passes, inv, valid, scale, None)
+        out = _launch(q, k, v, q_pos, k_pos, passes, inv, valid, scale, None, programs=B * Hkv * 2)
     except Exception as exc:  # noqa: BLE001 - a kernel that cannot compile here is not used, with the reason
         return f"it raised {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     ref = P.dense_attention(q, k, v, q_pos, k_pos, passes, inv, mask=valid[:, None, None], scale=scale)
     err = float((out.float() - ref).abs().max())
-    tol = 2e-5 if dtype == torch.float32 else 3e-2
+    tol = 1e-3 if dtype == torch.float32 else 3e-2  # float32: room for a reference on TF32 matmuls
     return None if err < tol else f"it differs from the reference by {err:.3g}"
 
 
@@ -158,7 +163,9 @@ def layout_for(passes, device) -> tuple:
     return torch.tensor(table, dtype=torch.int32, device=device), kmoves, q_maps
 
 
-def _launch(query, key, value, q_pos, k_pos, passes, inv_freq, key_valid, scale, logit_scale, layout=None):
+def _launch(
+    query, key, value, q_pos, k_pos, passes, inv_freq, key_valid, scale, logit_scale, layout=None, programs=None
+):
     kern = _kernel()
     B, H, _, D = query.shape
     Hkv, K = key.shape[1], key.shape[2]
@@ -172,54 +179,67 @@ def _launch(query, key, value, q_pos, k_pos, passes, inv_freq, key_valid, scale,
     ls = logit_scale.to(torch.float32).expand(B).contiguous() if logit_scale is not None else qp
     inv = inv_freq.to(device=query.device, dtype=torch.float32).contiguous()
     n_blocks = -(-K // BLOCK_N)
-    per_split = -(-n_blocks // max(1, min(n_blocks, TARGET_PROGRAMS // (B * Hkv))))
+    per_split = -(-n_blocks // max(1, min(n_blocks, (programs or TARGET_PROGRAMS) // (B * Hkv))))
     splits = -(-n_blocks // per_split)
     r = H // Hkv
     m = torch.empty(B, H, splits, device=query.device, dtype=torch.float32)
     lsum = torch.empty_like(m)
     acc = torch.empty(B, H, splits, D, device=query.device, dtype=torch.float32)
-    kern._split[(B * Hkv, splits)](
-        qc,
-        key,
-        value,
-        kp,
-        qp,
-        valid,
-        ls,
-        tab,
-        inv,
-        m,
-        lsum,
-        acc,
-        qc.stride(0),
-        qc.stride(1),
-        qc.stride(2),
-        key.stride(0),
-        key.stride(1),
-        key.stride(2),
-        value.stride(0),
-        value.stride(1),
-        value.stride(2),
-        K,
-        Hkv,
-        r,
-        splits,
-        per_split,
-        float(scale) * 1.4426950408889634,
-        NP=len(passes),
-        KMOVES=kmoves,
-        HALF=D // 2,
-        R_PAD=max(16, 1 << (r - 1).bit_length()),
-        BLOCK_N=BLOCK_N,
-        HAS_VALID=key_valid is not None,
-        HAS_LS=logit_scale is not None,
-        IEEE=query.dtype == torch.float32,
-        UPCAST=kern.INTERPRET and query.dtype != torch.float32,
-        num_warps=NUM_WARPS,
-    )
+    with _on_device(query.device):
+        kern._split[(B * Hkv, splits)](
+            qc,
+            key,
+            value,
+            kp,
+            qp,
+            valid,
+            ls,
+            tab,
+            inv,
+            m,
+            lsum,
+            acc,
+            qc.stride(0),
+            qc.stride(1),
+            qc.stride(2),
+            key.stride(0),
+            key.stride(1),
+            key.stride(2),
+            value.stride(0),
+            value.stride(1),
+            value.stride(2),
+            K,
+            Hkv,
+            r,
+            splits,
+            per_split,
+            float(scale) * 1.4426950408889634,
+            NP=len(passes),
+            KMOVES=kmoves,
+            HALF=D // 2,
+            R_PAD=max(16, 1 << (r - 1).bit_length()),
+            BLOCK_N=BLOCK_N,
+            HAS_VALID=key_valid is not None,
+            HAS_LS=logit_scale is not None,
+            IEEE=query.dtype == torch.float32,
+            UPCAST=kern.INTERPRET and query.dtype != torch.float32,
+            num_warps=NUM_WARPS,
+        )
     # merge the splits (log2 domain): rows that saw no key anywhere give zeros
     top = m.amax(-1, keepdim=True)
     w = torch.exp2(m - top.masked_fill(top == -math.inf, 0.0))
     den = (w * lsum).sum(-1, keepdim=True)
     out = (w[..., None] * acc).sum(-2) / den.clamp_min(torch.finfo(torch.float32).tiny)
     return out[:, :, None]
+
+
+def _on_device(device):
+    """Triton launches on the current CUDA device: make it the tensors' own (a model spread over GPUs), eagerly;
+    a compiled graph sets its device itself."""
+    if (
+        device.type == "cuda"
+        and not torch.compiler.is_compiling()
+        and device.index not in (None, torch.cuda.current_device())
+    ):
+        return torch.cuda.device(device.index)
+    return contextlib.nullcontext()
