@@ -78,7 +78,7 @@ def _split(
     dv = tl.arange(0, 2 * HALF)
     i = tl.load(qpos_ptr + b)
     inv = tl.load(inv_ptr + d)
-    scale = scale_log2
+    scale = tl.cast(scale_log2, tl.float32)  # a compiled graph passes Python floats as float64
     if HAS_LS:
         scale = scale * tl.load(ls_ptr + b)
     k_base = k_ptr + b * s_kb + kvh * s_kh
