@@ -202,7 +202,7 @@ def _decode_forward(module, query, key, value, attention_mask, dropout, scaling,
         and _decode_kernel_on(module, query, passes)
         and not (torch.is_grad_enabled() and query.requires_grad)
     ):
-        out = decode_passes.attention(  # [B, 1, H, D] in the query dtype
+        out = decode_passes.attention(
             query,
             key,
             value,
@@ -215,8 +215,8 @@ def _decode_forward(module, query, key, value, attention_mask, dropout, scaling,
             logit_scale=logit_scale,
             layout=_decode_layout(params, trained, passes, query.device),
         )
-        return out, None
-    out = _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale, reads)
+    else:
+        out = _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale, reads)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
