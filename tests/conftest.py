@@ -68,6 +68,27 @@ def inv_freqs(model) -> dict[str, torch.Tensor]:
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def interpreter_results(test_file: str, timeout: int) -> dict:
+    """Run ``test_file --worker`` in a subprocess under Triton's interpreter (``TRITON_INTERPRET=1`` set before
+    Triton is first imported; nothing leaks into this process) and return its JSON lines by ``name``."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(test_file), "--worker"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TRITON_INTERPRET="1"),
+        cwd=root,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {r["name"]: r for r in map(json.loads, filter(None, proc.stdout.splitlines()))}
+
+
 def pytest_report_header(config):
     try:
         import mteb

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 if __name__ == "__main__" and "--worker" in sys.argv:  # before triton is imported at all
@@ -205,18 +204,9 @@ def _worker() -> None:
 
 @pytest.fixture(scope="module")
 def results():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--worker"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=root,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return {r["name"]: r for r in map(json.loads, filter(None, proc.stdout.splitlines()))}
+    from .conftest import interpreter_results
+
+    return interpreter_results(__file__, timeout=900)
 
 
 @pytest.mark.slow

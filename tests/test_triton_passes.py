@@ -238,19 +238,9 @@ def _worker() -> None:
 
 @pytest.fixture(scope="module")
 def results():
-    env = {k: v for k, v in os.environ.items()}
-    env["TRITON_INTERPRET"] = "1"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--worker"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=root,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return {r["name"]: r for r in map(json.loads, filter(None, proc.stdout.splitlines()))}
+    from .conftest import interpreter_results
+
+    return interpreter_results(__file__, timeout=600)
 
 
 @pytest.mark.slow
