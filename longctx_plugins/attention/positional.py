@@ -35,6 +35,11 @@ self_extend_mask = MASK_FUNCTIONS["self_extend"]
 REFERENCE_CHUNK_ELEMENTS = 2**27
 
 
+def _trained(module, params: dict) -> int:
+    """The layer's trained length: its RoPE parameters' ``original_max_position_embeddings``, else the config's."""
+    return int(params.get("original_max_position_embeddings") or module.config.max_position_embeddings)
+
+
 def method_parameters(module) -> dict | None:
     """The layer's RoPE parameters if they name a position method, else None."""
     params = rope_config.module_parameters(module)
@@ -116,11 +121,11 @@ def positional_attention_forward(
     q_pos, k_pos = plan.inputs["q_pos"], plan.inputs["k_pos"]
     passes, plain_rows = _passes(plan, module, params, causal, k_pos)
     if causal and not torch.compiler.is_compiling():  # ready for the decode steps that may follow (compiled ones
-        _decode_kernel_on(module, query, _decode_passes(module, params)[0])  # only read what is decided here)
+        _decode_kernel_on(module, params, query, _decode_passes(module, params)[0])  # only read what is decided here)
     inv_freq = _inv_freq(module.config, params, query.device)
     logit_scale = None
     if params.get("temperature") == "log":
-        trained = params.get("original_max_position_embeddings") or module.config.max_position_embeddings
+        trained = _trained(module, params)
         logit_scale = se_ops.temperature(k_pos.max(dim=-1).values + 1, trained)  # true length = last position + 1
 
     def run(ps):
@@ -189,7 +194,7 @@ def _decode_forward(module, query, key, value, attention_mask, dropout, scaling,
         raise ValueError(
             f"{params['rope_type']}: attention dropout is not supported; set the model's attention_dropout to 0."
         )
-    trained = int(params.get("original_max_position_embeddings") or module.config.max_position_embeddings)
+    trained = _trained(module, params)
     passes, reads = _decode_passes(module, params)
     inv_freq = _inv_freq(module.config, params, query.device)
     logit_scale = None
@@ -199,7 +204,7 @@ def _decode_forward(module, query, key, value, attention_mask, dropout, scaling,
         q_len == 1
         and key.dtype == value.dtype == query.dtype
         and value.shape[-1] == query.shape[-1]
-        and _decode_kernel_on(module, query, passes)
+        and _decode_kernel_on(module, params, query, passes)
         and not (torch.is_grad_enabled() and query.requires_grad)
     ):
         out = decode_passes.attention(
@@ -220,7 +225,7 @@ def _decode_forward(module, query, key, value, attention_mask, dropout, scaling,
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
 
 
-def _decode_kernel_on(module, query, passes) -> bool:
+def _decode_kernel_on(module, params, query, passes) -> bool:
     """Whether this layer's one-row decode steps run the split-K decode kernel (:mod:`.kernels.decode_passes`): the
     ``auto`` backend, and the kernel usable for the query's device, dtype and head dim with these passes. Decided
     eagerly (each causal prefill, or an uncompiled step) and kept on the module; a compiled step reads the decision
@@ -230,14 +235,12 @@ def _decode_kernel_on(module, query, passes) -> bool:
     from ..positions.rope import rotary_dim
     from .options import options_for
 
-    params = method_parameters(module)
     on = options_for(module, module.config._attn_implementation).backend == "auto" and decode_passes.usable(
         query.device, query.dtype, query.shape[-1], rotary_dim(module.config, params), passes
     )
     module._longctx_decode_kernel = on
     if on:  # stored now, for compiled steps
-        trained = int(params.get("original_max_position_embeddings") or module.config.max_position_embeddings)
-        _decode_layout(params, trained, passes, query.device)
+        _decode_layout(params, _trained(module, params), passes, query.device)
     return on
 
 
@@ -252,7 +255,7 @@ def _decode_passes(module, params):
     key_reads`), stored by value (:func:`.decode.cached`). Every causal prefill
     stores them eagerly, so a compiled decode step only reads them: building them imports the method's ops module,
     which dynamo cannot trace (a graph break in every step, each cut into more graphs)."""
-    trained = int(params.get("original_max_position_embeddings") or module.config.max_position_embeddings)
+    trained = _trained(module, params)
     key = ("passes", decode.parameters_key(params), trained)
 
     def build():
@@ -278,7 +281,7 @@ def _passes(plan, module, params, causal, k_pos):
     passes = method.passes(params, causal)
     if not params.get("keep_trained_window", True):
         return passes, None
-    trained = int(params.get("original_max_position_embeddings") or module.config.max_position_embeddings)
+    trained = _trained(module, params)
     if causal:
         return P.exact_below(passes, trained), None
     inside = plan.once("rows_inside", lambda: _rows_inside(plan, k_pos, trained))

@@ -18,14 +18,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._passes_kernel import _floor_div
+
 INTERPRET = bool(triton.knobs.runtime.interpret)
 TABLE_WIDTH = 12  # ints per pass in the table (see decode_passes.pass_table)
-
-
-@triton.jit
-def _floor_div(a, d):
-    """floor(a / d) for d >= 1 whatever the sign of a (integer ``//`` truncates on the GPU, floors in numpy)."""
-    return tl.where(a >= 0, a // d, -((d - 1 - a) // d))
 
 
 @triton.jit
