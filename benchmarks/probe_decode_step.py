@@ -6,7 +6,9 @@
 1. One layer's decode attention (1 query row, 32 query / 4 KV heads of 128, bf16, a static cache of ``context + 64``
    slots): plain SDPA against each method's decode path (:func:`longctx_plugins.attention.positional.
    _decode_forward`), eager and compiled (``torch.compile``, default mode), CUDA-event medians; each method's output
-   is first checked against the float32 dense reference.
+   is first checked against the float32 dense reference. Eager: one call (the values every layer of a forward shares
+   already built), the first layer of a forward (they are built), 8 calls in a row per call (the layers of one
+   forward), and the host's time per call without waiting for the GPU.
 2. ``generate(..., cache_implementation="static")`` (transformers compiles the decode step) of the 8-layer 1.1B
    shape after ``context`` tokens: the profile of 16 new tokens (top CUDA kernels, kernel and graph-launch counts) and
    the inductor counters (CUDA-graph skips).
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 
@@ -83,12 +86,37 @@ def _layer_case(method: str, context: int, dev: str = "cuda") -> dict:
         assert err < 3e-2, f"{method}: decode attention differs from the float32 reference by {err}"
     if dev != "cuda":  # a CPU smoke run: correctness only
         return {"method": method}
+    from longctx_plugins.attention import decode
+
+    def first_layer():  # nothing shared yet: what the first layer of a forward builds
+        decode._FORWARD[0] = None
+        return fn()
+
+    def eight_layers():  # 8 calls in a row, as the layers of one forward (the later ones read the shared values)
+        for _ in range(8):
+            fn()
+
     with torch.inference_mode():
         eager = cuda_time_ms(fn, warmup=3, iters=20)
+        first = cuda_time_ms(first_layer, warmup=3, iters=20)
+        row = cuda_time_ms(eight_layers, warmup=3, iters=20) / 8
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(200):
+            fn()
+        host = (time.perf_counter() - t0) / 200 * 1e6  # launch-side time per call (the GPU may still be busy)
+        torch.cuda.synchronize()
         compiled = torch.compile(fn)
         comp = cuda_time_ms(compiled, warmup=3, iters=20)
     torch._dynamo.reset()
-    return {"method": method, "eager_ms": round(eager, 4), "compiled_ms": round(comp, 4)}
+    return {
+        "method": method,
+        "eager_ms": round(eager, 4),
+        "eager_first_layer_ms": round(first, 4),
+        "eager_per_layer_8_in_a_row_ms": round(row, 4),
+        "host_us_per_call": round(host, 1),
+        "compiled_ms": round(comp, 4),
+    }
 
 
 def _generate_profile(method: str, context: int, new_tokens: int) -> dict:

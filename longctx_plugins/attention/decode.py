@@ -9,6 +9,10 @@ each row's key positions from the ``[B, 1, Q, K]`` bool mask transformers passes
 tensor ops only. The passes and inverse frequencies are plain Python values of the layer's parameters, built once
 outside any trace (:func:`cached`). The attention is the exact reference
 (:func:`longctx_plugins.ops.passes.dense_attention`): a few query rows against the cache is memory-bound.
+
+Uncompiled, the work that is the same for every layer of one forward pass (positions, masks, the layer settings) is
+done by the first layer and read by the others (:func:`per_forward`): a decode step is short, and repeating it per
+layer costs more host time than the attention itself.
 """
 
 from __future__ import annotations
@@ -37,6 +41,33 @@ def cached(key, build: Callable[[], Any]):
                 _CACHE.pop(next(iter(_CACHE)))
             _CACHE[key] = value
     return value
+
+
+# The last forward pass's shared values: (anchors, their versions, values by key). One slot: a new forward replaces it.
+_FORWARD: list[Any] = [None]
+
+
+def per_forward(anchors: tuple, key, build: Callable[[], Any]):
+    """``build()`` once per forward pass, for every layer of it. transformers hands every layer of one forward the same
+    mask and ``position_ids`` tensors (``anchors``); a value stored under ``key`` with the anchors' identity and version
+    (an in-place change bumps it) is read back by the later layers. Built afresh while compiling (a compiled step keeps
+    no state keyed by tensors) and when every anchor is None (nothing identifies the forward)."""
+    if torch.compiler.is_compiling() or all(a is None for a in anchors):
+        return build()
+    versions = tuple(None if a is None else a._version for a in anchors)
+    state = _FORWARD[0]
+    if (
+        state is None
+        or len(state[0]) != len(anchors)
+        or any(a is not b for a, b in zip(state[0], anchors, strict=True))
+        or state[1] != versions
+    ):
+        state = (anchors, versions, {})
+        _FORWARD[0] = state
+    values = state[2]
+    if key not in values:
+        values[key] = build()
+    return values[key]
 
 
 def parameters_key(params: dict) -> tuple:

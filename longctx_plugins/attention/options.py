@@ -94,10 +94,15 @@ def configure(model, name: str | None = None, **options) -> None:
         setattr(module, _ATTR, current)
 
 
+def configured_options(module, name: str) -> AttentionOptions | None:
+    """The options :func:`configure` set on ``module`` for attention ``name``, else None."""
+    return getattr(module, _ATTR, {}).get(name)
+
+
 def options_for(module, name: str) -> AttentionOptions:
     """The options of attention ``name`` for ``module``: set by :func:`configure`, else from the config attributes
     and environment variables (see the module docstring). Called once per forward pass."""
-    configured = getattr(module, _ATTR, {}).get(name)
+    configured = configured_options(module, name)
     if configured is not None:
         return configured
     config = getattr(module, "config", None)

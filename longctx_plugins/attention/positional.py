@@ -16,6 +16,8 @@ contiguous and there are no gradients (:mod:`.kernels.fused_lse`).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..ops import passes as P
@@ -26,6 +28,7 @@ from . import decode
 from . import plan as plans
 from .fast_passes import flex_passes as _flex_passes
 from .kernels import decode_passes, flex, sdpa
+from .options import configured_options
 from .support import UnsupportedModelError, position_method_problem
 
 MASK_FUNCTIONS = {name: plans.mask_function(name) for name in ROPE_METHODS}
@@ -174,14 +177,17 @@ def _fresh_cache_plan(module, query, attention_mask, position_ids):
 def _decode_forward(module, query, key, value, attention_mask, dropout, scaling, kwargs):
     """Causal attention with a KV cache (fewer query rows than keys): the stateless path torch.compile traces in one
     graph with no recompiles from step to step (:mod:`.decode`). No plan: positions and masks from the call's own
-    tensors, passes and frequencies from the layer's parameters (plain Python values), the exact dense reference.
-    Returns ``([B,Q,H,D], None)``."""
+    tensors, passes and frequencies from the layer's parameters (plain Python values); one-row steps on the decode
+    kernel where it is usable, else the exact dense reference. Uncompiled, what every layer of the forward shares is
+    built by the first (:func:`.decode.per_forward`). Returns ``([B,Q,H,D], None)``."""
     batch, _, q_len, _ = query.shape
     kv_len = key.shape[2]
-    mask = decode.bool_mask(attention_mask, batch, kv_len)
-    q_pos, k_pos = decode.positions(mask, kwargs.get("position_ids"), batch, q_len, kv_len, query.device)
-    if mask is None:
-        mask = decode.causal_mask(batch, q_len, kv_len, query.device)
+    anchors = (attention_mask, kwargs.get("position_ids"))
+    mask, q_pos, k_pos = decode.per_forward(
+        anchors,
+        ("positions", batch, q_len, kv_len, query.device),
+        lambda: _step_positions(attention_mask, anchors[1], batch, q_len, kv_len, query.device),
+    )
     params = method_parameters(module)
     if params is None:  # not a position-method layer: plain attention
         if not torch.compiler.is_compiling():  # checked eagerly (prefill) already when compiled
@@ -194,35 +200,84 @@ def _decode_forward(module, query, key, value, attention_mask, dropout, scaling,
         raise ValueError(
             f"{params['rope_type']}: attention dropout is not supported; set the model's attention_dropout to 0."
         )
-    trained = _trained(module, params)
-    passes, reads = _decode_passes(module, params)
-    inv_freq = _inv_freq(module.config, params, query.device)
-    logit_scale = None
-    if params.get("temperature") == "log":  # true length = the last query's position + 1 (empty slots excluded)
-        logit_scale = se_ops.temperature(q_pos[:, -1] + 1, trained)
+    step = _step_settings(module, params, query, anchors, mask, q_pos, k_pos)
     if (
         q_len == 1
+        and step.kernel
         and key.dtype == value.dtype == query.dtype
         and value.shape[-1] == query.shape[-1]
-        and _decode_kernel_on(module, params, query, passes)
         and not (torch.is_grad_enabled() and query.requires_grad)
     ):
-        out = decode_passes.attention(
+        out = decode_passes.attention(  # [B, 1, H, D] in the query dtype
             query,
             key,
             value,
             q_pos,
             k_pos,
-            passes,
-            inv_freq,
+            step.passes,
+            step.inv_freq,
             key_valid=mask[:, 0, -1],
             scale=scaling,
-            logit_scale=logit_scale,
-            layout=_decode_layout(params, trained, passes, query.device),
+            logit_scale=step.logit_scale,
+            layout=step.layout,
+            inputs=step.inputs,
         )
-    else:
-        out = _dense(query, key, value, q_pos, k_pos, inv_freq, passes, mask, scaling, logit_scale, reads)
+        return out, None
+    out = _dense(
+        query, key, value, q_pos, k_pos, step.inv_freq, step.passes, mask, scaling, step.logit_scale, step.reads
+    )
     return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+def _step_positions(attention_mask, position_ids, batch: int, q_len: int, kv_len: int, device):
+    """``(bool mask [B,1,Q,K], q_pos [B,Q], k_pos [B,K])`` of a step with a KV cache (:func:`.decode.positions`)."""
+    mask = decode.bool_mask(attention_mask, batch, kv_len)
+    q_pos, k_pos = decode.positions(mask, position_ids, batch, q_len, kv_len, device)
+    if mask is None:
+        mask = decode.causal_mask(batch, q_len, kv_len, device)
+    return mask, q_pos, k_pos
+
+
+class _Step(NamedTuple):
+    """A decode step's settings for the layers of one RoPE parameter dict (see :func:`_step_settings`)."""
+
+    passes: tuple
+    reads: tuple
+    inv_freq: torch.Tensor
+    logit_scale: torch.Tensor | None
+    kernel: bool
+    layout: tuple | None
+    inputs: decode_passes.StepInputs | None
+
+
+def _step_settings(module, params: dict, query, anchors: tuple, mask, q_pos, k_pos) -> _Step:
+    """The passes, frequencies, logit scale, kernel decision and kernel inputs of a decode step. Uncompiled, built
+    once per forward for the layers that share a config, RoPE parameter dict (same contents), configured options,
+    query dtype, head dim and device, and the kernel decision kept on each module for compiled steps."""
+    name = module.config._attn_implementation
+    key = ("step", id(module.config), id(params), id(configured_options(module, name)), query.dtype, query.shape[-1])
+    snapshot = tuple(params.items())
+
+    def build():
+        trained = _trained(module, params)
+        passes, reads = _decode_passes(module, params)
+        logit_scale = None
+        if params.get("temperature") == "log":  # true length = the last query's position + 1 (empty slots excluded)
+            logit_scale = se_ops.temperature(q_pos[:, -1] + 1, trained)
+        inv_freq = _inv_freq(module.config, params, query.device)
+        on = _decode_kernel_on(module, params, query, passes)
+        layout = inputs = None
+        if on:
+            layout = _decode_layout(params, trained, passes, query.device)
+            inputs = decode_passes.step_inputs(q_pos, k_pos, mask[:, 0, -1], logit_scale, inv_freq, query.shape[0])
+        return snapshot, _Step(passes, reads, inv_freq, logit_scale, on, layout, inputs)
+
+    stored, step = decode.per_forward(anchors, (*key, query.device), build)
+    if stored != snapshot:  # the same dict changed since (not within one forward pass): built again
+        stored, step = build()
+    if not torch.compiler.is_compiling() and getattr(module, "_longctx_decode_kernel", None) is not step.kernel:
+        module._longctx_decode_kernel = step.kernel
+    return step
 
 
 def _decode_kernel_on(module, params, query, passes) -> bool:
