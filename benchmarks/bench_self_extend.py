@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import longctx_plugins  # noqa: F401
 from benchmarks._util import environment, time_ms, write_json
-from longctx_plugins.attention import fast_passes, positional
+from longctx_plugins.attention import fast_passes, method_layer, positional
 from longctx_plugins.attention.kernels import fused_lse
 from longctx_plugins.ops import passes as P
 from longctx_plugins.ops import rope as rope_ops
@@ -85,7 +85,7 @@ def case(method, seq_len, keep, q, k, v, pos, inv):
 
     with torch.no_grad():
         out = run()
-        passes, _ = positional._passes(_Plan(), mod, params, True, pos)
+        passes, _ = method_layer.layer_passes(_Plan(), mod, params, True, pos)
         err = 0.0
         for lo in (seq_len - 1024, 0):  # the last query block (farthest distances) and the first
             sl = slice(lo, lo + 1024)

@@ -19,7 +19,7 @@ import torch
 
 from benchmarks import bench_self_extend as se_bench
 from benchmarks._util import environment, time_ms, write_json
-from longctx_plugins.attention import positional
+from longctx_plugins.attention import method_layer, positional
 from longctx_plugins.attention.kernels import triton_passes
 from longctx_plugins.ops import passes as P
 
@@ -33,7 +33,7 @@ def flops(seq_len: int, heads: int = H) -> float:
 def case(method, seq_len, keep, q, k, v, pos, inv, config):
     params = se_bench.parameters(method, seq_len, keep)
     mod = se_bench.Mod(params, method)
-    passes, _ = positional._passes(se_bench._Plan(), mod, params, True, pos)
+    passes, _ = method_layer.layer_passes(se_bench._Plan(), mod, params, True, pos)
 
     def fused():
         return triton_passes.attention(

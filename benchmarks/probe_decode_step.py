@@ -4,8 +4,8 @@
     python -m benchmarks.probe_decode_step [--context 32768] [--methods sdpa,self_extend,dca,string]
 
 1. One layer's decode attention (1 query row, 32 query / 4 KV heads of 128, bf16, a static cache of ``context + 64``
-   slots): plain SDPA against each method's decode path (:func:`longctx_plugins.attention.positional.
-   _decode_forward`), eager and compiled (``torch.compile``, default mode), CUDA-event medians; each method's output
+   slots): plain SDPA against each method's decode path (:func:`longctx_plugins.attention.positional_decode.
+   decode_forward`), eager and compiled (``torch.compile``, default mode), CUDA-event medians; each method's output
    is first checked against the float32 dense reference. Eager: one call (the values every layer of a forward shares
    already built), the first layer of a forward (they are built), 8 calls in a row per call (the layers of one
    forward), and the host's time per call without waiting for the GPU.
@@ -30,7 +30,7 @@ def _layer_case(method: str, context: int, dev: str = "cuda") -> dict:
     from transformers import LlamaConfig
 
     from longctx_plugins import extend
-    from longctx_plugins.attention import positional
+    from longctx_plugins.attention import method_layer, positional_decode
     from longctx_plugins.ops import passes as P
 
     cfg = LlamaConfig(
@@ -68,17 +68,17 @@ def _layer_case(method: str, context: int, dev: str = "cuda") -> dict:
     else:
 
         def fn():
-            return positional._decode_forward(attn, q, k, v, mask, 0.0, scale, {"position_ids": pos})[0]
+            return positional_decode.decode_forward(attn, q, k, v, mask, 0.0, scale, {"position_ids": pos})[0]
 
-        params = positional.method_parameters(attn)
+        params = method_layer.method_parameters(attn)
         ref = P.dense_attention(
             q.float(),
             k.float(),
             v.float(),
             pos,
             torch.arange(slots, device=dev)[None],
-            positional._decode_passes(attn, params)[0],
-            positional._inv_freq(attn.config, params, q.device),
+            positional_decode.step_passes(attn, params)[0],
+            method_layer.inv_freq(attn.config, params, q.device),
             mask=mask,
             scale=scale,
         )

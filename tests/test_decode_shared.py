@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from longctx_plugins.attention import decode, positional
+from longctx_plugins.attention import decode, positional_decode
 
 from .test_position_methods import method_model
 
@@ -70,7 +70,7 @@ def _decode_step(model, method_calls: dict):
 def test_layers_of_a_decode_step_share_one_build_and_equal_building_per_layer(method, monkeypatch):
     _, model = method_model("llama", method, num_hidden_layers=4)
     calls: dict = {}
-    real_positions, real_settings = decode.positions, positional._decode_passes
+    real_positions, real_settings = decode.positions, positional_decode.step_passes
 
     def positions(*a, **k):
         calls["positions"] = calls.get("positions", 0) + 1
@@ -81,7 +81,7 @@ def test_layers_of_a_decode_step_share_one_build_and_equal_building_per_layer(me
         return real_settings(*a, **k)
 
     monkeypatch.setattr(decode, "positions", positions)
-    monkeypatch.setattr(positional, "_decode_passes", passes)
+    monkeypatch.setattr(positional_decode, "step_passes", passes)
     shared = _decode_step(model, calls)
     assert calls == {"positions": 1, "settings": 1}  # four layers, one build
     monkeypatch.setattr(decode, "per_forward", lambda anchors, key, build: build())
@@ -102,10 +102,10 @@ def test_parameters_changed_in_place_are_read_even_with_the_same_tensors():
     kwargs = {"position_ids": torch.tensor([[59]])}
     params = attn.config.rope_parameters
     with torch.no_grad():
-        before = positional._decode_forward(attn, q, k, v, mask, 0.0, 0.25, kwargs)[0]
+        before = positional_decode.decode_forward(attn, q, k, v, mask, 0.0, 0.25, kwargs)[0]
         params["group_size"] = 5
-        after = positional._decode_forward(attn, q, k, v, mask, 0.0, 0.25, kwargs)[0]
+        after = positional_decode.decode_forward(attn, q, k, v, mask, 0.0, 0.25, kwargs)[0]
         decode._FORWARD[0] = None
-        fresh = positional._decode_forward(attn, q, k, v, mask, 0.0, 0.25, kwargs)[0]
+        fresh = positional_decode.decode_forward(attn, q, k, v, mask, 0.0, 0.25, kwargs)[0]
     assert (after - before).abs().max() > 1e-4
     torch.testing.assert_close(after, fresh, atol=0, rtol=0)

@@ -319,7 +319,7 @@ def test_position_method_fast_path_equals_exact_path(method, seq_len, keep):
     on a sample of query blocks, bf16."""
     from transformers.masking_utils import causal_mask_function
 
-    from longctx_plugins.attention import positional
+    from longctx_plugins.attention import method_layer, positional
     from longctx_plugins.ops import passes as P
 
     mod, params, q, k, v, pos, inv = _method_case(method, seq_len, keep)
@@ -329,7 +329,7 @@ def test_position_method_fast_path_equals_exact_path(method, seq_len, keep):
     with torch.no_grad():
         out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=128**-0.5, position_ids=pos)
         assert mask.backend == "flex"
-        passes, _ = positional._passes(mask, mod, params, True, pos)
+        passes, _ = method_layer.layer_passes(mask, mod, params, True, pos)
         for a in range(0, seq_len, 4096):  # dense rows of every 4096th block of 1024 queries
             sl = slice(a, a + 1024)
             dense = torch.arange(seq_len, device="cuda")[None, :] <= torch.arange(a, a + 1024, device="cuda")[:, None]
@@ -343,7 +343,7 @@ def test_position_method_fast_path_equals_exact_path(method, seq_len, keep):
 def test_position_method_flex_gradients_match_exact_path(method):
     from transformers.masking_utils import causal_mask_function
 
-    from longctx_plugins.attention import positional
+    from longctx_plugins.attention import method_layer, positional
     from longctx_plugins.ops import passes as P
 
     T = 6144
@@ -352,7 +352,7 @@ def test_position_method_flex_gradients_match_exact_path(method):
         1, T, T, config=mod.config, device="cuda", mask_function=causal_mask_function
     )
     out, _ = positional_attention_forward(mod, q, k, v, mask, scaling=64**-0.5, position_ids=pos)
-    passes, _ = positional._passes(mask, mod, params, True, pos)
+    passes, _ = method_layer.layer_passes(mask, mod, params, True, pos)
     dense = torch.ones(T, T, dtype=torch.bool, device="cuda").tril()[None, None]
     ref = P.dense_attention(q, k, v, pos, pos, passes, inv, mask=dense, scale=64**-0.5)
     _assert_values_and_grads(out, ref, (q, k, v))

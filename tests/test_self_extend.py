@@ -235,7 +235,7 @@ def test_fused_kernel_grouped_passes_slice_and_merge_exactly(monkeypatch, model_
 def test_reference_over_query_chunks_equals_one_call(monkeypatch, model_type):
     """Without gradients, long inputs run the exact reference over query-row chunks (bounded memory): same outputs,
     with padding, for decoders and encoders (mirrored right-hand passes)."""
-    from longctx_plugins.attention import positional as se_attn
+    from longctx_plugins.attention import method_layer as se_attn
 
     _, ext = pair(model_type, 4, 8, max_position_embeddings=128)
     ids = torch.randint(3, 100, (2, 61))
