@@ -99,33 +99,39 @@ class _Step(NamedTuple):
 
 
 def _step_settings(module, params: dict, query, anchors: tuple, mask, q_pos, k_pos) -> _Step:
-    """The passes, frequencies, logit scale, kernel decision and kernel inputs of a decode step. Uncompiled, built
-    once per forward for the layers that share a config, RoPE parameter dict (same contents), configured options,
-    query dtype, head dim and device, and the kernel decision kept on each module for compiled steps."""
+    """The passes, frequencies, logit scale, kernel decision and kernel inputs of a decode step (:func:`_build_step`).
+    Uncompiled, built once per forward for the layers that share a config, RoPE parameter dict (same contents),
+    configured options, query dtype, head dim and device, and the kernel decision kept on each module for compiled
+    steps; compiled, built in the trace (no keys on object identity)."""
+    if torch.compiler.is_compiling():
+        return _build_step(module, params, query, mask, q_pos, k_pos)
     name = module.config._attn_implementation
-    key = ("step", id(module.config), id(params), id(configured_options(module, name)), query.dtype, query.shape[-1])
+    options = configured_options(module, name)
+    key = ("step", id(module.config), id(params), id(options), query.dtype, query.shape[-1], query.device)
     snapshot = tuple(params.items())
-
-    def build():
-        trained = M.trained(module, params)
-        passes, reads = step_passes(module, params)
-        logit_scale = None
-        if params.get("temperature") == "log":  # true length = the last query's position + 1 (empty slots excluded)
-            logit_scale = se_ops.temperature(q_pos[:, -1] + 1, trained)
-        inv_freq = M.inv_freq(module.config, params, query.device)
-        on = decode_kernel_on(module, params, query, passes)
-        layout = inputs = None
-        if on:
-            layout = _decode_layout(params, trained, passes, query.device)
-            inputs = decode_passes.step_inputs(q_pos, k_pos, mask[:, 0, -1], logit_scale, inv_freq, query.shape[0])
-        return snapshot, _Step(passes, reads, inv_freq, logit_scale, on, layout, inputs)
-
-    stored, step = decode.per_forward(anchors, (*key, query.device), build)
+    stored, step = decode.per_forward(
+        anchors, key, lambda: (snapshot, _build_step(module, params, query, mask, q_pos, k_pos))
+    )
     if stored != snapshot:  # the same dict changed since (not within one forward pass): built again
-        stored, step = build()
-    if not torch.compiler.is_compiling() and getattr(module, "_longctx_decode_kernel", None) is not step.kernel:
+        step = _build_step(module, params, query, mask, q_pos, k_pos)
+    if getattr(module, "_longctx_decode_kernel", None) is not step.kernel:
         module._longctx_decode_kernel = step.kernel
     return step
+
+
+def _build_step(module, params: dict, query, mask, q_pos, k_pos) -> _Step:
+    trained = M.trained(module, params)
+    passes, reads = step_passes(module, params)
+    logit_scale = None
+    if params.get("temperature") == "log":  # true length = the last query's position + 1 (empty slots excluded)
+        logit_scale = se_ops.temperature(q_pos[:, -1] + 1, trained)
+    inv_freq = M.inv_freq(module.config, params, query.device)
+    on = decode_kernel_on(module, params, query, passes)
+    layout = inputs = None
+    if on:
+        layout = _decode_layout(params, trained, passes, query.device)
+        inputs = decode_passes.step_inputs(q_pos, k_pos, mask[:, 0, -1], logit_scale, inv_freq, query.shape[0])
+    return _Step(passes, reads, inv_freq, logit_scale, on, layout, inputs)
 
 
 def prepare(module, params, query) -> None:
