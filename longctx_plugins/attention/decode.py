@@ -4,8 +4,8 @@
 ``generate(..., cache_implementation="static")`` compiles the decode step; every step must then run the same graph
 (no recompiles) and stay in it (no graph breaks). So, compiled, this path keeps no plan, no Python-side state keyed
 by tensors or by object identity, and never reads a tensor's value on the host: query positions come from
-``position_ids``, each row's key positions from the ``[B, 1, Q, K]`` bool mask transformers passes (:func:`plan.mask_function`'s
-``sdpa_mask`` branch; static caches have empty slots after the real ones, batches may be left padded), both with
+``position_ids``, each row's key positions from the ``[B, 1, Q, K]`` bool mask transformers passes
+(:func:`plan.mask_function`'s ``sdpa_mask`` branch; static caches have empty slots after the real ones, batches may be left padded), both with
 tensor ops only. The passes and inverse frequencies are plain Python values of the layer's parameters, built once
 outside any trace (:func:`cached`).
 
