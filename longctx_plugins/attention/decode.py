@@ -1,13 +1,13 @@
 """The inputs of decode steps (a KV cache, fewer query rows than keys) for the position-method attentions
 (:mod:`.positional_decode`): a path that torch.compile traces in one graph.
 
-``generate(..., cache_implementation="static")`` compiles the decode step; every step must then run the same graph
-(no recompiles) and stay in it (no graph breaks). So, compiled, this path keeps no plan, no Python-side state keyed
-by tensors or by object identity, and never reads a tensor's value on the host: query positions come from
+``generate(..., cache_implementation="static")`` compiles the decode step; every step must then run the same graph (no
+recompiles) and stay in it (no graph breaks). So, compiled, this path keeps no plan, no Python-side state keyed by
+tensors or by object identity, and never reads a tensor's value on the host: query positions come from
 ``position_ids``, each row's key positions from the ``[B, 1, Q, K]`` bool mask transformers passes
-(:func:`plan.mask_function`'s ``sdpa_mask`` branch; static caches have empty slots after the real ones, batches may be left padded), both with
-tensor ops only. The passes and inverse frequencies are plain Python values of the layer's parameters, built once
-outside any trace (:func:`cached`).
+(:func:`plan.mask_function`'s ``sdpa_mask`` branch; static caches have empty slots after the real ones, batches may be
+left padded), both with tensor ops only. The passes and inverse frequencies are plain Python values of the layer's
+parameters, built once outside any trace (:func:`cached`).
 
 Uncompiled, the work that is the same for every layer of one forward pass (positions, masks, the layer settings) is
 done by the first layer and read by the others (:func:`per_forward`): a decode step is short, and repeating it per
