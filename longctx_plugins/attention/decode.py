@@ -16,6 +16,7 @@ layer costs more host time than the attention itself.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -42,31 +43,59 @@ def cached(key, build: Callable[[], Any]):
     return value
 
 
-# The last forward pass's shared values: (anchors, their versions, values by key). One slot: a new forward replaces it.
-_FORWARD: list[Any] = [None]
+class _Forward:
+    """One forward pass's shared values: the tensor that identifies it (weakly held), its version, the last layer
+    index seen and the values by key, each with the objects its key names by identity."""
+
+    def __init__(self, anchor: torch.Tensor, version, layer: int):
+        self.ref = weakref.ref(anchor)
+        self.version = version
+        self.layer = layer
+        self.served: set = set()
+        self.values: dict = {}
 
 
-def per_forward(anchors: tuple, key, build: Callable[[], Any]):
-    """``build()`` once per forward pass, for every layer of it. transformers hands every layer of one forward the same
-    mask and ``position_ids`` tensors (``anchors``); a value stored under ``key`` with the anchors' identity and version
-    (an in-place change bumps it) is read back by the later layers. Built afresh while compiling (a compiled step keeps
-    no state keyed by tensors) and when every anchor is None (nothing identifies the forward)."""
-    if torch.compiler.is_compiling() or all(a is None for a in anchors):
+# The current forward pass's shared values; cleared when its identifying tensor is freed, replaced by the next forward.
+_FORWARD: list[_Forward | None] = [None]
+
+
+def _drop(state: _Forward) -> None:
+    if _FORWARD[0] is state:
+        _FORWARD[0] = None
+
+
+def per_forward(anchor: torch.Tensor | None, layer: int | None, key: tuple, held: tuple, build: Callable[[], Any]):
+    """``build()`` once per forward pass, for every layer of it.
+
+    transformers hands every layer of one forward the same ``position_ids`` tensor (``anchor``; the mask where there
+    is none) and calls them in increasing ``layer_idx`` order. A value stored under ``key`` is read back by the later
+    layers of the same forward: same anchor tensor, same version (an in-place change bumps it; inference tensors have
+    none), a layer index above the last one seen, or the same layer asking for another key. ``held``: the objects
+    ``key`` names by ``id``, compared by identity on reading. Anything else starts a new forward; so does a layer that
+    asks again for a key it was served (a new forward of a one-layer model). Built afresh while compiling (a compiled
+    step keeps no state keyed by tensors) and without an anchor or a layer index. The values are dropped when the
+    anchor is freed."""
+    if torch.compiler.is_compiling() or anchor is None or layer is None:
         return build()
-    versions = tuple(None if a is None else a._version for a in anchors)
+    version = None if anchor.is_inference() else anchor._version
     state = _FORWARD[0]
     if (
         state is None
-        or len(state[0]) != len(anchors)
-        or any(a is not b for a, b in zip(state[0], anchors, strict=True))
-        or state[1] != versions
+        or state.ref() is not anchor
+        or state.version != version
+        or layer < state.layer
+        or (layer, key) in state.served
     ):
-        state = (anchors, versions, {})
+        state = _Forward(anchor, version, layer)
+        weakref.finalize(anchor, _drop, state)
         _FORWARD[0] = state
-    values = state[2]
-    if key not in values:
-        values[key] = build()
-    return values[key]
+    state.layer = layer
+    state.served.add((layer, key))
+    entry = state.values.get(key)
+    if entry is None or any(a is not b for a, b in zip(entry[0], held, strict=True)):
+        entry = (held, build())
+        state.values[key] = entry
+    return entry[1]
 
 
 def parameters_key(params: dict) -> tuple:

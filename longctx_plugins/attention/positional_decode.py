@@ -30,12 +30,20 @@ def decode_forward(module, query, key, value, attention_mask, dropout, scaling, 
     built by the first (:func:`.decode.per_forward`). Returns ``([B,Q,H,D], None)``."""
     batch, _, q_len, _ = query.shape
     kv_len = key.shape[2]
-    anchors = (attention_mask, kwargs.get("position_ids"))
-    mask, q_pos, k_pos = decode.per_forward(
-        anchors,
-        ("positions", batch, q_len, kv_len, query.device),
-        lambda: _step_positions(attention_mask, anchors[1], batch, q_len, kv_len, query.device),
-    )
+    position_ids = kwargs.get("position_ids")
+    anchor = position_ids if position_ids is not None else attention_mask
+    layer = getattr(module, "layer_idx", None)
+    shape = (batch, q_len, kv_len, query.device)
+    if torch.compiler.is_compiling():  # no keys on object identity in a trace (each would guard on its id)
+        mask, q_pos, k_pos = _step_positions(attention_mask, position_ids, batch, q_len, kv_len, query.device)
+    else:
+        mask, q_pos, k_pos = decode.per_forward(
+            anchor,
+            layer,
+            ("positions", id(attention_mask), *shape),
+            (attention_mask,),
+            lambda: _step_positions(attention_mask, position_ids, batch, q_len, kv_len, query.device),
+        )
     params = M.method_parameters(module)
     if params is None:  # not a position-method layer: plain attention
         if not torch.compiler.is_compiling():  # checked eagerly (prefill) already when compiled
@@ -48,7 +56,7 @@ def decode_forward(module, query, key, value, attention_mask, dropout, scaling, 
         raise ValueError(
             f"{params['rope_type']}: attention dropout is not supported; set the model's attention_dropout to 0."
         )
-    step = _step_settings(module, params, query, anchors, mask, q_pos, k_pos)
+    step = _step_settings(module, params, query, (anchor, layer, attention_mask, shape), mask, q_pos, k_pos)
     if (
         q_len == 1
         and step.kernel
@@ -98,19 +106,20 @@ class _Step(NamedTuple):
     inputs: decode_passes.StepInputs | None
 
 
-def _step_settings(module, params: dict, query, anchors: tuple, mask, q_pos, k_pos) -> _Step:
+def _step_settings(module, params: dict, query, forward: tuple, mask, q_pos, k_pos) -> _Step:
     """The passes, frequencies, logit scale, kernel decision and kernel inputs of a decode step (:func:`_build_step`).
-    Uncompiled, built once per forward for the layers that share a config, RoPE parameter dict (same contents),
-    configured options, query dtype, head dim and device, and the kernel decision kept on each module for compiled
-    steps; compiled, built in the trace (no keys on object identity)."""
+    Uncompiled, built once per forward (``forward``: its anchor, the layer index, the mask, the step's shape) for the
+    layers that share a mask, config, RoPE parameter dict (same contents), configured options, query dtype and head
+    dim, and the kernel decision kept on each module for compiled steps; compiled, built in the trace (no keys on
+    object identity)."""
     if torch.compiler.is_compiling():
         return _build_step(module, params, query, mask, q_pos, k_pos)
-    name = module.config._attn_implementation
-    options = configured_options(module, name)
-    key = ("step", id(module.config), id(params), id(options), query.dtype, query.shape[-1], query.device)
+    anchor, layer, attention_mask, shape = forward
+    held = (attention_mask, module.config, params, configured_options(module, module.config._attn_implementation))
+    key = ("step", *map(id, held), query.dtype, query.shape[-1], *shape)
     snapshot = tuple(params.items())
     stored, step = decode.per_forward(
-        anchors, key, lambda: (snapshot, _build_step(module, params, query, mask, q_pos, k_pos))
+        anchor, layer, key, held, lambda: (snapshot, _build_step(module, params, query, mask, q_pos, k_pos))
     )
     if stored != snapshot:  # the same dict changed since (not within one forward pass): built again
         step = _build_step(module, params, query, mask, q_pos, k_pos)

@@ -80,7 +80,7 @@ def _split(
     pid_bh = tl.program_id(0)
     pid_s = tl.program_id(1)
     b = (pid_bh // HKV).to(tl.int64)  # 64-bit offsets: a batch of long caches passes 2**31 elements
-    kvh = pid_bh % HKV
+    kvh = (pid_bh % HKV).to(tl.int64)
     rows = tl.arange(0, R_PAD)
     row_ok = rows < R
     heads = kvh * R + rows
@@ -103,7 +103,7 @@ def _split(
     first = pid_s * BLOCKS_PER_SPLIT
     last = tl.minimum(first + BLOCKS_PER_SPLIT, n_blocks)
     for blk in range(first, last):
-        cols = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = (blk * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)  # 64-bit: long caches of many heads
         ok = cols < S
         kp = tl.load(kpos_ptr + b * s_kpb + cols, mask=ok, other=0).to(tl.int32)
         if HAS_VALID:

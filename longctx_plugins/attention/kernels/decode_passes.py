@@ -157,7 +157,7 @@ def step_inputs(q_pos, k_pos, key_valid, logit_scale, inv_freq, batch: int) -> S
         _rows(k_pos, batch, kv_len),
         _rows(q_pos[:, -1:], batch, 1),
         None if key_valid is None else _rows(key_valid, batch, kv_len),
-        None if logit_scale is None else logit_scale.to(torch.float32).expand(batch),
+        None if logit_scale is None else logit_scale.to(torch.float32).expand(batch).contiguous(),
         inv_freq if inv_freq.dtype == torch.float32 else inv_freq.to(torch.float32),
     )
 
