@@ -21,19 +21,7 @@ import triton.language as tl
 from ._passes_kernel import _floor_div
 
 INTERPRET = bool(triton.knobs.runtime.interpret)
-TABLE_WIDTH = tl.constexpr(17)  # ints per pass in the table (see decode_passes.pass_table)
-
-
-@triton.jit
-def _rotate(lo, hi, delta, inv):
-    """``(lo, hi)`` halves rotated by ``delta`` positions (transformers' rotate_half convention), in float32, returned
-    in their dtype: the reference's rotated copies are rounded alike."""
-    ang = delta.to(tl.float32) * inv
-    c = tl.cos(ang)
-    s = tl.sin(ang)
-    lo32 = lo.to(tl.float32)
-    hi32 = hi.to(tl.float32)
-    return (lo32 * c - hi32 * s).to(lo.dtype), (hi32 * c + lo32 * s).to(lo.dtype)
+TABLE_WIDTH = 12  # ints per pass in the table (see decode_passes.pass_table)
 
 
 @triton.jit
@@ -47,13 +35,12 @@ def _split(
     ls_ptr,
     tab_ptr,
     inv_ptr,
-    ws_ptr,
-    PARTS,
+    m_ptr,
+    l_ptr,
+    acc_ptr,
+    s_qc,
     s_qb,
     s_qh,
-    s_kpb,
-    s_qpb,
-    s_vab,
     s_kb,
     s_kh,
     s_kn,
@@ -68,7 +55,6 @@ def _split(
     scale_log2,
     NP: tl.constexpr,
     KMOVES: tl.constexpr,
-    QMOVES: tl.constexpr,
     HALF: tl.constexpr,
     R_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -86,7 +72,7 @@ def _split(
     heads = kvh * R + rows
     d = tl.arange(0, HALF)
     dv = tl.arange(0, 2 * HALF)
-    i = tl.load(qpos_ptr + b * s_qpb).to(tl.int32)
+    i = tl.load(qpos_ptr + b)
     inv = tl.load(inv_ptr + d)
     scale = tl.cast(scale_log2, tl.float32)  # a compiled graph passes Python floats as float64
     if HAS_LS:
@@ -94,8 +80,6 @@ def _split(
     k_base = k_ptr + b * s_kb + kvh * s_kh
     v_base = v_ptr + b * s_vb + kvh * s_vh
     q_base = q_ptr + b * s_qb + heads[:, None] * s_qh + d[None, :]
-    q_lo = tl.load(q_base, mask=row_ok[:, None], other=0.0)  # rotated at the query's true position
-    q_hi = tl.load(q_base + HALF, mask=row_ok[:, None], other=0.0)
     m_i = tl.full([R_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([R_PAD], tl.float32)
     acc = tl.zeros([R_PAD, 2 * HALF], tl.float32)
@@ -105,14 +89,14 @@ def _split(
     for blk in range(first, last):
         cols = (blk * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)  # 64-bit: long caches of many heads
         ok = cols < S
-        kp = tl.load(kpos_ptr + b * s_kpb + cols, mask=ok, other=0).to(tl.int32)
+        kp = tl.load(kpos_ptr + b * S + cols, mask=ok, other=0)
         if HAS_VALID:
-            ok = ok & (tl.load(valid_ptr + b * s_vab + cols, mask=ok, other=0) != 0)
+            ok = ok & (tl.load(valid_ptr + b * S + cols, mask=ok, other=0) != 0)
         k_lo = tl.load(k_base + cols[:, None] * s_kn + d[None, :], mask=ok[:, None], other=0.0)
         k_hi = tl.load(k_base + cols[:, None] * s_kn + (d[None, :] + HALF), mask=ok[:, None], other=0.0)
         logits = tl.full([R_PAD, BLOCK_N], float("-inf"), tl.float32)
         for p in tl.static_range(NP):
-            t = tab_ptr + p * TABLE_WIDTH
+            t = tab_ptr + p * 12
             lo = tl.load(t)
             hi = tl.load(t + 1)
             q_div = tl.load(t + 2)
@@ -122,29 +106,32 @@ def _split(
             dist = _floor_div(i, q_div) - _floor_div(kp, k_div)
             sel = ok & (dist >= lo) & (dist <= hi) & (i >= rows_from) & (i < rows_to)
             if tl.max(sel.to(tl.int32), 0) > 0:
-                if (QMOVES >> p) & 1:  # the pass moves the query: to a * i + b * floor(i / div) + c (<= max)
-                    qn = tl.load(t + 12) * i + tl.load(t + 13) * _floor_div(i, tl.load(t + 14)) + tl.load(t + 15)
-                    qq_lo, qq_hi = _rotate(q_lo, q_hi, tl.minimum(qn, tl.load(t + 16)) - i, inv[None, :])
-                else:
-                    qq_lo = q_lo
-                    qq_hi = q_hi
-                if (KMOVES >> p) & 1:  # the pass moves keys: to a * j + b * floor(j / div) + c (<= max)
-                    kn = tl.load(t + 7) * kp + tl.load(t + 8) * _floor_div(kp, tl.load(t + 9)) + tl.load(t + 10)
-                    kk_lo, kk_hi = _rotate(k_lo, k_hi, (tl.minimum(kn, tl.load(t + 11)) - kp)[:, None], inv[None, :])
+                q_lo = tl.load(q_base + tl.load(t + 6) * s_qc, mask=row_ok[:, None], other=0.0)
+                q_hi = tl.load(q_base + tl.load(t + 6) * s_qc + HALF, mask=row_ok[:, None], other=0.0)
+                if (KMOVES >> p) & 1:  # the pass re-rotates keys: to a * j + b * floor(j / div) + c (<= max)
+                    new = tl.load(t + 7) * kp + tl.load(t + 8) * _floor_div(kp, tl.load(t + 9)) + tl.load(t + 10)
+                    new = tl.minimum(new, tl.load(t + 11))
+                    ang = (new - kp).to(tl.float32)[:, None] * inv[None, :]
+                    c = tl.cos(ang)
+                    s = tl.sin(ang)
+                    lo32 = k_lo.to(tl.float32)
+                    hi32 = k_hi.to(tl.float32)
+                    kk_lo = (lo32 * c - hi32 * s).to(k_lo.dtype)
+                    kk_hi = (hi32 * c + lo32 * s).to(k_lo.dtype)
                 else:
                     kk_lo = k_lo
                     kk_hi = k_hi
                 if UPCAST:  # the interpreter's bfloat16 dot is wrong (Triton 3.7.1): the same products in float32
-                    qq_lo = qq_lo.to(tl.float32)
-                    qq_hi = qq_hi.to(tl.float32)
+                    q_lo = q_lo.to(tl.float32)
+                    q_hi = q_hi.to(tl.float32)
                     kk_lo = kk_lo.to(tl.float32)
                     kk_hi = kk_hi.to(tl.float32)
                 if IEEE or UPCAST:
-                    qk = tl.dot(qq_lo, tl.trans(kk_lo), input_precision="ieee")
-                    qk += tl.dot(qq_hi, tl.trans(kk_hi), input_precision="ieee")
+                    qk = tl.dot(q_lo, tl.trans(kk_lo), input_precision="ieee")
+                    qk += tl.dot(q_hi, tl.trans(kk_hi), input_precision="ieee")
                 else:
-                    qk = tl.dot(qq_lo, tl.trans(kk_lo))
-                    qk += tl.dot(qq_hi, tl.trans(kk_hi))
+                    qk = tl.dot(q_lo, tl.trans(kk_lo))
+                    qk += tl.dot(q_hi, tl.trans(kk_hi))
                 logits = tl.where(sel[None, :], qk, logits)
         m_new = tl.maximum(m_i, tl.max(logits, 1) * scale)  # scale > 0
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that have seen no key yet
@@ -161,38 +148,6 @@ def _split(
         acc = acc * alpha[:, None] + pv
         m_i = m_new
     out = (b * (HKV * R) + heads) * SPLITS + pid_s
-    m_ptr = ws_ptr + PARTS * (2 * HALF)  # the workspace: acc [PARTS, D], then m and l [PARTS] each
     tl.store(m_ptr + out, m_i, mask=row_ok)
-    tl.store(m_ptr + PARTS + out, l_i, mask=row_ok)
-    tl.store(ws_ptr + out[:, None] * (2 * HALF) + dv[None, :], acc, mask=row_ok[:, None])
-
-
-@triton.jit
-def _merge(ws_ptr, PARTS, out_ptr, s_ob, s_oh, H, SPLITS, CHUNK: tl.constexpr, D: tl.constexpr):
-    """The splits' ``(m, l, acc)`` of one (batch row, query head) merged into its output row (log2 domain), in the
-    output's dtype; a row that saw no key gives zeros."""
-    pid = tl.program_id(0)
-    b = (pid // H).to(tl.int64)
-    h = pid % H
-    base = pid.to(tl.int64) * SPLITS
-    acc_ptr = ws_ptr
-    m_ptr = ws_ptr + PARTS * D
-    l_ptr = m_ptr + PARTS
-    offs = tl.arange(0, CHUNK)
-    dv = tl.arange(0, D)
-    top = tl.full([CHUNK], float("-inf"), tl.float32)
-    for c in range(0, SPLITS, CHUNK):
-        top = tl.maximum(top, tl.load(m_ptr + base + c + offs, mask=c + offs < SPLITS, other=float("-inf")))
-    mx = tl.max(top, 0)
-    mx = tl.where(mx == float("-inf"), 0.0, mx)
-    den = tl.zeros([CHUNK], tl.float32)
-    num = tl.zeros([D], tl.float32)
-    for c in range(0, SPLITS, CHUNK):
-        ok = c + offs < SPLITS
-        w = tl.math.exp2(tl.load(m_ptr + base + c + offs, mask=ok, other=float("-inf")) - mx)
-        den += w * tl.load(l_ptr + base + c + offs, mask=ok, other=0.0)
-        a = tl.load(acc_ptr + (base + c + offs)[:, None] * D + dv[None, :], mask=ok[:, None], other=0.0)
-        num += tl.sum(w[:, None] * a, 0)
-    total = tl.sum(den, 0)
-    out = tl.where(total > 0, num / tl.where(total > 0, total, 1.0), 0.0)
-    tl.store(out_ptr + b * s_ob + h * s_oh + dv, out.to(out_ptr.dtype.element_ty))
+    tl.store(l_ptr + out, l_i, mask=row_ok)
+    tl.store(acc_ptr + out[:, None] * (2 * HALF) + dv[None, :], acc, mask=row_ok[:, None])

@@ -4,11 +4,8 @@ A decode step has one query row per sequence and reads the whole KV cache: it is
 read once. The exact reference (:func:`longctx_plugins.ops.passes.dense_attention`) reads it once per key rotation,
 writes re-rotated copies of the keys and materialises float32 logits; :func:`attention` reads each key and value
 block once, re-rotates keys in registers for the passes that move them, and keeps one online softmax over all passes
-(:mod:`._decode_kernel`). The cache is split along its length over enough programs to fill the GPU; a second kernel
-merges the splits' partial softmax states.
-
-The queries are re-rotated in the kernel too, so the host launches two kernels per step (the sweep, then the merge
-of the splits into the output) and reads masks and positions as they are.
+(:mod:`._decode_kernel`). The cache is split along its length over enough programs to fill the GPU; the splits'
+partial softmax states are merged here.
 
 Semantics are the reference's for passes that partition the pairs (every method's do): pairs no pass covers and
 keys ``key_valid`` hides are masked; ``logit_scale [B]`` multiplies the logits; a row that sees no key gives zeros.
@@ -53,30 +50,29 @@ def _int(x) -> int:
     return _LIMIT if x == math.inf else -_LIMIT if x == -math.inf else int(x)
 
 
-def pass_table(passes) -> tuple[tuple[int, ...], int, int]:
-    """``(table, kmoves, qmoves)``: 17 ints per pass (band ``lo, hi, q_div, k_div, rows_from, rows_to``; unused; key
-    map ``a, b, div, c, max``; query map ``a, b, div, c, max``) and the bit masks of the passes that move keys and
-    queries."""
+def pass_table(passes) -> tuple[tuple[int, ...], int, tuple]:
+    """``(table, kmoves, q_maps)``: 12 ints per pass (band ``lo, hi, q_div, k_div, rows_from, rows_to``; the index
+    of its query copy; its key map ``a, b, div, c, max``), the bit mask of passes that re-rotate keys, and the
+    distinct query maps in copy order."""
+    q_maps = tuple(dict.fromkeys(p.q for p in passes))
     table: list[int] = []
-    kmoves = qmoves = 0
+    kmoves = 0
     for n, p in enumerate(passes):
-        b = p.band
-        table += [_int(b.lo), _int(b.hi), int(b.q_div), int(b.k_div), _int(b.rows_from), _int(b.rows_to), 0]
-        for m in (p.k, p.q):
-            table += [m.a, m.b, m.div, m.c, _LIMIT if m.max is None else int(m.max)]
-        kmoves |= (not p.k.is_identity) << n
-        qmoves |= (not p.q.is_identity) << n
-    return tuple(table), kmoves, qmoves
+        b, k = p.band, p.k
+        table += [_int(b.lo), _int(b.hi), int(b.q_div), int(b.k_div), _int(b.rows_from), _int(b.rows_to)]
+        table += [q_maps.index(p.q), k.a, k.b, k.div, k.c, _LIMIT if k.max is None else int(k.max)]
+        kmoves |= (not k.is_identity) << n
+    return tuple(table), kmoves, q_maps
 
 
 def _problem(passes) -> str | None:
     if not 1 <= len(passes) <= MAX_PASSES:
         return f"{len(passes)} passes (the kernel takes 1 to {MAX_PASSES})"
     for p in passes:
-        values = (p.band.lo, p.band.hi, p.band.rows_from, p.band.rows_to, p.k.a, p.k.b, p.k.c, p.q.a, p.q.b, p.q.c)
+        values = (p.band.lo, p.band.hi, p.band.rows_from, p.band.rows_to, p.k.a, p.k.b, p.k.c)
         if any(not math.isinf(v) and (v != int(v) or abs(v) >= _LIMIT // 4) for v in values):
             return f"pass {p.name!r} has a bound that is not an integer below 2**28"
-        if not all(1 <= x < _LIMIT // 4 for x in (p.band.q_div, p.band.k_div, p.k.div, p.q.div)):
+        if not (1 <= p.band.q_div < _LIMIT // 4 and 1 <= p.band.k_div < _LIMIT // 4 and 1 <= p.k.div < _LIMIT // 4):
             return f"pass {p.name!r} has a divisor outside [1, 2**28)"
     return None
 
@@ -142,6 +138,7 @@ def _self_check(device, dtype, head_dim, passes) -> str | None:
 class StepInputs(NamedTuple):
     """The per-step tensors every layer of a forward pass shares (:func:`step_inputs`)."""
 
+    q_pos: torch.Tensor
     kp: torch.Tensor
     qp: torch.Tensor
     valid: torch.Tensor | None
@@ -150,15 +147,16 @@ class StepInputs(NamedTuple):
 
 
 def step_inputs(q_pos, k_pos, key_valid, logit_scale, inv_freq, batch: int) -> StepInputs:
-    """Positions, key mask, logit scale and frequencies as the kernel reads them: ``[B, K]`` rows with a unit last
-    stride (broadcast rows keep stride 0: no copy), float32 frequencies and scales."""
+    """Positions, key mask, logit scale and frequencies as the kernel reads them: contiguous ``[B, K]`` int32
+    positions and int8 mask, ``[B]`` int32 query positions and float32 scales, float32 frequencies."""
     kv_len = k_pos.shape[-1]
     return StepInputs(
-        _rows(k_pos, batch, kv_len),
-        _rows(q_pos[:, -1:], batch, 1),
-        None if key_valid is None else _rows(key_valid, batch, kv_len),
+        q_pos,
+        k_pos.expand(batch, kv_len).to(torch.int32).contiguous(),
+        q_pos[:, -1].expand(batch).to(torch.int32).contiguous(),
+        None if key_valid is None else key_valid.expand(batch, kv_len).to(torch.int8).contiguous(),
         None if logit_scale is None else logit_scale.to(torch.float32).expand(batch).contiguous(),
-        inv_freq if inv_freq.dtype == torch.float32 else inv_freq.to(torch.float32),
+        inv_freq.to(torch.float32).contiguous(),
     )
 
 
@@ -178,12 +176,11 @@ def attention(
     inputs: StepInputs | None = None,
 ) -> torch.Tensor:
     """One decode step: ``query [B,H,1,D]``, ``key``/``value [B,Hkv,K,D]`` rotated at their true positions
-    ``q_pos [B,1]``, ``k_pos [B,K]`` (integer; views and broadcast rows are read as they are); ``key_valid [B,K]``
-    bool; ``logit_scale [B]``. Returns ``[B,1,H,D]`` in the query's dtype (the attention interface's layout).
-    ``layout``: ``(table tensor on the query's device, kmoves, qmoves)`` of :func:`pass_table`, built ahead by a
-    compiled caller (dynamo cannot build the passes' frozen dataclasses). ``inputs``: :func:`step_inputs` of these
-    positions, mask, scale and frequencies, built once for the layers of a forward pass (else built here). Callers
-    check :func:`usable` first."""
+    ``q_pos [B,1]``, ``k_pos [B,K]``; ``key_valid [B,K]`` bool; ``logit_scale [B]``. Returns ``[B,1,H,D]`` in the
+    query's dtype (the attention interface's layout). ``layout``: ``(table tensor on the query's device, kmoves,
+    q_maps)`` of :func:`pass_table`, built ahead by a compiled caller (dynamo cannot build the passes' frozen
+    dataclasses). ``inputs``: :func:`step_inputs` of these positions, mask, scale and frequencies, built once for the
+    layers of a forward pass (else built here). Callers check :func:`usable` first."""
     if query.shape[2] != 1:
         raise ValueError(f"the decode kernel takes one query row per sequence, got {query.shape[2]}")
     if inputs is None:
@@ -192,57 +189,50 @@ def attention(
 
 
 def layout_for(passes, device) -> tuple:
-    """``(table tensor, kmoves, qmoves)`` for :func:`attention`'s ``layout``."""
-    table, kmoves, qmoves = pass_table(passes)
-    return torch.tensor(table, dtype=torch.int32, device=device), kmoves, qmoves
-
-
-def _rows(x: torch.Tensor, batch: int, length: int) -> torch.Tensor:
-    x = x.expand(batch, length)
-    return x if x.stride(-1) == 1 or length == 1 else x.contiguous()
+    """``(table tensor, kmoves, q_maps)`` for :func:`attention`'s ``layout``."""
+    table, kmoves, q_maps = pass_table(passes)
+    return torch.tensor(table, dtype=torch.int32, device=device), kmoves, q_maps
 
 
 def _launch(query, key, value, inputs: StepInputs, passes, scale, layout=None, programs=None):
     kern = _kernel()
     B, H, _, D = query.shape
-    _, Hkv, K, _ = key.shape
-    tab, kmoves, qmoves = layout if layout is not None else layout_for(passes, query.device)
-    query = query if query.stride(-1) == 1 else query.contiguous()
+    Hkv, K = key.shape[1], key.shape[2]
+    tab, kmoves, q_maps = layout if layout is not None else layout_for(passes, query.device)
+    q_pos, kp, qp, valid, ls, inv = inputs
+    qc = torch.stack([P.rotated(query, q_pos, m, inv)[:, :, 0] for m in q_maps]).contiguous()  # [NQ, B, H, D]
     key = key if key.stride(-1) == 1 else key.contiguous()
     value = value if value.stride(-1) == 1 else value.contiguous()
     n_blocks = -(-K // BLOCK_N)
     per_split = -(-n_blocks // max(1, min(n_blocks, (programs or TARGET_PROGRAMS) // (B * Hkv))))
     splits = -(-n_blocks // per_split)
     r = H // Hkv
-    parts = B * H * splits
-    ws = torch.empty(parts * (D + 2), device=query.device, dtype=torch.float32)  # acc [parts, D], m, l [parts]
-    out = torch.empty(B, 1, H, D, device=query.device, dtype=query.dtype)
-    kp, qp, valid, ls, inv = inputs
-    qs, ks, vs = query.stride(), key.stride(), value.stride()
+    m = torch.empty(B, H, splits, device=query.device, dtype=torch.float32)
+    lsum = torch.empty_like(m)
+    acc = torch.empty(B, H, splits, D, device=query.device, dtype=torch.float32)
     with _on_device(query.device):
         kern._split[(B * Hkv, splits)](
-            query,
+            qc,
             key,
             value,
             kp,
             qp,
             kp if valid is None else valid,
-            inv if ls is None else ls,
+            qp if ls is None else ls,
             tab,
             inv,
-            ws,
-            parts,
-            qs[0],
-            qs[1],
-            kp.stride(0),
-            qp.stride(0),
-            0 if valid is None else valid.stride(0),
-            ks[0],
-            ks[1],
-            ks[2],
-            vs[0],
-            vs[1],
-            vs[2],
+            m,
+            lsum,
+            acc,
+            qc.stride(0),
+            qc.stride(1),
+            qc.stride(2),
+            key.stride(0),
+            key.stride(1),
+            key.stride(2),
+            value.stride(0),
+            value.stride(1),
+            value.stride(2),
             K,
             Hkv,
             r,
@@ -251,7 +241,6 @@ def _launch(query, key, value, inputs: StepInputs, passes, scale, layout=None, p
             float(scale) * 1.4426950408889634,
             NP=len(passes),
             KMOVES=kmoves,
-            QMOVES=qmoves,
             HALF=D // 2,
             R_PAD=max(16, 1 << (r - 1).bit_length()),
             BLOCK_N=BLOCK_N,
@@ -261,8 +250,12 @@ def _launch(query, key, value, inputs: StepInputs, passes, scale, layout=None, p
             UPCAST=kern.INTERPRET and query.dtype != torch.float32,
             num_warps=NUM_WARPS,
         )
-        kern._merge[(B * H,)](ws, parts, out, out.stride(0), out.stride(2), H, splits, CHUNK=32, D=D, num_warps=4)
-    return out
+    # merge the splits (log2 domain): rows that saw no key anywhere give zeros
+    top = m.amax(-1, keepdim=True)
+    w = torch.exp2(m - top.masked_fill(top == -math.inf, 0.0))
+    den = (w * lsum).sum(-1, keepdim=True)
+    out = (w[..., None] * acc).sum(-2) / den.clamp_min(torch.finfo(torch.float32).tiny)
+    return out.to(query.dtype)[:, None]  # [B, 1, H, D]
 
 
 def _on_device(device):
