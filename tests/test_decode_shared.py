@@ -33,7 +33,7 @@ def test_per_forward_builds_once_and_again_for_anything_new():
     state = {"pos": pos}
 
     def get(layer, key="k", anchor=None, held=(mask,)):
-        return decode.per_forward(state["pos"] if anchor is None else anchor, layer, (key, id(held[0])), held, build)
+        return decode.per_forward(state["pos"] if anchor is None else anchor, layer, (key,), held, build)
 
     assert [get(0), get(0, "other"), get(1), get(2), get(2, "other")] == [1, 2, 1, 1, 2]  # layers 1, 2 read
     assert get(3, held=(mask.clone(),)) == 3  # another mask in the same forward: its own value

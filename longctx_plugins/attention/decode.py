@@ -45,7 +45,7 @@ def cached(key, build: Callable[[], Any]):
 
 class _Forward:
     """One forward pass's shared values: the tensor that identifies it (weakly held), its version, the last layer
-    index seen and the values by key, each with the objects its key names by identity."""
+    index seen and the values by key, each with the objects its key names by identity (kept alive)."""
 
     def __init__(self, anchor: torch.Tensor, version, layer: int):
         self.ref = weakref.ref(anchor)
@@ -68,15 +68,16 @@ def per_forward(anchor: torch.Tensor | None, layer: int | None, key: tuple, held
     """``build()`` once per forward pass, for every layer of it.
 
     transformers hands every layer of one forward the same ``position_ids`` tensor (``anchor``; the mask where there
-    is none) and calls them in increasing ``layer_idx`` order. A value stored under ``key`` is read back by the later
-    layers of the same forward: same anchor tensor, same version (an in-place change bumps it; inference tensors have
-    none), a layer index above the last one seen, or the same layer asking for another key. ``held``: the objects
-    ``key`` names by ``id``, compared by identity on reading. Anything else starts a new forward; so does a layer that
-    asks again for a key it was served (a new forward of a one-layer model). Built afresh while compiling (a compiled
-    step keeps no state keyed by tensors) and without an anchor or a layer index. The values are dropped when the
-    anchor is freed."""
+    is none) and calls them in increasing ``layer_idx`` order. A value stored under ``key`` and the identity of the
+    objects in ``held`` (kept alive with it, so an ``id`` names one object) is read back by the later layers of the
+    same forward: same anchor tensor, same version (an in-place change bumps it; inference tensors have none), a
+    layer index above the last one seen, or the same layer asking for another key. Anything else starts a new
+    forward; so does a layer that asks again for a key it was served (a new forward of a one-layer model). Built
+    afresh while compiling (a compiled step keeps no state keyed by tensors: no ``id`` is taken in a trace) and
+    without an anchor or a layer index. The values are dropped when the anchor is freed."""
     if torch.compiler.is_compiling() or anchor is None or layer is None:
         return build()
+    key = (*key, *map(id, held))
     version = None if anchor.is_inference() else anchor._version
     state = _FORWARD[0]
     if (
@@ -91,11 +92,9 @@ def per_forward(anchor: torch.Tensor | None, layer: int | None, key: tuple, held
         _FORWARD[0] = state
     state.layer = layer
     state.served.add((layer, key))
-    entry = state.values.get(key)
-    if entry is None or any(a is not b for a, b in zip(entry[0], held, strict=True)):
-        entry = (held, build())
-        state.values[key] = entry
-    return entry[1]
+    if key not in state.values:
+        state.values[key] = (held, build())
+    return state.values[key][1]
 
 
 def parameters_key(params: dict) -> tuple:

@@ -34,16 +34,13 @@ def decode_forward(module, query, key, value, attention_mask, dropout, scaling, 
     anchor = position_ids if position_ids is not None else attention_mask
     layer = getattr(module, "layer_idx", None)
     shape = (batch, q_len, kv_len, query.device)
-    if torch.compiler.is_compiling():  # no keys on object identity in a trace (each would guard on its id)
-        mask, q_pos, k_pos = _step_positions(attention_mask, position_ids, batch, q_len, kv_len, query.device)
-    else:
-        mask, q_pos, k_pos = decode.per_forward(
-            anchor,
-            layer,
-            ("positions", id(attention_mask), *shape),
-            (attention_mask,),
-            lambda: _step_positions(attention_mask, position_ids, batch, q_len, kv_len, query.device),
-        )
+    mask, q_pos, k_pos = decode.per_forward(
+        anchor,
+        layer,
+        ("positions", *shape),
+        (attention_mask,),
+        lambda: _step_positions(attention_mask, position_ids, batch, q_len, kv_len, query.device),
+    )
     params = M.method_parameters(module)
     if params is None:  # not a position-method layer: plain attention
         if not torch.compiler.is_compiling():  # checked eagerly (prefill) already when compiled
@@ -116,7 +113,7 @@ def _step_settings(module, params: dict, query, forward: tuple, mask, q_pos, k_p
         return _build_step(module, params, query, mask, q_pos, k_pos)
     anchor, layer, attention_mask, shape = forward
     held = (attention_mask, module.config, params, configured_options(module, module.config._attn_implementation))
-    key = ("step", *map(id, held), query.dtype, query.shape[-1], *shape)
+    key = ("step", query.dtype, query.shape[-1], *shape)
     snapshot = tuple(params.items())
     stored, step = decode.per_forward(
         anchor, layer, key, held, lambda: (snapshot, _build_step(module, params, query, mask, q_pos, k_pos))
